@@ -1,2 +1,199 @@
-def main() -> None:
-    print("rlhfspec")
+"""The `rlhfspec` command line.
+
+Exit codes (documented in the README): 0 success, 1 the spec or data is
+invalid (or outputs are stale under --check), 2 usage error, 3 internal
+error. Runtime commands import their modules lazily so that `validate` and
+`compile` never pull in torch, transformers or trl.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .diagnostics import Diagnostic, format_github, format_json, format_text
+from .errors import CompilerError
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def default_format() -> str:
+    return "github" if os.environ.get("GITHUB_ACTIONS") == "true" else "text"
+
+
+def emit_diagnostics(diags: list[Diagnostic], fmt: str, file: str) -> None:
+    if fmt == "json":
+        click.echo(format_json(diags, file=file))
+    elif fmt == "github":
+        click.echo(format_github(diags))
+    else:
+        click.echo(format_text(diags), err=False)
+
+
+def display_path(path: Path) -> str:
+    """Paths as the user typed them, relative when inside the working directory."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def guarded(func: F) -> F:
+    """Turn user errors into messages and crashes into a short internal-error note."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        debug = bool(ctx.find_root().params.get("debug"))
+        try:
+            return func(*args, **kwargs)
+        except CompilerError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if debug:
+                traceback.print_exc()
+            else:
+                click.echo(
+                    f"internal error: {type(exc).__name__}: {exc}\n"
+                    "This is a bug in rlhfspec; rerun with --debug for the traceback and report it.",
+                    err=True,
+                )
+            ctx.exit(EXIT_INTERNAL)
+
+    return wrapper  # type: ignore[return-value]
+
+
+spec_argument = click.argument(
+    "spec", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json", "github"]), default=None,
+    help="Output format; defaults to github under GitHub Actions, else text.",
+)
+strict_option = click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="rlhfspec")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+def main(debug: bool) -> None:
+    """Validate, compile, run and audit RLHF specs."""
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@strict_option
+@format_option
+@guarded
+def validate(specs: tuple[Path, ...], strict: bool, fmt: str | None) -> None:
+    """Check SPECS against the schema and the semantic rules; report every problem at once."""
+    from .validate import validate_file
+
+    fmt = fmt or default_format()
+    failed = False
+    for spec in specs:
+        result = validate_file(spec, strict=strict, display=display_path(spec))
+        emit_diagnostics(result.diagnostics, fmt, result.file)
+        failed |= not result.ok
+    sys.exit(EXIT_INVALID if failed else EXIT_OK)
+
+
+@main.command("compile")
+@spec_argument
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (default: build/<name>).")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 when the output folder is stale.")
+@click.option("--templates", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of templates that override the shipped ones (rendered in a sandbox).")
+@strict_option
+@format_option
+@guarded
+def compile_command(spec: Path, out_dir: Path | None, check: bool, templates: Path | None,
+                    strict: bool, fmt: str | None) -> None:
+    """Compile SPEC into a fingerprinted plan.json and its documents."""
+    from .compile import compile_spec, stale_outputs, write_outputs
+    from .yaml_loader import load_yaml_file
+
+    fmt = fmt or default_format()
+    if out_dir is None:
+        name = _spec_name(spec, load_yaml_file)
+        out_dir = Path("build") / name
+    result = compile_spec(spec, out_dir, strict=strict, templates=templates, display=display_path(spec))
+    if result.plan is None:
+        emit_diagnostics(result.diagnostics, fmt, display_path(spec))
+        sys.exit(EXIT_INVALID)
+    if result.diagnostics and fmt != "json":
+        emit_diagnostics(result.diagnostics, fmt, display_path(spec))
+    if check:
+        stale = stale_outputs(out_dir, result.files)
+        if stale:
+            click.echo(f"{out_dir} is stale; run `rlhfspec compile {display_path(spec)} -o {out_dir}`:", err=True)
+            for item in stale:
+                click.echo(f"  {item}", err=True)
+            sys.exit(EXIT_INVALID)
+        click.echo(f"{out_dir} is up to date (plan {result.plan['fingerprint'][:12]})")
+        return
+    write_outputs(out_dir, result.files)
+    if fmt == "json":
+        click.echo(json.dumps({"out": str(out_dir), "fingerprint": result.plan["fingerprint"],
+                               "files": sorted(result.files)}, indent=2))
+    else:
+        click.echo(f"compiled {display_path(spec)} -> {out_dir}/ (plan {result.plan['fingerprint'][:12]})")
+        for name in sorted(result.files):
+            click.echo(f"  {out_dir / name}")
+
+
+def _spec_name(spec: Path, loader: Callable[[Path], Any]) -> str:
+    try:
+        data = loader(spec).data
+    except Exception:  # noqa: BLE001 - validation reports the real problem
+        return spec.stem
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and name.replace("-", "").replace("_", "").replace(".", "").isalnum() else spec.stem
+
+
+@main.command()
+@spec_argument
+@guarded
+def lock(spec: Path) -> None:
+    """Record SPEC's criteria version and content hash in the lock file beside it."""
+    from .lock_command import lock_spec
+
+    message = lock_spec(spec, display=display_path(spec))
+    click.echo(message)
+
+
+@main.command()
+@click.option("--which", type=click.Choice(["spec", "plan", "annotation"]), default="spec",
+              help="Which schema to print.")
+@guarded
+def schema(which: str) -> None:
+    """Print a JSON Schema (the spec's by default), for editors and other tools."""
+    from .schemas import ANNOTATION_SCHEMA, PLAN_SCHEMA, SPEC_SCHEMA, schema_text
+
+    name = {"spec": SPEC_SCHEMA, "plan": PLAN_SCHEMA, "annotation": ANNOTATION_SCHEMA}[which]
+    click.echo(schema_text(name), nl=False)
+
+
+if __name__ == "__main__":
+    main()

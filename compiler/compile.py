@@ -1,0 +1,99 @@
+"""Compile a spec into plan.json and its documents, or check they are current.
+
+Output is written only after everything rendered, each file atomically, so
+a failed compile never leaves a half-updated build folder; `--check` lets CI
+fail when someone edited the spec but forgot to recompile.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .diagnostics import Diagnostic
+from .errors import CompilerError
+from .fileio import atomic_write_bytes
+from .hashing import sha256_bytes
+from .lockfile import criteria_hash
+from .plan import build_plan, generator, input_fingerprints, lock_history
+from .render import render_all
+from .validate import validate_file
+
+PLAN_FILE = "plan.json"
+
+
+@dataclass
+class CompileResult:
+    diagnostics: list[Diagnostic]
+    files: dict[str, bytes] = field(default_factory=dict)
+    plan: dict[str, Any] | None = None
+
+
+def document_context(spec: dict[str, Any], spec_path: Path, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the document templates see (documented in docs/templates.md)."""
+    by_path = {i["path"]: i for i in inputs}
+    sources = []
+    for source in spec["prompts"]["sources"]:
+        fp = by_path.get(source["path"], {})
+        sources.append({
+            "id": source["id"],
+            "kind": source["kind"],
+            "path": source["path"],
+            "description": source["description"],
+            "rows": fp.get("rows"),
+            "sha256": fp.get("sha256"),
+            "privacy_review": source.get("privacy_review"),
+        })
+    return {
+        "spec": spec,
+        "meta": {
+            "name": spec["name"],
+            "spec_file": spec_path.name,
+            "spec_sha256": sha256_bytes(spec_path.read_bytes()),
+            "criteria_version": spec["criteria"]["version"],
+            "criteria_sha256": criteria_hash(spec["criteria"]),
+            "generator": generator(),
+            "lock_history": lock_history(spec_path),
+        },
+        "sources": sources,
+    }
+
+
+def compile_spec(
+    spec_path: Path, out_dir: Path, *, strict: bool = False, templates: Path | None = None,
+    display: str | None = None,
+) -> CompileResult:
+    """Validate, then render documents and the plan in memory (nothing written)."""
+    result = validate_file(spec_path, strict=strict, display=display)
+    if not result.ok or result.resolved is None:
+        return CompileResult(result.diagnostics)
+    spec = result.resolved
+    inputs = input_fingerprints(spec, spec_path.parent)
+    documents = render_all(document_context(spec, spec_path, inputs), templates)
+    plan = build_plan(spec, spec_path, out_dir, inputs, documents)
+    files = {name: text.encode("utf-8") for name, text in sorted(documents.items())}
+    files[PLAN_FILE] = (json.dumps(plan, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return CompileResult(result.diagnostics, files, plan)
+
+
+def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            atomic_write_bytes(out_dir / name, data)
+    except OSError as exc:
+        raise CompilerError(f"cannot write to {out_dir}: {exc.strerror or exc}", exit_code=1) from None
+
+
+def stale_outputs(out_dir: Path, files: dict[str, bytes]) -> list[str]:
+    """Files in `out_dir` that are missing or differ from a fresh compile."""
+    stale = []
+    for name, data in files.items():
+        target = out_dir / name
+        if not target.is_file():
+            stale.append(f"{name} (missing)")
+        elif target.read_bytes() != data:
+            stale.append(f"{name} (out of date)")
+    return stale

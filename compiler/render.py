@@ -1,0 +1,71 @@
+"""Render the generated documents from Jinja templates.
+
+Every environment is sandboxed (users may override templates with their
+own) and uses StrictUndefined, so a typo in a template fails the compile
+instead of silently printing nothing. HTML templates autoescape, so text
+from a spec (or later from prompts and justifications) cannot inject markup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jinja2 import (
+    BaseLoader,
+    ChoiceLoader,
+    FileSystemLoader,
+    PackageLoader,
+    StrictUndefined,
+    TemplateError,
+    select_autoescape,
+)
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import CompilerError
+
+DOCUMENTS = ("criteria", "playbook", "sampling")
+FORMATS = ("md", "html")
+
+
+def environment(user_templates: Path | None = None) -> ImmutableSandboxedEnvironment:
+    """A sandboxed environment; user templates, when given, shadow the shipped ones."""
+    loaders: list[BaseLoader] = []
+    if user_templates is not None:
+        loaders.append(FileSystemLoader(str(user_templates)))
+    loaders.append(PackageLoader("rlhfspec.templates", ""))
+    env = ImmutableSandboxedEnvironment(
+        loader=ChoiceLoader(loaders),
+        undefined=StrictUndefined,
+        autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["md"] = markdown_inline
+    env.filters["title_id"] = lambda ident: str(ident).replace("_", " ").replace("-", " ").capitalize()
+    return env
+
+
+def markdown_inline(text: Any) -> str:
+    """Escape characters that would turn user text into Markdown markup or HTML."""
+    out = str(text)
+    for char in ("\\", "`", "*", "_", "[", "]", "<", ">", "|", "#"):
+        out = out.replace(char, "\\" + char)
+    return " ".join(out.splitlines())
+
+
+def render_all(context: Mapping[str, Any], user_templates: Path | None = None) -> dict[str, str]:
+    """Render every document in every format; keys are output file names."""
+    env = environment(user_templates)
+    rendered: dict[str, str] = {}
+    for doc in DOCUMENTS:
+        for fmt in FORMATS:
+            name = f"{doc}.{fmt}.j2"
+            try:
+                rendered[f"{doc}.{fmt}"] = env.get_template(name).render(**context)
+            except TemplateError as exc:
+                where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+                raise CompilerError(f"template {name}{where}: {exc}", exit_code=1) from None
+    return rendered

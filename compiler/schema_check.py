@@ -1,0 +1,176 @@
+"""JSON Schema validation turned into located, actionable diagnostics.
+
+jsonschema reports errors against the JSON path of the offending instance;
+users need a file position and a fix. This module maps each error to the
+line and column of the exact key or value at fault, names unknown and
+missing keys themselves (not their parent), and offers "did you mean" for
+misspelt keys and enum values.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from .diagnostics import Diagnostic, json_path, make
+from .schemas import JsonPath
+
+YAML11_BOOLEANS = {"yes", "no", "on", "off", "y", "n", "Yes", "No", "On", "Off", "YES", "NO", "ON", "OFF"}
+JSON_TYPES = {
+    dict: "mapping",
+    list: "list",
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    type(None): "null",
+}
+RANGE_VALIDATORS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems"}
+FORMAT_VALIDATORS = {"pattern", "minLength", "maxLength", "format"}
+
+
+class Locator:
+    """Finds the best source position for a JSON path."""
+
+    def __init__(self, positions: dict[JsonPath, Any], key_positions: dict[JsonPath, Any]) -> None:
+        self.positions = positions
+        self.key_positions = key_positions
+
+    def value(self, path: JsonPath) -> tuple[int, int]:
+        """Position of the value at `path`, or of its nearest existing ancestor."""
+        while True:
+            pos = self.positions.get(path)
+            if pos is not None:
+                return pos.line, pos.col
+            if not path:
+                return 1, 1
+            path = path[:-1]
+
+    def key(self, path: JsonPath) -> tuple[int, int]:
+        """Position of the key of the entry at `path` (the value's for list items)."""
+        pos = self.key_positions.get(path)
+        if pos is not None:
+            return pos.line, pos.col
+        return self.value(path)
+
+
+def suggest(word: str, candidates: Iterable[str]) -> str | None:
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _type_name(value: Any) -> str:
+    return JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _expected_types(schema: dict[str, Any]) -> str:
+    expected = schema.get("type")
+    if isinstance(expected, list):
+        return " or ".join(expected)
+    return str(expected)
+
+
+def check(
+    data: Any, schema: dict[str, Any], locator: Locator, *, file: str
+) -> list[Diagnostic]:
+    """Validate `data` and return one diagnostic per problem, located."""
+    validator = Draft202012Validator(schema)
+    out: list[Diagnostic] = []
+    for error in validator.iter_errors(data):
+        out.extend(_convert(error, locator, file))
+    return out
+
+
+def _convert(error: ValidationError, locator: Locator, file: str) -> list[Diagnostic]:
+    path: JsonPath = tuple(error.absolute_path)
+    kind = error.validator
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    instance = error.instance
+    where = json_path(path)
+
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        allowed = list(schema.get("properties", {}))
+        diags = []
+        for key in instance:
+            if key in allowed:
+                continue
+            key_path = path + (key,)
+            line, col = locator.key(key_path)
+            guess = suggest(str(key), allowed)
+            message = f"unknown key '{key}' in {where}"
+            message += f"; did you mean '{guess}'?" if guess else ""
+            hint = None if guess else "allowed keys: " + ", ".join(allowed)
+            diags.append(make("S001", message, file=file, line=line, col=col, path=json_path(key_path), hint=hint))
+        return diags
+
+    if kind == "propertyNames":
+        key = str(instance)
+        key_path = path + (key,)
+        line, col = locator.key(key_path)
+        allowed = [str(v) for v in error.validator_value.get("enum", [])]
+        guess = suggest(key, allowed)
+        message = f"unknown key '{key}' in {where}" + (f"; did you mean '{guess}'?" if guess else "")
+        return [make("S001", message, file=file, line=line, col=col, path=json_path(key_path),
+                     hint="allowed keys: " + ", ".join(allowed))]
+
+    if kind == "required" and isinstance(instance, dict):
+        diags = []
+        for key in error.validator_value:
+            if key in instance:
+                continue
+            key_path = path + (key,)
+            line, col = locator.key(path) if path else (1, 1)
+            description = schema.get("properties", {}).get(key, {}).get("description", "")
+            diags.append(make("S002", f"missing required key '{key}' in {where}", file=file,
+                              line=line, col=col, path=json_path(key_path),
+                              hint=f"add '{key}': {description}" if description else None))
+        return diags
+
+    line, col = locator.value(path)
+
+    if kind == "type":
+        expected = _expected_types(schema)
+        message = f"expected {expected}, got {_type_name(instance)} {_short(instance)}"
+        hint = None
+        if "boolean" in expected and isinstance(instance, str) and instance in YAML11_BOOLEANS:
+            hint = "YAML 1.2 booleans are only true and false; 'yes', 'no', 'on' and 'off' are strings"
+        elif "number" in expected or "integer" in expected:
+            if isinstance(instance, str):
+                hint = "write the number without quotes"
+        return [make("S003", message, file=file, line=line, col=col, path=where, hint=hint)]
+
+    if kind in ("enum", "const"):
+        allowed_values = error.validator_value if kind == "enum" else [error.validator_value]
+        allowed_text = ", ".join(repr(v) for v in allowed_values)
+        guess = suggest(str(instance), [str(v) for v in allowed_values]) if isinstance(instance, str) else None
+        message = f"{_short(instance)} is not allowed here; expected one of {allowed_text}"
+        if guess:
+            message += f"; did you mean '{guess}'?"
+        return [make("S004", message, file=file, line=line, col=col, path=where)]
+
+    if kind in RANGE_VALIDATORS:
+        return [make("S005", f"{_short(instance)} is out of range: {error.message}", file=file,
+                     line=line, col=col, path=where,
+                     hint=schema.get("description") or None)]
+
+    if kind in FORMAT_VALIDATORS:
+        if kind == "pattern":
+            message = f"{_short(instance)} does not have the required form (pattern {error.validator_value})"
+        else:
+            message = error.message
+        return [make("S006", message, file=file, line=line, col=col, path=where,
+                     hint=schema.get("description") or None)]
+
+    if kind == "uniqueItems":
+        return [make("S007", f"items must be unique: {error.message}", file=file, line=line, col=col, path=where)]
+
+    return [make("S008", error.message, file=file, line=line, col=col, path=where)]
