@@ -19,6 +19,7 @@ from jinja2 import (
     PackageLoader,
     StrictUndefined,
     TemplateError,
+    TemplateNotFound,
     select_autoescape,
 )
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -65,6 +66,9 @@ def render_all(context: Mapping[str, Any], user_templates: Path | None = None) -
             name = f"{doc}.{fmt}.j2"
             try:
                 rendered[f"{doc}.{fmt}"] = env.get_template(name).render(**context)
+            except TemplateNotFound as exc:
+                raise CompilerError(f"template {exc.name} not found in the shipped templates"
+                                    + (f" or {user_templates}" if user_templates else "")) from None
             except TemplateError as exc:
                 where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
                 raise CompilerError(f"template {name}{where}: {exc}", exit_code=1) from None
