@@ -269,6 +269,11 @@ class Checker:
         if sft["enabled"] and "data" not in sft:
             self.emit("F003", "sft is enabled but sft.data is missing", ("sft",), key=True,
                       hint="point sft.data at a JSONL of prompt/response demonstrations")
+        ann = self.spec["annotation"]
+        if ann["batches"] and "responses" not in ann:
+            self.emit("F003", "annotation batches are listed but annotation.responses is missing, so votes "
+                      "cannot become preference pairs", ("annotation",), key=True,
+                      hint="point annotation.responses at the JSONL of compared responses (id, prompt_id, system, text)")
         if self.spec_path is None:
             return
         base = self.spec_path.parent.resolve()

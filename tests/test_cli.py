@@ -35,7 +35,7 @@ def test_text_format() -> None:
     code, out = run("validate", "--format", "text", INVALID)
     first = out.splitlines()[0]
     assert first.endswith("error[S001]: unknown key 'epocs' in reward_model.train; did you mean 'epochs'?")
-    assert ":26:48: " in first
+    assert ":27:48: " in first
     assert "    at reward_model.train.epocs" in out
     assert out.rstrip().endswith("1 error, 0 warnings")
 
@@ -45,13 +45,13 @@ def test_json_format() -> None:
     doc = json.loads(out)
     assert doc["valid"] is False and doc["errors"] == 1
     assert doc["diagnostics"][0]["code"] == "S001"
-    assert (doc["diagnostics"][0]["line"], doc["diagnostics"][0]["col"]) == (26, 48)
+    assert (doc["diagnostics"][0]["line"], doc["diagnostics"][0]["col"]) == (27, 48)
 
 
 def test_github_format_is_automatic_under_actions() -> None:
     code, out = run("validate", INVALID, env={"GITHUB_ACTIONS": "true"})
     assert out.startswith("::error file=")
-    assert ",line=26,col=48,title=S001::unknown key 'epocs'" in out
+    assert ",line=27,col=48,title=S001::unknown key 'epocs'" in out
     code, out = run("validate", VALID, env={"GITHUB_ACTIONS": "true"})
     assert out.startswith("::warning file=") and code == 0
 
