@@ -346,7 +346,7 @@ def test_sampling_shows_sources_shares_strata_and_holdout(docs: dict[str, str]) 
         ), name
         assert "topic" in text and "complexity" in text, name
         assert "never annotated and never trained on" in _plain(text), name
-        assert "20261101" in text and "hash" in text, name
+        assert "20261101" in text and "file order" in text, name
         assert "about 64 of the 640 usage-log rows" in text, name
     md = docs["sampling.md"]
     assert "| Real usage logs | `usage` | 640 | 64% | 55% to 70% | yes |" in md
