@@ -21,6 +21,7 @@ import click
 
 from . import __version__
 from .diagnostics import Diagnostic, format_github, format_json, format_text
+from ..runtime.errors import RunError
 from .errors import CompilerError
 
 EXIT_OK = 0
@@ -61,7 +62,7 @@ def guarded(func: F) -> F:
         debug = bool(ctx.find_root().params.get("debug"))
         try:
             return func(*args, **kwargs)
-        except CompilerError as exc:
+        except (CompilerError, RunError) as exc:
             click.echo(f"error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -193,6 +194,123 @@ def schema(which: str) -> None:
 
     name = {"spec": SPEC_SCHEMA, "plan": PLAN_SCHEMA, "annotation": ANNOTATION_SCHEMA}[which]
     click.echo(schema_text(name), nl=False)
+
+
+def _project(spec: Path) -> Any:
+    from ..runtime.project import load_project
+
+    return load_project(spec, display=display_path(spec))
+
+
+def _out(out_dir: Path | None, project: Any, stage: str) -> Path:
+    return out_dir if out_dir is not None else Path("build") / project.name / stage
+
+
+out_option = click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+                          help="Output folder (default: build/<name>/<stage>).")
+skip_bad_option = click.option("--skip-bad-rows", is_flag=True,
+                               help="Skip and list bad annotation rows instead of refusing the batch.")
+report_format_option = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+                                    help="Report on stdout as text or JSON.")
+
+
+@main.command()
+@spec_argument
+@out_option
+@report_format_option
+@strict_option
+@guarded
+def prompts(spec: Path, out_dir: Path | None, fmt: str, strict: bool) -> None:
+    """Check the prompt mix, strata coverage and privacy reviews; reserve the production holdout."""
+    from ..runtime.prompt_check import check_prompts, write_prompt_report
+
+    project = _project(spec)
+    report = check_prompts(project)
+    target = _out(out_dir, project, "prompts")
+    written = write_prompt_report(report, target)
+    click.echo(report.to_json() if fmt == "json" else report.format_text())
+    if fmt == "text":
+        click.echo(f"reports: {', '.join(str(p) for p in written)}")
+    sys.exit(report.exit_code(strict=strict))
+
+
+@main.command()
+@spec_argument
+@click.option("--responses", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="JSONL of candidate responses: id, prompt_id, system, text.")
+@click.option("--annotators", required=True,
+              help="Comma-separated annotator ids, e.g. ann-01,ann-02,ann-03.")
+@click.option("--batch", help="Batch id written into every task (default: tasks-<criteria version>).")
+@click.option("--limit", type=click.IntRange(min=1), help="Use a seeded sample of at most this many items.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder.")
+@guarded
+def tasks(spec: Path, responses: Path, annotators: str, batch: str | None, limit: int | None,
+          out_dir: Path) -> None:
+    """Generate annotation tasks: overlap, randomised order, blinding, gold items, sessions."""
+    from ..runtime.tasks import generate_tasks
+
+    project = _project(spec)
+    names = [a.strip() for a in annotators.split(",") if a.strip()]
+    summary = generate_tasks(project, responses, out_dir, annotators=names, limit=limit, batch=batch,
+                             responses_display=display_path(responses))
+    click.echo(summary.format_text())
+
+
+@main.command()
+@spec_argument
+@out_option
+@report_format_option
+@skip_bad_option
+@guarded
+def qc(spec: Path, out_dir: Path | None, fmt: str, skip_bad_rows: bool) -> None:
+    """Annotation quality: agreement, gold accuracy, position bias, fatigue, drift, versions."""
+    from ..runtime.qc import run_qc
+    from ..runtime.qc_report import format_text as qc_text
+    from ..runtime.qc_report import write_qc_reports
+
+    project = _project(spec)
+    report = run_qc(project, skip_bad_rows=skip_bad_rows)
+    written = write_qc_reports(report, _out(out_dir, project, "qc"))
+    click.echo(report.to_json() if fmt == "json" else qc_text(report))
+    if fmt == "text":
+        click.echo(f"reports: {', '.join(str(p) for p in written)}")
+    sys.exit(EXIT_INVALID if report.errors else EXIT_OK)
+
+
+@main.command()
+@spec_argument
+@out_option
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSONL of known labels (item_id, response_a, response_b, preferred) to score the pairs against.")
+@skip_bad_option
+@guarded
+def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_rows: bool) -> None:
+    """Turn votes into preference pairs (TRL format) with provenance; QC failures left out."""
+    from ..runtime.aggregate import aggregate as run_aggregate
+    from ..runtime.aggregate import compare_with_truth, load_records, write_pairs
+    from ..runtime.prompt_check import production_holdout
+    from ..runtime.qc import run_qc
+
+    project = _project(spec)
+    failed = run_qc(project, skip_bad_rows=skip_bad_rows).excluded_annotators
+    holdout = [row["id"] for row in production_holdout(project)]
+    result = run_aggregate(project, load_records(project, skip_bad_rows=skip_bad_rows),
+                           failed_annotators=failed, holdout_prompts=holdout)
+    if truth is not None:
+        result.truth = compare_with_truth(result.pairs, truth, display_path(truth))
+    target = _out(out_dir, project, "preferences")
+    write_pairs(result, target)
+    counts = result.counts
+    click.echo(f"{len(result.pairs)} preference pairs from {counts.get('items', 0)} items -> {target}/pairs.jsonl")
+    click.echo(f"  left out: {counts.get('split_votes', 0)} split votes, {counts.get('ties', 0)} ties, "
+               f"{counts.get('holdout_items_dropped', 0)} holdout items, "
+               f"{counts.get('votes_excluded', 0)} votes of excluded annotators "
+               f"({', '.join(result.excluded_annotators) or 'none'})")
+    if result.truth is not None:
+        acc = result.truth["accuracy"]
+        click.echo(f"  agreement with {result.truth['file']}: {result.truth['matches']}/"
+                   f"{result.truth['pairs_with_truth']}" + (f" = {acc:.3f}" if acc is not None else ""))
 
 
 if __name__ == "__main__":
