@@ -305,6 +305,7 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
     click.echo(f"{len(result.pairs)} preference pairs from {counts.get('items', 0)} items -> {target}/pairs.jsonl")
     click.echo(f"  left out: {counts.get('split_votes', 0)} split votes, {counts.get('ties', 0)} ties, "
                f"{counts.get('holdout_items_dropped', 0)} holdout items, "
+               f"{counts.get('items_without_votes', 0)} items labelled only by excluded annotators, "
                f"{counts.get('votes_excluded', 0)} votes of excluded annotators "
                f"({', '.join(result.excluded_annotators) or 'none'})")
     if result.truth is not None:

@@ -150,6 +150,8 @@ def aggregate(
             continue
         by_item.setdefault(record["item_id"], []).append(record)
 
+    all_items = {r["item_id"] for r in records if not r["gold"]}
+    counts["items_without_votes"] = len(all_items - by_item.keys())
     result = AggregateResult(excluded_annotators=sorted(excluded))
     versions: set[str] = set()
     for item_id in sorted(by_item):
