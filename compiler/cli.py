@@ -314,5 +314,27 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
                    f"{result.truth['pairs_with_truth']}" + (f" = {acc:.3f}" if acc is not None else ""))
 
 
+@main.command("run")
+@click.argument("target", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="SPEC|PLAN")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory (default: runs/<name>/<UTC time>, or the latest one with --resume).")
+@click.option("--stage", "only", help="Run only this stage (its dependencies must have finished).")
+@click.option("--until", help="Stop after this stage.")
+@click.option("--resume", is_flag=True,
+              help="Skip finished stages whose inputs are unchanged; continue a killed stage from its checkpoint.")
+@click.option("--override-gate", "overrides", multiple=True,
+              help="Proceed although this gate failed; recorded in lineage.json. Repeatable.")
+@guarded
+def run_command(target: Path, run_dir: Path | None, only: str | None, until: str | None, resume: bool,
+                overrides: tuple[str, ...]) -> None:
+    """Run a spec's (or a compiled plan's) stages in a run directory with lineage."""
+    from ..runtime.run import run
+
+    directory = run(target, display=display_path(target), run_dir=run_dir, only=only, until=until,
+                    resume=resume, overrides=frozenset(overrides), log=lambda m: click.echo(m))
+    click.echo(f"run directory: {directory}")
+    click.echo(f"lineage: {directory / 'lineage.json'}")
+
+
 if __name__ == "__main__":
     main()

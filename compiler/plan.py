@@ -34,13 +34,17 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
     sft_on = spec["sft"]["enabled"]
     batches = [b["path"] for b in spec["annotation"]["batches"]]
     gold = [spec["annotation"]["gold"]["path"]] if "gold" in spec["annotation"] else []
+    sources = [s["path"] for s in spec["prompts"]["sources"]]
+    responses = [spec["annotation"]["responses"]] if "responses" in spec["annotation"] else []
+    demonstrations = [spec["sft"]["data"]] if spec["sft"]["enabled"] and "data" in spec["sft"] else []
     stages: list[dict[str, Any]] = [
         {
             "name": "prompts",
             "description": "Check the prompt mix and strata; reserve the production holdout.",
             "depends_on": [],
-            "inputs": [s["path"] for s in spec["prompts"]["sources"]],
-            "outputs": ["prompts/report.json", "prompts/holdout.jsonl"],
+            # batches, gold and demonstrations are read to prove the holdout never leaks into them
+            "inputs": sources + batches + gold + demonstrations,
+            "outputs": ["prompts/report.json", "prompts/report.md", "prompts/holdout.jsonl"],
         },
         {
             "name": "annotation_qc",
@@ -53,8 +57,8 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             "name": "aggregate",
             "description": "Majority vote with the tie-breaking rule into preference pairs.",
             "depends_on": ["annotation_qc"],
-            "inputs": batches,
-            "outputs": ["preferences/pairs.jsonl"],
+            "inputs": batches + responses + sources,
+            "outputs": ["preferences/pairs.jsonl", "preferences/provenance.jsonl", "preferences/summary.json"],
         },
     ]
     if sft_on:
@@ -108,7 +112,7 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
     })
     compute = spec["compute"]
     for stage in stages:
-        stage["inputs"] = list(dict.fromkeys(stage["inputs"] + (gold if stage["name"] == "annotation_qc" else [])))
+        stage["inputs"] = list(dict.fromkeys(stage["inputs"]))
         argv = ["rlhfspec", "run", "plan.json", "--stage", stage["name"]]
         stage["command"] = shlex.join(argv)
         if stage["name"] in TRAINING_STAGES:
