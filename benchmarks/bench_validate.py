@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from rlhfspec.compiler.yaml_loader import load_yaml_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +32,9 @@ def median_times(commands: list[list[str]], runs: int, cwd: Path) -> list[float]
     for _ in range(runs):
         for argv, bucket in zip(commands, times, strict=True):
             start = time.perf_counter()
-            subprocess.run(argv, cwd=cwd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                argv, cwd=cwd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             bucket.append(time.perf_counter() - start)
     return [statistics.median(bucket) for bucket in times]
 
@@ -42,13 +43,25 @@ def large_spec(folder: Path, factor: int) -> Path:
     """The example spec with every list repeated `factor` times (ids kept unique)."""
     spec = load_yaml_file(SPEC).data  # YAML 1.2: the key `on` stays a string
     crit = spec["criteria"]
-    crit["dimensions"] = [dict(d, id=f"{d['id']}_{i}") for i in range(factor) for d in crit["dimensions"]]
-    crit["disqualifiers"] = [dict(d, id=f"{d['id']}_{i}") for i in range(factor) for d in crit["disqualifiers"]]
-    crit["examples"] = [dict(e, decided_by=f"{e['decided_by']}_{i}") for i in range(factor) for e in crit["examples"]]
+    crit["dimensions"] = [
+        dict(d, id=f"{d['id']}_{i}") for i in range(factor) for d in crit["dimensions"]
+    ]
+    crit["disqualifiers"] = [
+        dict(d, id=f"{d['id']}_{i}") for i in range(factor) for d in crit["disqualifiers"]
+    ]
+    crit["examples"] = [
+        dict(e, decided_by=f"{e['decided_by']}_{i}")
+        for i in range(factor)
+        for e in crit["examples"]
+    ]
     sources = spec["prompts"]["sources"]
-    spec["prompts"]["sources"] = [dict(s, id=f"{s['id']}-{i}") for i in range(factor) for s in sources]
+    spec["prompts"]["sources"] = [
+        dict(s, id=f"{s['id']}-{i}") for i in range(factor) for s in sources
+    ]
     batches = spec["annotation"]["batches"]
-    spec["annotation"]["batches"] = [dict(b, id=f"{b['id']}-{i}") for i in range(factor) for b in batches]
+    spec["annotation"]["batches"] = [
+        dict(b, id=f"{b['id']}-{i}") for i in range(factor) for b in batches
+    ]
     out = folder / "large.yaml"
     # PyYAML's dumper quotes `on` (a YAML 1.1 boolean), which reads back as the string key
     out.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -56,7 +69,9 @@ def large_spec(folder: Path, factor: int) -> Path:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
     exe = shutil.which("rlhfspec") or str(Path(sys.executable).with_name("rlhfspec"))

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import click
 
+from ..runtime.errors import RunError
 from . import __version__
 from .diagnostics import Diagnostic, format_github, format_json, format_text
-from ..runtime.errors import RunError
 from .errors import CompilerError
 
 EXIT_OK = 0
@@ -84,11 +84,12 @@ def guarded(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-spec_argument = click.argument(
-    "spec", type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+spec_argument = click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 format_option = click.option(
-    "--format", "fmt", type=click.Choice(["text", "json", "github"]), default=None,
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "github"]),
+    default=None,
     help="Output format; defaults to github under GitHub Actions, else text.",
 )
 strict_option = click.option("--strict", is_flag=True, help="Treat warnings as errors.")
@@ -102,7 +103,9 @@ def main(debug: bool) -> None:
 
 
 @main.command()
-@click.argument("specs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "specs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @strict_option
 @format_option
 @guarded
@@ -121,16 +124,32 @@ def validate(specs: tuple[Path, ...], strict: bool, fmt: str | None) -> None:
 
 @main.command("compile")
 @spec_argument
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (default: build/<name>).")
-@click.option("--check", is_flag=True, help="Write nothing; exit 1 when the output folder is stale.")
-@click.option("--templates", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of templates that override the shipped ones (rendered in a sandbox).")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (default: build/<name>).",
+)
+@click.option(
+    "--check", is_flag=True, help="Write nothing; exit 1 when the output folder is stale."
+)
+@click.option(
+    "--templates",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of templates that override the shipped ones (rendered in a sandbox).",
+)
 @strict_option
 @format_option
 @guarded
-def compile_command(spec: Path, out_dir: Path | None, check: bool, templates: Path | None,
-                    strict: bool, fmt: str | None) -> None:
+def compile_command(
+    spec: Path,
+    out_dir: Path | None,
+    check: bool,
+    templates: Path | None,
+    strict: bool,
+    fmt: str | None,
+) -> None:
     """Compile SPEC into a fingerprinted plan.json and its documents."""
     from .compile import compile_spec, stale_outputs, write_outputs
     from .yaml_loader import load_yaml_file
@@ -139,7 +158,9 @@ def compile_command(spec: Path, out_dir: Path | None, check: bool, templates: Pa
     if out_dir is None:
         name = _spec_name(spec, load_yaml_file)
         out_dir = Path("build") / name
-    result = compile_spec(spec, out_dir, strict=strict, templates=templates, display=display_path(spec))
+    result = compile_spec(
+        spec, out_dir, strict=strict, templates=templates, display=display_path(spec)
+    )
     if result.plan is None:
         emit_diagnostics(result.diagnostics, fmt, display_path(spec))
         sys.exit(EXIT_INVALID)
@@ -148,7 +169,10 @@ def compile_command(spec: Path, out_dir: Path | None, check: bool, templates: Pa
     if check:
         stale = stale_outputs(out_dir, result.files)
         if stale:
-            click.echo(f"{out_dir} is stale; run `rlhfspec compile {display_path(spec)} -o {out_dir}`:", err=True)
+            click.echo(
+                f"{out_dir} is stale; run `rlhfspec compile {display_path(spec)} -o {out_dir}`:",
+                err=True,
+            )
             for item in stale:
                 click.echo(f"  {item}", err=True)
             sys.exit(EXIT_INVALID)
@@ -156,10 +180,20 @@ def compile_command(spec: Path, out_dir: Path | None, check: bool, templates: Pa
         return
     write_outputs(out_dir, result.files)
     if fmt == "json":
-        click.echo(json.dumps({"out": str(out_dir), "fingerprint": result.plan["fingerprint"],
-                               "files": sorted(result.files)}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "out": str(out_dir),
+                    "fingerprint": result.plan["fingerprint"],
+                    "files": sorted(result.files),
+                },
+                indent=2,
+            )
+        )
     else:
-        click.echo(f"compiled {display_path(spec)} -> {out_dir}/ (plan {result.plan['fingerprint'][:12]})")
+        click.echo(
+            f"compiled {display_path(spec)} -> {out_dir}/ (plan {result.plan['fingerprint'][:12]})"
+        )
         for name in sorted(result.files):
             click.echo(f"  {out_dir / name}")
 
@@ -170,7 +204,12 @@ def _spec_name(spec: Path, loader: Callable[[Path], Any]) -> str:
     except Exception:  # noqa: BLE001 - validation reports the real problem
         return spec.stem
     name = data.get("name") if isinstance(data, dict) else None
-    return name if isinstance(name, str) and name.replace("-", "").replace("_", "").replace(".", "").isalnum() else spec.stem
+    return (
+        name
+        if isinstance(name, str)
+        and name.replace("-", "").replace("_", "").replace(".", "").isalnum()
+        else spec.stem
+    )
 
 
 @main.command()
@@ -185,8 +224,12 @@ def lock(spec: Path) -> None:
 
 
 @main.command()
-@click.option("--which", type=click.Choice(["spec", "plan", "annotation"]), default="spec",
-              help="Which schema to print.")
+@click.option(
+    "--which",
+    type=click.Choice(["spec", "plan", "annotation"]),
+    default="spec",
+    help="Which schema to print.",
+)
 @guarded
 def schema(which: str) -> None:
     """Print a JSON Schema (the spec's by default), for editors and other tools."""
@@ -206,12 +249,25 @@ def _out(out_dir: Path | None, project: Any, stage: str) -> Path:
     return out_dir if out_dir is not None else Path("build") / project.name / stage
 
 
-out_option = click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-                          help="Output folder (default: build/<name>/<stage>).")
-skip_bad_option = click.option("--skip-bad-rows", is_flag=True,
-                               help="Skip and list bad annotation rows instead of refusing the batch.")
-report_format_option = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-                                    help="Report on stdout as text or JSON.")
+out_option = click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (default: build/<name>/<stage>).",
+)
+skip_bad_option = click.option(
+    "--skip-bad-rows",
+    is_flag=True,
+    help="Skip and list bad annotation rows instead of refusing the batch.",
+)
+report_format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="Report on stdout as text or JSON.",
+)
 
 
 @main.command()
@@ -236,24 +292,52 @@ def prompts(spec: Path, out_dir: Path | None, fmt: str, strict: bool) -> None:
 
 @main.command()
 @spec_argument
-@click.option("--responses", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="JSONL of candidate responses: id, prompt_id, system, text.")
-@click.option("--annotators", required=True,
-              help="Comma-separated annotator ids, e.g. ann-01,ann-02,ann-03.")
-@click.option("--batch", help="Batch id written into every task (default: tasks-<criteria version>).")
-@click.option("--limit", type=click.IntRange(min=1), help="Use a seeded sample of at most this many items.")
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Output folder.")
+@click.option(
+    "--responses",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="JSONL of candidate responses: id, prompt_id, system, text.",
+)
+@click.option(
+    "--annotators", required=True, help="Comma-separated annotator ids, e.g. ann-01,ann-02,ann-03."
+)
+@click.option(
+    "--batch", help="Batch id written into every task (default: tasks-<criteria version>)."
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), help="Use a seeded sample of at most this many items."
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Output folder.",
+)
 @guarded
-def tasks(spec: Path, responses: Path, annotators: str, batch: str | None, limit: int | None,
-          out_dir: Path) -> None:
+def tasks(
+    spec: Path,
+    responses: Path,
+    annotators: str,
+    batch: str | None,
+    limit: int | None,
+    out_dir: Path,
+) -> None:
     """Generate annotation tasks: overlap, randomised order, blinding, gold items, sessions."""
     from ..runtime.tasks import generate_tasks
 
     project = _project(spec)
     names = [a.strip() for a in annotators.split(",") if a.strip()]
-    summary = generate_tasks(project, responses, out_dir, annotators=names, limit=limit, batch=batch,
-                             responses_display=display_path(responses))
+    summary = generate_tasks(
+        project,
+        responses,
+        out_dir,
+        annotators=names,
+        limit=limit,
+        batch=batch,
+        responses_display=display_path(responses),
+    )
     click.echo(summary.format_text())
 
 
@@ -281,8 +365,11 @@ def qc(spec: Path, out_dir: Path | None, fmt: str, skip_bad_rows: bool) -> None:
 @main.command()
 @spec_argument
 @out_option
-@click.option("--truth", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JSONL of known labels (item_id, response_a, response_b, preferred) to score the pairs against.")
+@click.option(
+    "--truth",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSONL of known labels (item_id, response_a, response_b, preferred) to score the pairs against.",
+)
 @skip_bad_option
 @guarded
 def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_rows: bool) -> None:
@@ -295,43 +382,79 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
     project = _project(spec)
     failed = run_qc(project, skip_bad_rows=skip_bad_rows).excluded_annotators
     holdout = [row["id"] for row in production_holdout(project)]
-    result = run_aggregate(project, load_records(project, skip_bad_rows=skip_bad_rows),
-                           failed_annotators=failed, holdout_prompts=holdout)
+    result = run_aggregate(
+        project,
+        load_records(project, skip_bad_rows=skip_bad_rows),
+        failed_annotators=failed,
+        holdout_prompts=holdout,
+    )
     if truth is not None:
         result.truth = compare_with_truth(result.pairs, truth, display_path(truth))
     target = _out(out_dir, project, "preferences")
     write_pairs(result, target)
     counts = result.counts
-    click.echo(f"{len(result.pairs)} preference pairs from {counts.get('items', 0)} items -> {target}/pairs.jsonl")
-    click.echo(f"  left out: {counts.get('split_votes', 0)} split votes, {counts.get('ties', 0)} ties, "
-               f"{counts.get('holdout_items_dropped', 0)} holdout items, "
-               f"{counts.get('items_without_votes', 0)} items labelled only by excluded annotators, "
-               f"{counts.get('votes_excluded', 0)} votes of excluded annotators "
-               f"({', '.join(result.excluded_annotators) or 'none'})")
+    click.echo(
+        f"{len(result.pairs)} preference pairs from {counts.get('items', 0)} items -> {target}/pairs.jsonl"
+    )
+    click.echo(
+        f"  left out: {counts.get('split_votes', 0)} split votes, {counts.get('ties', 0)} ties, "
+        f"{counts.get('holdout_items_dropped', 0)} holdout items, "
+        f"{counts.get('items_without_votes', 0)} items labelled only by excluded annotators, "
+        f"{counts.get('votes_excluded', 0)} votes of excluded annotators "
+        f"({', '.join(result.excluded_annotators) or 'none'})"
+    )
     if result.truth is not None:
         acc = result.truth["accuracy"]
-        click.echo(f"  agreement with {result.truth['file']}: {result.truth['matches']}/"
-                   f"{result.truth['pairs_with_truth']}" + (f" = {acc:.3f}" if acc is not None else ""))
+        click.echo(
+            f"  agreement with {result.truth['file']}: {result.truth['matches']}/"
+            f"{result.truth['pairs_with_truth']}" + (f" = {acc:.3f}" if acc is not None else "")
+        )
 
 
 @main.command("run")
-@click.argument("target", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="SPEC|PLAN")
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory (default: runs/<name>/<UTC time>, or the latest one with --resume).")
+@click.argument(
+    "target", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="SPEC|PLAN"
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory (default: runs/<name>/<UTC time>, or the latest one with --resume).",
+)
 @click.option("--stage", "only", help="Run only this stage (its dependencies must have finished).")
 @click.option("--until", help="Stop after this stage.")
-@click.option("--resume", is_flag=True,
-              help="Skip finished stages whose inputs are unchanged; continue a killed stage from its checkpoint.")
-@click.option("--override-gate", "overrides", multiple=True,
-              help="Proceed although this gate failed; recorded in lineage.json. Repeatable.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Skip finished stages whose inputs are unchanged; continue a killed stage from its checkpoint.",
+)
+@click.option(
+    "--override-gate",
+    "overrides",
+    multiple=True,
+    help="Proceed although this gate failed; recorded in lineage.json. Repeatable.",
+)
 @guarded
-def run_command(target: Path, run_dir: Path | None, only: str | None, until: str | None, resume: bool,
-                overrides: tuple[str, ...]) -> None:
+def run_command(
+    target: Path,
+    run_dir: Path | None,
+    only: str | None,
+    until: str | None,
+    resume: bool,
+    overrides: tuple[str, ...],
+) -> None:
     """Run a spec's (or a compiled plan's) stages in a run directory with lineage."""
     from ..runtime.run import run
 
-    directory = run(target, display=display_path(target), run_dir=run_dir, only=only, until=until,
-                    resume=resume, overrides=frozenset(overrides), log=lambda m: click.echo(m))
+    directory = run(
+        target,
+        display=display_path(target),
+        run_dir=run_dir,
+        only=only,
+        until=until,
+        resume=resume,
+        overrides=frozenset(overrides),
+        log=lambda m: click.echo(m),
+    )
     click.echo(f"run directory: {directory}")
     click.echo(f"lineage: {directory / 'lineage.json'}")
 

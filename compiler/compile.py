@@ -31,21 +31,25 @@ class CompileResult:
     plan: dict[str, Any] | None = None
 
 
-def document_context(spec: dict[str, Any], spec_path: Path, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+def document_context(
+    spec: dict[str, Any], spec_path: Path, inputs: list[dict[str, Any]]
+) -> dict[str, Any]:
     """What the document templates see (documented in docs/templates.md)."""
     by_path = {i["path"]: i for i in inputs}
     sources = []
     for source in spec["prompts"]["sources"]:
         fp = by_path.get(source["path"], {})
-        sources.append({
-            "id": source["id"],
-            "kind": source["kind"],
-            "path": source["path"],
-            "description": source["description"],
-            "rows": fp.get("rows"),
-            "sha256": fp.get("sha256"),
-            "privacy_review": source.get("privacy_review"),
-        })
+        sources.append(
+            {
+                "id": source["id"],
+                "kind": source["kind"],
+                "path": source["path"],
+                "description": source["description"],
+                "rows": fp.get("rows"),
+                "sha256": fp.get("sha256"),
+                "privacy_review": source.get("privacy_review"),
+            }
+        )
     return {
         "spec": spec,
         "meta": {
@@ -62,7 +66,11 @@ def document_context(spec: dict[str, Any], spec_path: Path, inputs: list[dict[st
 
 
 def compile_spec(
-    spec_path: Path, out_dir: Path, *, strict: bool = False, templates: Path | None = None,
+    spec_path: Path,
+    out_dir: Path,
+    *,
+    strict: bool = False,
+    templates: Path | None = None,
     display: str | None = None,
 ) -> CompileResult:
     """Validate, then render documents and the plan in memory (nothing written)."""
@@ -84,7 +92,9 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
         for name, data in files.items():
             atomic_write_bytes(out_dir / name, data)
     except OSError as exc:
-        raise CompilerError(f"cannot write to {out_dir}: {exc.strerror or exc}", exit_code=1) from None
+        raise CompilerError(
+            f"cannot write to {out_dir}: {exc.strerror or exc}", exit_code=1
+        ) from None
 
 
 def stale_outputs(out_dir: Path, files: dict[str, bytes]) -> list[str]:

@@ -43,4 +43,8 @@ def file_fingerprint(path: Path) -> dict[str, Any]:
     if path.suffix == ".jsonl":
         with path.open("rb") as handle:
             rows = sum(1 for line in handle if line.strip())
-    return {"sha256": digest.hexdigest(), "bytes": size, "rows": rows if path.suffix == ".jsonl" else None}
+    return {
+        "sha256": digest.hexdigest(),
+        "bytes": size,
+        "rows": rows if path.suffix == ".jsonl" else None,
+    }

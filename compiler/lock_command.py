@@ -23,8 +23,10 @@ def lock_spec(spec_path: Path, *, display: str) -> str:
     """Lock the spec's criteria; refuse a changed criteria block that kept its version."""
     result = validate_file(spec_path, display=display)
     if result.resolved is None:
-        raise CompilerError("the spec is not valid, so its criteria cannot be locked:\n"
-                            + format_text(result.diagnostics))
+        raise CompilerError(
+            "the spec is not valid, so its criteria cannot be locked:\n"
+            + format_text(result.diagnostics)
+        )
     criteria = result.resolved["criteria"]
     version = criteria["version"]
     digest = criteria_hash(criteria)
@@ -40,7 +42,9 @@ def lock_spec(spec_path: Path, *, display: str) -> str:
                 "bump criteria.version before locking"
             )
     if entries and version_key(version) < max(version_key(e.version) for e in entries):
-        raise CompilerError(f"criteria version {version} is older than the lock file's newest; versions only move forward")
+        raise CompilerError(
+            f"criteria version {version} is older than the lock file's newest; versions only move forward"
+        )
     entries.append(LockEntry(version, digest, today(), criteria))
     write_lock(lock_path, spec_path.name, entries)
     return f"{lock_path.name}: locked criteria {version} ({digest[:12]}); commit it beside the spec"

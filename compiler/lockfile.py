@@ -57,17 +57,27 @@ def read_lock(path: Path) -> list[LockEntry]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CompilerError(f"{path}: cannot read the lock file: {exc}") from None
     if not isinstance(doc, dict) or doc.get("lock_version") != LOCK_VERSION:
-        raise CompilerError(f"{path}: not an rlhfspec lock file (expected lock_version {LOCK_VERSION})")
+        raise CompilerError(
+            f"{path}: not an rlhfspec lock file (expected lock_version {LOCK_VERSION})"
+        )
     entries = []
     for i, item in enumerate(doc.get("criteria", [])):
         try:
-            entry = LockEntry(str(item["version"]), str(item["sha256"]), str(item.get("locked_on", "")),
-                              dict(item["content"]))
+            entry = LockEntry(
+                str(item["version"]),
+                str(item["sha256"]),
+                str(item.get("locked_on", "")),
+                dict(item["content"]),
+            )
         except (KeyError, TypeError, ValueError):
-            raise CompilerError(f"{path}: criteria entry {i} lacks version, sha256 or content") from None
+            raise CompilerError(
+                f"{path}: criteria entry {i} lacks version, sha256 or content"
+            ) from None
         if criteria_hash(entry.content) != entry.sha256:
-            raise CompilerError(f"{path}: criteria entry {entry.version} has content that does not match its sha256; "
-                                "the lock file was edited by hand")
+            raise CompilerError(
+                f"{path}: criteria entry {entry.version} has content that does not match its sha256; "
+                "the lock file was edited by hand"
+            )
         entries.append(entry)
     return entries
 
@@ -85,7 +95,12 @@ def write_lock(path: Path, spec_name: str, entries: list[LockEntry]) -> None:
         "spec": spec_name,
         "note": "Criteria version history written by `rlhfspec lock`. Commit it beside the spec; do not edit.",
         "criteria": [
-            {"version": e.version, "sha256": e.sha256, "locked_on": e.locked_on, "content": e.content}
+            {
+                "version": e.version,
+                "sha256": e.sha256,
+                "locked_on": e.locked_on,
+                "content": e.content,
+            }
             for e in entries
         ],
     }
@@ -105,7 +120,8 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             changes.append(f"{singular} '{ident}' was removed")
         for ident in sorted(new_items.keys() & old_items.keys()):
             fields = sorted(
-                k for k in set(old_items[ident]) | set(new_items[ident])
+                k
+                for k in set(old_items[ident]) | set(new_items[ident])
                 if old_items[ident].get(k) != new_items[ident].get(k)
             )
             if fields:
@@ -113,7 +129,12 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         common_old = [i for i in old_items if i in new_items]
         common_new = [i for i in new_items if i in old_items]
         if kind == "dimensions" and common_old != common_new:
-            changes.append("dimension ranking changed: " + " > ".join(common_old) + " became " + " > ".join(common_new))
+            changes.append(
+                "dimension ranking changed: "
+                + " > ".join(common_old)
+                + " became "
+                + " > ".join(common_new)
+            )
     for key in ("tie_breaking", "scope", "examples", "summary"):
         if old.get(key) != new.get(key):
             changes.append(f"{key.replace('_', '-')} changed")

@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from .. import compiler
+from . import __version__
 from .diagnostics import json_path
 from .hashing import canonical_json, file_fingerprint, sha256_bytes, sha256_text
 from .lockfile import criteria_hash, lock_path_for, read_lock
@@ -25,7 +25,7 @@ TRAINING_STAGES = {"sft", "reward_model", "policy"}
 
 
 def generator() -> str:
-    return f"rlhfspec {compiler.__version__}"
+    return f"rlhfspec {__version__}"
 
 
 def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -36,7 +36,9 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
     gold = [spec["annotation"]["gold"]["path"]] if "gold" in spec["annotation"] else []
     sources = [s["path"] for s in spec["prompts"]["sources"]]
     responses = [spec["annotation"]["responses"]] if "responses" in spec["annotation"] else []
-    demonstrations = [spec["sft"]["data"]] if spec["sft"]["enabled"] and "data" in spec["sft"] else []
+    demonstrations = (
+        [spec["sft"]["data"]] if spec["sft"]["enabled"] and "data" in spec["sft"] else []
+    )
     stages: list[dict[str, Any]] = [
         {
             "name": "prompts",
@@ -58,70 +60,98 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             "description": "Majority vote with the tie-breaking rule into preference pairs.",
             "depends_on": ["annotation_qc"],
             "inputs": batches + responses + sources,
-            "outputs": ["preferences/pairs.jsonl", "preferences/provenance.jsonl", "preferences/summary.json"],
+            "outputs": [
+                "preferences/pairs.jsonl",
+                "preferences/provenance.jsonl",
+                "preferences/summary.json",
+            ],
         },
     ]
     if sft_on:
-        stages.append({
-            "name": "sft",
-            "description": "Supervised fine-tuning on demonstrations.",
-            "depends_on": [],
-            "inputs": [spec["sft"]["data"]],
-            "outputs": ["models/sft/"],
-        })
+        stages.append(
+            {
+                "name": "sft",
+                "description": "Supervised fine-tuning on demonstrations.",
+                "depends_on": [],
+                "inputs": [spec["sft"]["data"]],
+                "outputs": ["models/sft/"],
+            }
+        )
     policy_deps = ["aggregate"]
     if method == "ppo":
-        stages.append({
-            "name": "reward_model",
-            "description": "Bradley-Terry reward model with a by-prompt holdout and gates.",
-            "depends_on": ["aggregate"],
-            "inputs": [],
-            "outputs": ["models/reward_model/", "reward_model/eval.json"],
-        })
+        stages.append(
+            {
+                "name": "reward_model",
+                "description": "Bradley-Terry reward model with a by-prompt holdout and gates.",
+                "depends_on": ["aggregate"],
+                "inputs": [],
+                "outputs": ["models/reward_model/", "reward_model/eval.json"],
+            }
+        )
         policy_deps = ["reward_model"]
     if spec["policy"]["start_from_sft"]:
         policy_deps.append("sft")
-    stages.append({
-        "name": "policy",
-        "description": ("KL-constrained PPO" if method == "ppo" else "DPO") + ", checkpointed every "
-        f"{spec['policy']['checkpoint_every']} {'updates' if method == 'ppo' else 'steps'}.",
-        "depends_on": policy_deps,
-        "inputs": [],
-        "outputs": ["models/policy/checkpoints/"],
-    })
-    stages.append({
-        "name": "evaluate",
-        "description": "Evaluate every checkpoint on " + ", ".join(spec["evaluation"]["prompt_sets"]) + ".",
-        "depends_on": ["policy"],
-        "inputs": [],
-        "outputs": ["eval/"],
-    })
-    stages.append({
-        "name": "select",
-        "description": "Pick the deployment checkpoint among those that pass every guard.",
-        "depends_on": ["evaluate"],
-        "inputs": [],
-        "outputs": ["selection.json"],
-    })
-    stages.append({
-        "name": "handoff",
-        "description": "Assemble the handoff package with its lineage manifest.",
-        "depends_on": ["select"],
-        "inputs": [],
-        "outputs": ["handoff/"],
-    })
+    stages.append(
+        {
+            "name": "policy",
+            "description": ("KL-constrained PPO" if method == "ppo" else "DPO")
+            + ", checkpointed every "
+            f"{spec['policy']['checkpoint_every']} {'updates' if method == 'ppo' else 'steps'}.",
+            "depends_on": policy_deps,
+            "inputs": [],
+            "outputs": ["models/policy/checkpoints/"],
+        }
+    )
+    stages.append(
+        {
+            "name": "evaluate",
+            "description": "Evaluate every checkpoint on "
+            + ", ".join(spec["evaluation"]["prompt_sets"])
+            + ".",
+            "depends_on": ["policy"],
+            "inputs": [],
+            "outputs": ["eval/"],
+        }
+    )
+    stages.append(
+        {
+            "name": "select",
+            "description": "Pick the deployment checkpoint among those that pass every guard.",
+            "depends_on": ["evaluate"],
+            "inputs": [],
+            "outputs": ["selection.json"],
+        }
+    )
+    stages.append(
+        {
+            "name": "handoff",
+            "description": "Assemble the handoff package with its lineage manifest.",
+            "depends_on": ["select"],
+            "inputs": [],
+            "outputs": ["handoff/"],
+        }
+    )
     compute = spec["compute"]
     for stage in stages:
         stage["inputs"] = list(dict.fromkeys(stage["inputs"]))
         argv = ["rlhfspec", "run", "plan.json", "--stage", stage["name"]]
         stage["command"] = shlex.join(argv)
         if stage["name"] in TRAINING_STAGES:
-            stage["launch"] = shlex.join([
-                "accelerate", "launch",
-                "--num_processes", str(compute["num_processes"]),
-                "--mixed_precision", compute["mixed_precision"],
-                "-m", "rlhfspec.runtime.launch", "plan.json", "--stage", stage["name"],
-            ])
+            stage["launch"] = shlex.join(
+                [
+                    "accelerate",
+                    "launch",
+                    "--num_processes",
+                    str(compute["num_processes"]),
+                    "--mixed_precision",
+                    compute["mixed_precision"],
+                    "-m",
+                    "rlhfspec.runtime.launch",
+                    "plan.json",
+                    "--stage",
+                    stage["name"],
+                ]
+            )
     return stages
 
 
@@ -136,7 +166,10 @@ def lock_history(spec_path: Path) -> list[dict[str, str]]:
     lock = lock_path_for(spec_path)
     if not lock.exists():
         return []
-    return [{"version": e.version, "locked_on": e.locked_on, "sha256": e.sha256} for e in read_lock(lock)]
+    return [
+        {"version": e.version, "locked_on": e.locked_on, "sha256": e.sha256}
+        for e in read_lock(lock)
+    ]
 
 
 def build_plan(
@@ -163,7 +196,9 @@ def build_plan(
         "criteria": {
             "version": spec["criteria"]["version"],
             "sha256": criteria_hash(spec["criteria"]),
-            "lock_file": lock_path_for(spec_path).name if lock_path_for(spec_path).exists() else None,
+            "lock_file": lock_path_for(spec_path).name
+            if lock_path_for(spec_path).exists()
+            else None,
             "history": lock_history(spec_path),
         },
         "inputs": inputs,
@@ -175,4 +210,3 @@ def build_plan(
     }
     plan["fingerprint"] = sha256_text(canonical_json(plan))
     return plan
-

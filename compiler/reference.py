@@ -32,14 +32,23 @@ def _type(schema: dict[str, Any]) -> str:
         items = schema.get("items", {})
         inner = _type(items) if items else "any"
         return f"list of {inner}"
-    if kind == "object" and "additionalProperties" in schema and isinstance(schema["additionalProperties"], dict):
+    if (
+        kind == "object"
+        and "additionalProperties" in schema
+        and isinstance(schema["additionalProperties"], dict)
+    ):
         return "mapping of " + _type(schema["additionalProperties"])
     return str(kind) if kind else "any"
 
 
 def _bounds(schema: dict[str, Any]) -> str:
     parts = []
-    for key, sign in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+    for key, sign in (
+        ("minimum", ">="),
+        ("exclusiveMinimum", ">"),
+        ("maximum", "<="),
+        ("exclusiveMaximum", "<"),
+    ):
         if key in schema:
             parts.append(f"{sign} {schema[key]}")
     if "pattern" in schema:
@@ -59,12 +68,17 @@ def spec_reference() -> str:
     def visit(node: dict[str, Any], prefix: str, required: list[str]) -> None:
         for key, sub in node.get("properties", {}).items():
             path = f"{prefix}{key}"
-            default = f"`{json.dumps(sub['default'], ensure_ascii=False)}`" if "default" in sub else (
-                "**required**" if key in required else "—")
+            default = (
+                f"`{json.dumps(sub['default'], ensure_ascii=False)}`"
+                if "default" in sub
+                else ("**required**" if key in required else "—")
+            )
             kind = _type(sub)
             bounds = _bounds(sub)
-            rows.append(f"| `{path}` | {_cell(kind)}{' (' + _cell(bounds) + ')' if bounds else ''} | "
-                        f"{_cell(default)} | {_cell(sub.get('description', ''))} |")
+            rows.append(
+                f"| `{path}` | {_cell(kind)}{' (' + _cell(bounds) + ')' if bounds else ''} | "
+                f"{_cell(default)} | {_cell(sub.get('description', ''))} |"
+            )
             if sub.get("type") == "object" and "properties" in sub:
                 visit(sub, path + ".", sub.get("required", []))
             items = sub.get("items")

@@ -39,13 +39,17 @@ def environment(user_templates: Path | None = None) -> ImmutableSandboxedEnviron
     env = ImmutableSandboxedEnvironment(
         loader=ChoiceLoader(loaders),
         undefined=StrictUndefined,
-        autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=False),
+        autoescape=select_autoescape(
+            enabled_extensions=("html", "html.j2"), default_for_string=False
+        ),
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
     env.filters["md"] = markdown_inline
-    env.filters["title_id"] = lambda ident: str(ident).replace("_", " ").replace("-", " ").capitalize()
+    env.filters["title_id"] = lambda ident: (
+        str(ident).replace("_", " ").replace("-", " ").capitalize()
+    )
     return env
 
 
@@ -67,9 +71,12 @@ def render_all(context: Mapping[str, Any], user_templates: Path | None = None) -
             try:
                 rendered[f"{doc}.{fmt}"] = env.get_template(name).render(**context)
             except TemplateNotFound as exc:
-                raise CompilerError(f"template {exc.name} not found in the shipped templates"
-                                    + (f" or {user_templates}" if user_templates else "")) from None
+                raise CompilerError(
+                    f"template {exc.name} not found in the shipped templates"
+                    + (f" or {user_templates}" if user_templates else "")
+                ) from None
             except TemplateError as exc:
-                where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+                lineno = getattr(exc, "lineno", None)
+                where = f" (line {lineno})" if lineno else ""
                 raise CompilerError(f"template {name}{where}: {exc}", exit_code=1) from None
     return rendered

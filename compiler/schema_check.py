@@ -19,7 +19,22 @@ from jsonschema.exceptions import ValidationError
 from .diagnostics import Diagnostic, json_path, make
 from .schemas import JsonPath
 
-YAML11_BOOLEANS = {"yes", "no", "on", "off", "y", "n", "Yes", "No", "On", "Off", "YES", "NO", "ON", "OFF"}
+YAML11_BOOLEANS = {
+    "yes",
+    "no",
+    "on",
+    "off",
+    "y",
+    "n",
+    "Yes",
+    "No",
+    "On",
+    "Off",
+    "YES",
+    "NO",
+    "ON",
+    "OFF",
+}
 JSON_TYPES = {
     dict: "mapping",
     list: "list",
@@ -29,7 +44,14 @@ JSON_TYPES = {
     float: "number",
     type(None): "null",
 }
-RANGE_VALIDATORS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems"}
+RANGE_VALIDATORS = {
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minItems",
+    "maxItems",
+}
 FORMAT_VALIDATORS = {"pattern", "minLength", "maxLength", "format"}
 
 
@@ -79,9 +101,7 @@ def _expected_types(schema: dict[str, Any]) -> str:
     return str(expected)
 
 
-def check(
-    data: Any, schema: dict[str, Any], locator: Locator, *, file: str
-) -> list[Diagnostic]:
+def check(data: Any, schema: dict[str, Any], locator: Locator, *, file: str) -> list[Diagnostic]:
     """Validate `data` and return one diagnostic per problem, located."""
     validator = Draft202012Validator(schema)
     out: list[Diagnostic] = []
@@ -109,7 +129,17 @@ def _convert(error: ValidationError, locator: Locator, file: str) -> list[Diagno
             message = f"unknown key '{key}' in {where}"
             message += f"; did you mean '{guess}'?" if guess else ""
             hint = None if guess else "allowed keys: " + ", ".join(allowed)
-            diags.append(make("S001", message, file=file, line=line, col=col, path=json_path(key_path), hint=hint))
+            diags.append(
+                make(
+                    "S001",
+                    message,
+                    file=file,
+                    line=line,
+                    col=col,
+                    path=json_path(key_path),
+                    hint=hint,
+                )
+            )
         return diags
 
     if kind == "propertyNames":
@@ -118,9 +148,20 @@ def _convert(error: ValidationError, locator: Locator, file: str) -> list[Diagno
         line, col = locator.key(key_path)
         allowed = [str(v) for v in error.validator_value.get("enum", [])]
         guess = suggest(key, allowed)
-        message = f"unknown key '{key}' in {where}" + (f"; did you mean '{guess}'?" if guess else "")
-        return [make("S001", message, file=file, line=line, col=col, path=json_path(key_path),
-                     hint="allowed keys: " + ", ".join(allowed))]
+        message = f"unknown key '{key}' in {where}" + (
+            f"; did you mean '{guess}'?" if guess else ""
+        )
+        return [
+            make(
+                "S001",
+                message,
+                file=file,
+                line=line,
+                col=col,
+                path=json_path(key_path),
+                hint="allowed keys: " + ", ".join(allowed),
+            )
+        ]
 
     if kind == "required" and isinstance(instance, dict):
         diags = []
@@ -130,9 +171,17 @@ def _convert(error: ValidationError, locator: Locator, file: str) -> list[Diagno
             key_path = path + (key,)
             line, col = locator.key(path) if path else (1, 1)
             description = schema.get("properties", {}).get(key, {}).get("description", "")
-            diags.append(make("S002", f"missing required key '{key}' in {where}", file=file,
-                              line=line, col=col, path=json_path(key_path),
-                              hint=f"add '{key}': {description}" if description else None))
+            diags.append(
+                make(
+                    "S002",
+                    f"missing required key '{key}' in {where}",
+                    file=file,
+                    line=line,
+                    col=col,
+                    path=json_path(key_path),
+                    hint=f"add '{key}': {description}" if description else None,
+                )
+            )
         return diags
 
     line, col = locator.value(path)
@@ -142,35 +191,66 @@ def _convert(error: ValidationError, locator: Locator, file: str) -> list[Diagno
         message = f"expected {expected}, got {_type_name(instance)} {_short(instance)}"
         hint = None
         if "boolean" in expected and isinstance(instance, str) and instance in YAML11_BOOLEANS:
-            hint = "YAML 1.2 booleans are only true and false; 'yes', 'no', 'on' and 'off' are strings"
-        elif "number" in expected or "integer" in expected:
-            if isinstance(instance, str):
-                hint = "write the number without quotes"
+            hint = (
+                "YAML 1.2 booleans are only true and false; 'yes', 'no', 'on' and 'off' are strings"
+            )
+        elif ("number" in expected or "integer" in expected) and isinstance(instance, str):
+            hint = "write the number without quotes"
         return [make("S003", message, file=file, line=line, col=col, path=where, hint=hint)]
 
     if kind in ("enum", "const"):
         allowed_values = error.validator_value if kind == "enum" else [error.validator_value]
         allowed_text = ", ".join(repr(v) for v in allowed_values)
-        guess = suggest(str(instance), [str(v) for v in allowed_values]) if isinstance(instance, str) else None
+        guess = (
+            suggest(str(instance), [str(v) for v in allowed_values])
+            if isinstance(instance, str)
+            else None
+        )
         message = f"{_short(instance)} is not allowed here; expected one of {allowed_text}"
         if guess:
             message += f"; did you mean '{guess}'?"
         return [make("S004", message, file=file, line=line, col=col, path=where)]
 
     if kind in RANGE_VALIDATORS:
-        return [make("S005", f"{_short(instance)} is out of range: {error.message}", file=file,
-                     line=line, col=col, path=where,
-                     hint=schema.get("description") or None)]
+        return [
+            make(
+                "S005",
+                f"{_short(instance)} is out of range: {error.message}",
+                file=file,
+                line=line,
+                col=col,
+                path=where,
+                hint=schema.get("description") or None,
+            )
+        ]
 
     if kind in FORMAT_VALIDATORS:
         if kind == "pattern":
             message = f"{_short(instance)} does not have the required form (pattern {error.validator_value})"
         else:
             message = error.message
-        return [make("S006", message, file=file, line=line, col=col, path=where,
-                     hint=schema.get("description") or None)]
+        return [
+            make(
+                "S006",
+                message,
+                file=file,
+                line=line,
+                col=col,
+                path=where,
+                hint=schema.get("description") or None,
+            )
+        ]
 
     if kind == "uniqueItems":
-        return [make("S007", f"items must be unique: {error.message}", file=file, line=line, col=col, path=where)]
+        return [
+            make(
+                "S007",
+                f"items must be unique: {error.message}",
+                file=file,
+                line=line,
+                col=col,
+                path=where,
+            )
+        ]
 
     return [make("S008", error.message, file=file, line=line, col=col, path=where)]

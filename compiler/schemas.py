@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -25,13 +25,15 @@ def schema_text(name: str) -> str:
     return resources.files("rlhfspec.schemas").joinpath(name).read_text(encoding="utf-8")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads(schema_text(name))
     return loaded
 
 
-def _subschemas(schema: dict[str, Any], value: Any) -> Iterator[tuple[str | int, Any, dict[str, Any]]]:
+def _subschemas(
+    schema: dict[str, Any], value: Any
+) -> Iterator[tuple[str | int, Any, dict[str, Any]]]:
     if isinstance(value, dict) and schema.get("type") == "object":
         props = schema.get("properties", {})
         extra = schema.get("additionalProperties")
@@ -73,7 +75,9 @@ def _fill(schema: dict[str, Any], value: Any) -> None:
                 value[key] = copy.deepcopy(sub["default"])
         # keep the schema's key order so resolved output reads like the reference
         order = list(schema.get("properties", {}))
-        ordered = sorted(value.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+        ordered = sorted(
+            value.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)
+        )
         value.clear()
         value.update(ordered)
     for _key, child, child_schema in _subschemas(schema, value):

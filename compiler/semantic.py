@@ -14,7 +14,14 @@ from typing import Any
 
 from .diagnostics import Diagnostic, json_path, make
 from .errors import CompilerError
-from .lockfile import LockEntry, criteria_hash, describe_changes, lock_path_for, read_lock, version_key
+from .lockfile import (
+    LockEntry,
+    criteria_hash,
+    describe_changes,
+    lock_path_for,
+    read_lock,
+    version_key,
+)
 from .schema_check import Locator
 from .schemas import JsonPath, walk
 
@@ -24,8 +31,16 @@ RECOMMENDED_SESSION_MINUTES = 90
 
 
 class Checker:
-    def __init__(self, spec: dict[str, Any], raw: dict[str, Any], schema: dict[str, Any],
-                 locator: Locator, *, file: str, spec_path: Path | None) -> None:
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        raw: dict[str, Any],
+        schema: dict[str, Any],
+        locator: Locator,
+        *,
+        file: str,
+        spec_path: Path | None,
+    ) -> None:
         self.spec = spec
         self.raw = raw
         self.schema = schema
@@ -34,9 +49,13 @@ class Checker:
         self.spec_path = spec_path
         self.out: list[Diagnostic] = []
 
-    def emit(self, code: str, message: str, path: JsonPath, *, hint: str | None = None, key: bool = False) -> None:
+    def emit(
+        self, code: str, message: str, path: JsonPath, *, hint: str | None = None, key: bool = False
+    ) -> None:
         line, col = self.locator.key(path) if key else self.locator.value(path)
-        self.out.append(make(code, message, file=self.file, line=line, col=col, path=json_path(path), hint=hint))
+        self.out.append(
+            make(code, message, file=self.file, line=line, col=col, path=json_path(path), hint=hint)
+        )
 
     def run(self) -> list[Diagnostic]:
         self.criteria()
@@ -58,8 +77,12 @@ class Checker:
                 path: JsonPath = ("criteria", kind, i, "id")
                 if item["id"] in seen:
                     first = json_path(seen[item["id"]])
-                    self.emit("C001", f"id '{item['id']}' is used twice (first at {first})", path,
-                              hint="dimension and disqualifier ids share one namespace; rename one")
+                    self.emit(
+                        "C001",
+                        f"id '{item['id']}' is used twice (first at {first})",
+                        path,
+                        hint="dimension and disqualifier ids share one namespace; rename one",
+                    )
                 else:
                     seen[item["id"]] = path
         for i, item in enumerate(crit["disqualifiers"]):
@@ -68,14 +91,20 @@ class Checker:
                 try:
                     re.compile(regex)
                 except re.error as exc:
-                    self.emit("C008", f"detector for '{item['id']}' is not a valid regular expression: {exc}",
-                              ("criteria", "disqualifiers", i, "detect", "regex"))
+                    self.emit(
+                        "C008",
+                        f"detector for '{item['id']}' is not a valid regular expression: {exc}",
+                        ("criteria", "disqualifiers", i, "detect", "regex"),
+                    )
         for i, example in enumerate(crit["examples"]):
             ref = example.get("decided_by")
             if ref is not None and ref not in seen:
-                self.emit("C002", f"example names '{ref}', which is neither a dimension nor a disqualifier",
-                          ("criteria", "examples", i, "decided_by"),
-                          hint="known ids: " + ", ".join(seen))
+                self.emit(
+                    "C002",
+                    f"example names '{ref}', which is neither a dimension nor a disqualifier",
+                    ("criteria", "examples", i, "decided_by"),
+                    hint="known ids: " + ", ".join(seen),
+                )
 
     def lock(self) -> None:
         if self.spec_path is None:
@@ -84,21 +113,33 @@ class Checker:
         version = self.spec["criteria"]["version"]
         batches = self.spec["annotation"]["batches"]
         if not lock_path.exists():
-            self.emit("C006", f"no lock file {lock_path.name} beside the spec, so criteria drift is not checked",
-                      ("criteria", "version"), hint=f"run `rlhfspec lock {self.spec_path.name}` and commit the lock file")
+            self.emit(
+                "C006",
+                f"no lock file {lock_path.name} beside the spec, so criteria drift is not checked",
+                ("criteria", "version"),
+                hint=f"run `rlhfspec lock {self.spec_path.name}` and commit the lock file",
+            )
             return
         try:
             entries = read_lock(lock_path)
         except CompilerError as exc:
-            self.emit("C009", exc.message, ("criteria", "version"), hint="regenerate it with `rlhfspec lock`")
+            self.emit(
+                "C009",
+                exc.message,
+                ("criteria", "version"),
+                hint="regenerate it with `rlhfspec lock`",
+            )
             return
         known = {e.version for e in entries} | {version}
         for i, batch in enumerate(batches):
             if batch["criteria_version"] not in known:
-                self.emit("C005", f"batch '{batch['id']}' follows criteria version {batch['criteria_version']}, "
-                          f"which is not in the lock file's history ({', '.join(sorted(known, key=version_key))})",
-                          ("annotation", "batches", i, "criteria_version"),
-                          hint="tag the batch with the version its annotators actually used")
+                self.emit(
+                    "C005",
+                    f"batch '{batch['id']}' follows criteria version {batch['criteria_version']}, "
+                    f"which is not in the lock file's history ({', '.join(sorted(known, key=version_key))})",
+                    ("annotation", "batches", i, "criteria_version"),
+                    hint="tag the batch with the version its annotators actually used",
+                )
         if not entries:
             return
         self._compare_with_lock(entries, version)
@@ -112,18 +153,35 @@ class Checker:
             entry = by_version[version]
             if entry.sha256 != current:
                 changes = describe_changes(entry.content, self.spec["criteria"])
-                self.emit("C003", f"criteria changed but version {version} was kept: " + "; ".join(changes or ["content changed"]),
-                          path, hint="bump criteria.version (a criteria change is a breaking change), "
-                          "then run `rlhfspec lock` and re-tag new annotation batches")
+                self.emit(
+                    "C003",
+                    f"criteria changed but version {version} was kept: "
+                    + "; ".join(changes or ["content changed"]),
+                    path,
+                    hint="bump criteria.version (a criteria change is a breaking change), "
+                    "then run `rlhfspec lock` and re-tag new annotation batches",
+                )
             elif entry is not latest:
-                self.emit("C004", f"criteria version {version} is older than the newest locked version {latest.version}",
-                          path, hint=f"restore version {latest.version}'s criteria or publish a newer version")
+                self.emit(
+                    "C004",
+                    f"criteria version {version} is older than the newest locked version {latest.version}",
+                    path,
+                    hint=f"restore version {latest.version}'s criteria or publish a newer version",
+                )
         elif version_key(version) < version_key(latest.version):
-            self.emit("C004", f"criteria version {version} is older than the newest locked version {latest.version}",
-                      path, hint="versions only move forward; choose a version above " + latest.version)
+            self.emit(
+                "C004",
+                f"criteria version {version} is older than the newest locked version {latest.version}",
+                path,
+                hint="versions only move forward; choose a version above " + latest.version,
+            )
         else:
-            self.emit("C007", f"criteria version {version} is not in the lock file yet (newest: {latest.version})",
-                      path, hint="run `rlhfspec lock` and commit the lock file")
+            self.emit(
+                "C007",
+                f"criteria version {version} is not in the lock file yet (newest: {latest.version})",
+                path,
+                hint="run `rlhfspec lock` and commit the lock file",
+            )
 
     # Stage 2 ---------------------------------------------------------------
     def prompts(self) -> None:
@@ -133,13 +191,25 @@ class Checker:
         for i, source in enumerate(prompts["sources"]):
             kinds.add(source["kind"])
             if source["id"] in seen:
-                self.emit("P004", f"prompt source id '{source['id']}' is used twice", ("prompts", "sources", i, "id"))
+                self.emit(
+                    "P004",
+                    f"prompt source id '{source['id']}' is used twice",
+                    ("prompts", "sources", i, "id"),
+                )
             seen.add(source["id"])
             review = source.get("privacy_review")
             if source["kind"] == "usage_logs" and (review is None or not review["approved"]):
-                what = "has no privacy review" if review is None else "has a privacy review that did not approve it"
-                self.emit("P005", f"usage-log source '{source['id']}' {what}", ("prompts", "sources", i),
-                          hint="add privacy_review: {approved: true, by: ..., on: YYYY-MM-DD} once the review passed")
+                what = (
+                    "has no privacy review"
+                    if review is None
+                    else "has a privacy review that did not approve it"
+                )
+                self.emit(
+                    "P005",
+                    f"usage-log source '{source['id']}' {what}",
+                    ("prompts", "sources", i),
+                    hint="add privacy_review: {approved: true, by: ..., on: YYYY-MM-DD} once the review passed",
+                )
         mix = prompts["mix"]
         if mix:
             lows = highs = 0.0
@@ -147,22 +217,49 @@ class Checker:
                 lows += low
                 highs += high
                 if low > high:
-                    self.emit("V001", f"mix range for {kind} is [{low}, {high}]: minimum above maximum", ("prompts", "mix", kind))
+                    self.emit(
+                        "V001",
+                        f"mix range for {kind} is [{low}, {high}]: minimum above maximum",
+                        ("prompts", "mix", kind),
+                    )
                 if kind not in kinds:
-                    self.emit("P002", f"mix gives a range to '{kind}' but no source has that kind", ("prompts", "mix", kind),
-                              key=True, hint="add a source of that kind or remove the range")
+                    self.emit(
+                        "P002",
+                        f"mix gives a range to '{kind}' but no source has that kind",
+                        ("prompts", "mix", kind),
+                        key=True,
+                        hint="add a source of that kind or remove the range",
+                    )
             for kind in sorted(kinds - set(mix)):
-                self.emit("P003", f"sources of kind '{kind}' have no mix range", ("prompts", "mix"), key=True)
+                self.emit(
+                    "P003",
+                    f"sources of kind '{kind}' have no mix range",
+                    ("prompts", "mix"),
+                    key=True,
+                )
             if lows > 1 + 1e-9 or highs < 1 - 1e-9:
-                self.emit("P001", f"mix ranges cannot sum to 1: minimums sum to {lows:g}, maximums to {highs:g}",
-                          ("prompts", "mix"), key=True, hint="the minimums must sum to at most 1 and the maximums to at least 1")
+                self.emit(
+                    "P001",
+                    f"mix ranges cannot sum to 1: minimums sum to {lows:g}, maximums to {highs:g}",
+                    ("prompts", "mix"),
+                    key=True,
+                    hint="the minimums must sum to at most 1 and the maximums to at least 1",
+                )
         edges = prompts["strata"]["length_words"]
         if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
-            self.emit("P006", f"length bins {edges} are not strictly ascending", ("prompts", "strata", "length_words"))
+            self.emit(
+                "P006",
+                f"length bins {edges} are not strictly ascending",
+                ("prompts", "strata", "length_words"),
+            )
         if prompts["production_holdout"]["share"] <= 0 or "usage_logs" not in kinds:
-            self.emit("P007", "no production prompts are held out, so a mismatch between annotated and real traffic goes unseen",
-                      ("prompts", "production_holdout"), key=True,
-                      hint="add a usage-log source and set production_holdout.share (e.g. 0.1)")
+            self.emit(
+                "P007",
+                "no production prompts are held out, so a mismatch between annotated and real traffic goes unseen",
+                ("prompts", "production_holdout"),
+                key=True,
+                hint="add a usage-log source and set production_holdout.share (e.g. 0.1)",
+            )
 
     # Stage 3 ---------------------------------------------------------------
     def annotation(self) -> None:
@@ -171,40 +268,74 @@ class Checker:
         if gold:
             low, high = gold["share"]
             if low > high:
-                self.emit("V001", f"gold share range [{low}, {high}] has its minimum above its maximum", ("annotation", "gold", "share"))
+                self.emit(
+                    "V001",
+                    f"gold share range [{low}, {high}] has its minimum above its maximum",
+                    ("annotation", "gold", "share"),
+                )
             elif low < RECOMMENDED_GOLD_SHARE[0] or high > RECOMMENDED_GOLD_SHARE[1]:
-                self.emit("A001", f"gold share [{low}, {high}] is outside the recommended 5-10%",
-                          ("annotation", "gold", "share"), hint="spot-check 5-10% of annotations against gold items")
+                self.emit(
+                    "A001",
+                    f"gold share [{low}, {high}] is outside the recommended 5-10%",
+                    ("annotation", "gold", "share"),
+                    hint="spot-check 5-10% of annotations against gold items",
+                )
         agreement = ann["agreement"]
         if agreement["floor"] >= agreement["target"]:
-            self.emit("A002", f"agreement floor {agreement['floor']} is not below the target {agreement['target']}",
-                      ("annotation", "agreement", "floor"), hint="typical values: target 0.6, floor 0.4")
+            self.emit(
+                "A002",
+                f"agreement floor {agreement['floor']} is not below the target {agreement['target']}",
+                ("annotation", "agreement", "floor"),
+                hint="typical values: target 0.6, floor 0.4",
+            )
         seen: set[str] = set()
         for i, batch in enumerate(ann["batches"]):
             if batch["id"] in seen:
-                self.emit("A003", f"batch id '{batch['id']}' is used twice", ("annotation", "batches", i, "id"))
+                self.emit(
+                    "A003",
+                    f"batch id '{batch['id']}' is used twice",
+                    ("annotation", "batches", i, "id"),
+                )
             seen.add(batch["id"])
         if ann["session_max_minutes"] > RECOMMENDED_SESSION_MINUTES:
-            self.emit("A004", f"sessions of up to {ann['session_max_minutes']} minutes are longer than the recommended 90",
-                      ("annotation", "session_max_minutes"))
+            self.emit(
+                "A004",
+                f"sessions of up to {ann['session_max_minutes']} minutes are longer than the recommended 90",
+                ("annotation", "session_max_minutes"),
+            )
         if ann["annotators_per_item"] < 2:
-            self.emit("A005", "with one annotator per item, inter-annotator agreement cannot be measured",
-                      ("annotation", "annotators_per_item"), hint="use 2 or 3 annotators per item")
+            self.emit(
+                "A005",
+                "with one annotator per item, inter-annotator agreement cannot be measured",
+                ("annotation", "annotators_per_item"),
+                hint="use 2 or 3 annotators per item",
+            )
         if not ann["randomize_order"]:
-            self.emit("A007", "output order is not randomised, so annotators can develop a position bias",
-                      ("annotation", "randomize_order"))
+            self.emit(
+                "A007",
+                "output order is not randomised, so annotators can develop a position bias",
+                ("annotation", "randomize_order"),
+            )
         if not ann["batches"]:
-            self.emit("A006", f"policy method '{self.spec['policy']['method']}' needs preference data, "
-                      "but annotation.batches is empty", ("annotation",), key=True,
-                      hint="list the annotation batches (id, path, criteria_version)")
+            self.emit(
+                "A006",
+                f"policy method '{self.spec['policy']['method']}' needs preference data, "
+                "but annotation.batches is empty",
+                ("annotation",),
+                key=True,
+                hint="list the annotation batches (id, path, criteria_version)",
+            )
 
     # Stage 4 ---------------------------------------------------------------
     def reward_model(self) -> None:
         share = self.spec["reward_model"]["validation_share"]
         low, high = RECOMMENDED_VALIDATION_SHARE
         if self.spec["policy"]["method"] == "ppo" and not low <= share <= high:
-            self.emit("R001", f"reward-model validation share {share} is outside the recommended 10-15%",
-                      ("reward_model", "validation_share"))
+            self.emit(
+                "R001",
+                f"reward-model validation share {share} is outside the recommended 10-15%",
+                ("reward_model", "validation_share"),
+            )
 
     # Stage 5 ---------------------------------------------------------------
     def policy(self) -> None:
@@ -213,43 +344,93 @@ class Checker:
         kl_path: JsonPath = ("policy", "kl")
         if kl["mode"] == "adaptive":
             if "target" not in kl:
-                self.emit("O002", "adaptive KL needs a target", kl_path, key=True, hint="add target: (e.g. 6.0)")
+                self.emit(
+                    "O002",
+                    "adaptive KL needs a target",
+                    kl_path,
+                    key=True,
+                    hint="add target: (e.g. 6.0)",
+                )
             if kl["coef"] == 0:
-                self.emit("O002", "adaptive KL cannot start from coef 0: the controller only scales it", kl_path + ("coef",))
+                self.emit(
+                    "O002",
+                    "adaptive KL cannot start from coef 0: the controller only scales it",
+                    kl_path + ("coef",),
+                )
             if policy["method"] == "dpo":
-                self.emit("O002", "DPO has no adaptive KL controller; its constraint is dpo.beta", kl_path + ("mode",))
+                self.emit(
+                    "O002",
+                    "DPO has no adaptive KL controller; its constraint is dpo.beta",
+                    kl_path + ("mode",),
+                )
             guard = self.spec["evaluation"]["select"]["guards"]["max_kl"]
             if "target" in kl and guard < kl["target"]:
-                self.emit("O006", f"guard max_kl {guard} is below the KL target {kl['target']}",
-                          ("evaluation", "select", "guards", "max_kl"))
+                self.emit(
+                    "O006",
+                    f"guard max_kl {guard} is below the KL target {kl['target']}",
+                    ("evaluation", "select", "guards", "max_kl"),
+                )
         else:
             if "target" in kl:
-                self.emit("O002", "kl.target only applies in adaptive mode", kl_path + ("target",),
-                          hint="set mode: adaptive or remove target")
+                self.emit(
+                    "O002",
+                    "kl.target only applies in adaptive mode",
+                    kl_path + ("target",),
+                    hint="set mode: adaptive or remove target",
+                )
             if kl["coef"] == 0 and policy["method"] == "ppo":
-                self.emit("O003", "KL coefficient 0: nothing keeps the policy near its reference", kl_path + ("coef",),
-                          hint="start with a moderate penalty such as 0.05 and adjust at checkpoints")
+                self.emit(
+                    "O003",
+                    "KL coefficient 0: nothing keeps the policy near its reference",
+                    kl_path + ("coef",),
+                    hint="start with a moderate penalty such as 0.05 and adjust at checkpoints",
+                )
         if policy["start_from_sft"] and not self.spec["sft"]["enabled"]:
-            self.emit("O005", "start_from_sft is set but sft.enabled is false", ("policy", "start_from_sft"))
+            self.emit(
+                "O005",
+                "start_from_sft is set but sft.enabled is false",
+                ("policy", "start_from_sft"),
+            )
         for section in ("sft", "reward_model", "policy"):
             if self.spec[section].get("trust_remote_code"):
-                self.emit("O007", f"{section} lets the model run code shipped with it", (section, "trust_remote_code"))
+                self.emit(
+                    "O007",
+                    f"{section} lets the model run code shipped with it",
+                    (section, "trust_remote_code"),
+                )
         other = "dpo" if policy["method"] == "ppo" else "ppo"
         if other in self.raw.get("policy", {}):
-            self.emit("O008", f"policy.{other} is ignored because method is {policy['method']}", ("policy", other), key=True)
+            self.emit(
+                "O008",
+                f"policy.{other} is ignored because method is {policy['method']}",
+                ("policy", other),
+                key=True,
+            )
         if policy["method"] == "ppo":
             ppo = policy["ppo"]
             if ppo["rollout_batch_size"] % ppo["mini_batches"]:
-                self.emit("O004", f"rollout_batch_size {ppo['rollout_batch_size']} does not split into "
-                          f"{ppo['mini_batches']} equal minibatches", ("policy", "ppo", "mini_batches"))
+                self.emit(
+                    "O004",
+                    f"rollout_batch_size {ppo['rollout_batch_size']} does not split into "
+                    f"{ppo['mini_batches']} equal minibatches",
+                    ("policy", "ppo", "mini_batches"),
+                )
             updates = ppo["total_episodes"] // ppo["rollout_batch_size"]
             if updates < 1:
-                self.emit("O001", f"total_episodes {ppo['total_episodes']} is less than one rollout batch "
-                          f"({ppo['rollout_batch_size']})", ("policy", "ppo", "total_episodes"))
+                self.emit(
+                    "O001",
+                    f"total_episodes {ppo['total_episodes']} is less than one rollout batch "
+                    f"({ppo['rollout_batch_size']})",
+                    ("policy", "ppo", "total_episodes"),
+                )
             elif policy["checkpoint_every"] > updates:
-                self.emit("O001", f"checkpoint_every {policy['checkpoint_every']} exceeds the {updates} PPO updates "
-                          f"({ppo['total_episodes']} episodes / {ppo['rollout_batch_size']} per update)",
-                          ("policy", "checkpoint_every"), hint=f"use at most {updates}")
+                self.emit(
+                    "O001",
+                    f"checkpoint_every {policy['checkpoint_every']} exceeds the {updates} PPO updates "
+                    f"({ppo['total_episodes']} episodes / {ppo['rollout_batch_size']} per update)",
+                    ("policy", "checkpoint_every"),
+                    hint=f"use at most {updates}",
+                )
 
     # Evaluation ------------------------------------------------------------
     def evaluation(self) -> None:
@@ -257,23 +438,43 @@ class Checker:
         sets = self.spec["evaluation"]["prompt_sets"]
         for i, name in enumerate(sets):
             if name == "adversarial" and "adversarial" not in kinds:
-                self.emit("E001", "prompt set 'adversarial' needs a source of kind adversarial", ("evaluation", "prompt_sets", i),
-                          hint="add adversarial prompts: reward hacking shows there first")
-            if name == "production_holdout" and ("usage_logs" not in kinds or self.spec["prompts"]["production_holdout"]["share"] <= 0):
-                self.emit("E001", "prompt set 'production_holdout' is empty: no usage-log prompts are held out",
-                          ("evaluation", "prompt_sets", i))
+                self.emit(
+                    "E001",
+                    "prompt set 'adversarial' needs a source of kind adversarial",
+                    ("evaluation", "prompt_sets", i),
+                    hint="add adversarial prompts: reward hacking shows there first",
+                )
+            if name == "production_holdout" and (
+                "usage_logs" not in kinds
+                or self.spec["prompts"]["production_holdout"]["share"] <= 0
+            ):
+                self.emit(
+                    "E001",
+                    "prompt set 'production_holdout' is empty: no usage-log prompts are held out",
+                    ("evaluation", "prompt_sets", i),
+                )
 
     # Files -----------------------------------------------------------------
     def files(self) -> None:
         sft = self.spec["sft"]
         if sft["enabled"] and "data" not in sft:
-            self.emit("F003", "sft is enabled but sft.data is missing", ("sft",), key=True,
-                      hint="point sft.data at a JSONL of prompt/response demonstrations")
+            self.emit(
+                "F003",
+                "sft is enabled but sft.data is missing",
+                ("sft",),
+                key=True,
+                hint="point sft.data at a JSONL of prompt/response demonstrations",
+            )
         ann = self.spec["annotation"]
         if ann["batches"] and "responses" not in ann:
-            self.emit("F003", "annotation batches are listed but annotation.responses is missing, so votes "
-                      "cannot become preference pairs", ("annotation",), key=True,
-                      hint="point annotation.responses at the JSONL of compared responses (id, prompt_id, system, text)")
+            self.emit(
+                "F003",
+                "annotation batches are listed but annotation.responses is missing, so votes "
+                "cannot become preference pairs",
+                ("annotation",),
+                key=True,
+                hint="point annotation.responses at the JSONL of compared responses (id, prompt_id, system, text)",
+            )
         if self.spec_path is None:
             return
         base = self.spec_path.parent.resolve()
@@ -295,13 +496,22 @@ def check_path(base: Path, value: str) -> tuple[str, str, str] | None:
     """Refuse paths that leave the spec's folder; then require the file to exist."""
     candidate = Path(value)
     if candidate.is_absolute():
-        return ("F002", f"'{value}' is an absolute path; spec paths are relative to the spec's folder",
-                "move the file under the spec's folder and give a relative path")
+        return (
+            "F002",
+            f"'{value}' is an absolute path; spec paths are relative to the spec's folder",
+            "move the file under the spec's folder and give a relative path",
+        )
     resolved = (base / candidate).resolve()
     if not resolved.is_relative_to(base):
-        return ("F002", f"'{value}' leaves the spec's folder {base.name}/",
-                "keep data inside the spec's folder, so the spec and its data move together")
+        return (
+            "F002",
+            f"'{value}' leaves the spec's folder {base.name}/",
+            "keep data inside the spec's folder, so the spec and its data move together",
+        )
     if not resolved.is_file():
-        return ("F001", f"file '{value}' does not exist (looked in {base.name}/)",
-                "check the path; it is relative to the spec's folder")
+        return (
+            "F001",
+            f"file '{value}' does not exist (looked in {base.name}/)",
+            "check the path; it is relative to the spec's folder",
+        )
     return None

@@ -39,7 +39,11 @@ class ValidationResult:
 
 
 def validate_text(
-    text: str | bytes, *, file: str = "<string>", spec_path: Path | None = None, strict: bool = False
+    text: str | bytes,
+    *,
+    file: str = "<string>",
+    spec_path: Path | None = None,
+    strict: bool = False,
 ) -> ValidationResult:
     """Validate spec text; `spec_path` anchors relative paths and the lock file."""
     result = ValidationResult(file=file)
@@ -47,22 +51,35 @@ def validate_text(
         loaded = load_yaml(text, filename=file)
     except YamlLoadError as exc:
         result.diagnostics = sorted(
-            (make(p.code, p.message, file=file, line=p.line, col=p.col, hint=p.hint) for p in exc.problems),
+            (
+                make(p.code, p.message, file=file, line=p.line, col=p.col, hint=p.hint)
+                for p in exc.problems
+            ),
             key=Diagnostic.sort_key,
         )
         return result
     result.loaded = loaded
     if not isinstance(loaded.data, dict):
         what = "empty" if loaded.data is None else f"a {type(loaded.data).__name__}, not a mapping"
-        result.diagnostics = [make("Y007", f"the spec is {what}", file=file, line=1, col=1,
-                                   hint="start from specs/minimal.yaml")]
+        result.diagnostics = [
+            make(
+                "Y007",
+                f"the spec is {what}",
+                file=file,
+                line=1,
+                col=1,
+                hint="start from specs/minimal.yaml",
+            )
+        ]
         return result
     schema = load_schema(SPEC_SCHEMA)
     locator = schema_check.Locator(loaded.positions, loaded.key_positions)
     diags = schema_check.check(loaded.data, schema, locator, file=file)
     if not diags:
         resolved = with_defaults(schema, loaded.data)
-        diags = Checker(resolved, loaded.data, schema, locator, file=file, spec_path=spec_path).run()
+        diags = Checker(
+            resolved, loaded.data, schema, locator, file=file, spec_path=spec_path
+        ).run()
         result.resolved = resolved
     if strict:
         diags = strictify(diags)
@@ -70,7 +87,9 @@ def validate_text(
     return result
 
 
-def validate_file(path: Path, *, strict: bool = False, display: str | None = None) -> ValidationResult:
+def validate_file(
+    path: Path, *, strict: bool = False, display: str | None = None
+) -> ValidationResult:
     """Validate a spec file. Raises OSError when it cannot be read."""
     data = path.read_bytes()
     return validate_text(data, file=display or str(path), spec_path=path, strict=strict)

@@ -81,7 +81,9 @@ def read_jsonl_rows(path: Path, display: str, required: Iterable[str]) -> list[d
                 raise RunError(f"{display}: line {number}: expected a JSON object")
             for name in need:
                 if not isinstance(row.get(name), str) or not row[name]:
-                    raise RunError(f"{display}: line {number}: field '{name}' must be a non-empty string")
+                    raise RunError(
+                        f"{display}: line {number}: field '{name}' must be a non-empty string"
+                    )
             rows.append(row)
     return rows
 
@@ -89,9 +91,14 @@ def read_jsonl_rows(path: Path, display: str, required: Iterable[str]) -> list[d
 def load_records(project: Project, *, skip_bad_rows: bool = False) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for batch in project.spec["annotation"]["batches"]:
-        read = read_batch(project.path(batch["path"]), batch=batch["id"], fmt=batch["format"],
-                          criteria_version=batch["criteria_version"], display=batch["path"],
-                          skip_bad=skip_bad_rows)
+        read = read_batch(
+            project.path(batch["path"]),
+            batch=batch["id"],
+            fmt=batch["format"],
+            criteria_version=batch["criteria_version"],
+            display=batch["path"],
+            skip_bad=skip_bad_rows,
+        )
         records.extend(read.records)
     return records
 
@@ -127,9 +134,15 @@ def aggregate(
     ranked_dims = [d["id"] for d in spec["criteria"]["dimensions"]]
     responses_path = spec["annotation"].get("responses")
     if responses_path is None:
-        raise RunError("annotation.responses is not set, so votes cannot be joined to response texts")
-    responses = {r["id"]: r for r in read_jsonl_rows(project.path(responses_path), responses_path,
-                                                     ("id", "prompt_id", "text"))}
+        raise RunError(
+            "annotation.responses is not set, so votes cannot be joined to response texts"
+        )
+    responses = {
+        r["id"]: r
+        for r in read_jsonl_rows(
+            project.path(responses_path), responses_path, ("id", "prompt_id", "text")
+        )
+    }
     prompts: dict[str, str] = {}
     for source in spec["prompts"]["sources"]:
         for row in read_jsonl_rows(project.path(source["path"]), source["path"], ("id", "text")):
@@ -169,42 +182,48 @@ def aggregate(
         if prompt_id not in prompts:
             counts["items_with_unknown_prompt"] += 1
             continue
-        votes = Counter(_canonical(r["choice"], r["response_a"], r["response_b"]) for r in votes_rows)
+        votes = Counter(
+            _canonical(r["choice"], r["response_a"], r["response_b"]) for r in votes_rows
+        )
         winner = _winner(votes)
         decided_by = "majority"
         if winner is None:
             counts["split_votes"] += 1
             if agg["drop_split_votes"]:
                 continue
-            winner, decided_by = _break_tie(votes_rows, tie_rule, ranked_dims, responses[lo]["text"],
-                                            responses[hi]["text"])
+            winner, decided_by = _break_tie(
+                votes_rows, tie_rule, ranked_dims, responses[lo]["text"], responses[hi]["text"]
+            )
         if winner == TIE:
             counts["ties"] += 1
             continue
         chosen, rejected = (lo, hi) if winner == LO else (hi, lo)
         total = sum(votes.values())
         versions.update(r["criteria_version"] for r in votes_rows)
-        result.pairs.append(Pair(
-            item_id=item_id,
-            prompt_id=prompt_id,
-            prompt=prompts[prompt_id],
-            chosen_id=chosen,
-            rejected_id=rejected,
-            chosen=responses[chosen]["text"],
-            rejected=responses[rejected]["text"],
-            votes={"chosen": votes[winner], "rejected": votes[1 - winner], "tie": votes[TIE]},
-            agreement=round(votes[winner] / total, 6),
-            batches=sorted({r["batch"] for r in votes_rows}),
-            annotators=sorted(r["annotator"] for r in votes_rows),
-            decided_by=decided_by,
-        ))
+        result.pairs.append(
+            Pair(
+                item_id=item_id,
+                prompt_id=prompt_id,
+                prompt=prompts[prompt_id],
+                chosen_id=chosen,
+                rejected_id=rejected,
+                chosen=responses[chosen]["text"],
+                rejected=responses[rejected]["text"],
+                votes={"chosen": votes[winner], "rejected": votes[1 - winner], "tie": votes[TIE]},
+                agreement=round(votes[winner] / total, 6),
+                batches=sorted({r["batch"] for r in votes_rows}),
+                annotators=sorted(r["annotator"] for r in votes_rows),
+                decided_by=decided_by,
+            )
+        )
     result.counts = dict(counts)
     result.criteria_versions = sorted(versions)
     return result
 
 
-def _break_tie(rows: list[dict[str, Any]], rule: dict[str, str], ranked: list[str],
-               lo_text: str, hi_text: str) -> tuple[int, str]:
+def _break_tie(
+    rows: list[dict[str, Any]], rule: dict[str, str], ranked: list[str], lo_text: str, hi_text: str
+) -> tuple[int, str]:
     """Apply the criteria's tie-breaking to a split vote."""
     steps = [rule["rule"], rule["then"]]
     for step in steps:
@@ -212,7 +231,9 @@ def _break_tie(rows: list[dict[str, Any]], rule: dict[str, str], ranked: list[st
             for dim in ranked:
                 dim_votes = Counter(
                     _canonical(r["dimension_choices"][dim], r["response_a"], r["response_b"])
-                    for r in rows if isinstance(r.get("dimension_choices"), dict) and dim in r["dimension_choices"]
+                    for r in rows
+                    if isinstance(r.get("dimension_choices"), dict)
+                    and dim in r["dimension_choices"]
                 )
                 winner = _winner(dim_votes)
                 if winner is not None and winner != TIE:
@@ -229,9 +250,13 @@ def _break_tie(rows: list[dict[str, Any]], rule: dict[str, str], ranked: list[st
 def compare_with_truth(pairs: list[Pair], truth_path: Path, display: str) -> dict[str, Any]:
     """How often aggregated pairs agree with known labels (e.g. a simulation's ground truth)."""
     truth: dict[str, str | None] = {}
-    for row in read_jsonl_rows(truth_path, display, ("item_id", "response_a", "response_b", "preferred")):
+    for row in read_jsonl_rows(
+        truth_path, display, ("item_id", "response_a", "response_b", "preferred")
+    ):
         pref = row["preferred"]
-        truth[row["item_id"]] = row["response_a"] if pref == "A" else row["response_b"] if pref == "B" else None
+        truth[row["item_id"]] = (
+            row["response_a"] if pref == "A" else row["response_b"] if pref == "B" else None
+        )
     known = [p for p in pairs if p.item_id in truth]
     matched = sum(1 for p in known if truth[p.item_id] == p.chosen_id)
     return {
@@ -247,14 +272,20 @@ def write_pairs(result: AggregateResult, out_dir: Path) -> list[Path]:
     pairs_lines = []
     prov_lines = []
     for pair in result.pairs:
-        pairs_lines.append(json.dumps({"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected},
-                                      ensure_ascii=False))
+        pairs_lines.append(
+            json.dumps(
+                {"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected},
+                ensure_ascii=False,
+            )
+        )
         prov = {k: v for k, v in pair.__dict__.items() if k not in ("prompt", "chosen", "rejected")}
         prov_lines.append(json.dumps(prov, ensure_ascii=False))
     written = []
     for name, lines in (("pairs.jsonl", pairs_lines), ("provenance.jsonl", prov_lines)):
         atomic_write_text(out_dir / name, "".join(line + "\n" for line in lines))
         written.append(out_dir / name)
-    atomic_write_text(out_dir / "summary.json", json.dumps(result.summary(), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(
+        out_dir / "summary.json", json.dumps(result.summary(), indent=2, ensure_ascii=False) + "\n"
+    )
     written.append(out_dir / "summary.json")
     return written

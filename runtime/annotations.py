@@ -22,11 +22,29 @@ from .errors import RunError
 
 CHOICES = ("A", "B", "tie")
 REQUIRED = (
-    "item_id", "prompt_id", "response_a", "response_b", "choice", "annotator", "session",
-    "started_at", "submitted_at", "criteria_version", "batch", "gold",
+    "item_id",
+    "prompt_id",
+    "response_a",
+    "response_b",
+    "choice",
+    "annotator",
+    "session",
+    "started_at",
+    "submitted_at",
+    "criteria_version",
+    "batch",
+    "gold",
 )
 OPTIONAL = ("justification", "dimension_choices")
-STRING_FIELDS = ("item_id", "prompt_id", "response_a", "response_b", "annotator", "session", "batch")
+STRING_FIELDS = (
+    "item_id",
+    "prompt_id",
+    "response_a",
+    "response_b",
+    "annotator",
+    "session",
+    "batch",
+)
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 SESSION_GAP_MINUTES = 30
@@ -55,8 +73,10 @@ class BatchRead:
 
 
 def parse_time(text: str) -> datetime:
-    return datetime.strptime(text.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S%z" if "." not in text
-                             else "%Y-%m-%dT%H:%M:%S.%f%z")
+    return datetime.strptime(
+        text.replace("Z", "+0000"),
+        "%Y-%m-%dT%H:%M:%S%z" if "." not in text else "%Y-%m-%dT%H:%M:%S.%f%z",
+    )
 
 
 def format_time(moment: datetime) -> str:
@@ -85,19 +105,25 @@ def check_record(record: Any, *, batch: str) -> list[tuple[str | None, str]]:
     if "criteria_version" in record and not (
         isinstance(record["criteria_version"], str) and VERSION.match(record["criteria_version"])
     ):
-        problems.append(("criteria_version", f"must look like 1.2.0, got {record['criteria_version']!r}"))
+        problems.append(
+            ("criteria_version", f"must look like 1.2.0, got {record['criteria_version']!r}")
+        )
     just = record.get("justification")
     if just is not None and not isinstance(just, str):
         problems.append(("justification", "must be a string or null"))
     dims = record.get("dimension_choices")
-    if dims is not None and (not isinstance(dims, dict) or any(v not in CHOICES for v in dims.values())):
+    if dims is not None and (
+        not isinstance(dims, dict) or any(v not in CHOICES for v in dims.values())
+    ):
         problems.append(("dimension_choices", "must map dimension ids to A, B or tie"))
     times: dict[str, datetime] = {}
     for name in ("started_at", "submitted_at"):
         value = record.get(name)
         if name in record:
             if not isinstance(value, str) or not TIMESTAMP.match(value):
-                problems.append((name, f"must be a UTC timestamp like 2026-11-02T09:14:05Z, got {value!r}"))
+                problems.append(
+                    (name, f"must be a UTC timestamp like 2026-11-02T09:14:05Z, got {value!r}")
+                )
             else:
                 try:
                     times[name] = parse_time(value)
@@ -105,10 +131,14 @@ def check_record(record: Any, *, batch: str) -> list[tuple[str | None, str]]:
                     problems.append((name, f"is not a real date and time: {value!r}"))
     if len(times) == 2 and times["submitted_at"] < times["started_at"]:
         problems.append(("submitted_at", "is earlier than started_at"))
-    if record.get("response_a") is not None and record.get("response_a") == record.get("response_b"):
+    if record.get("response_a") is not None and record.get("response_a") == record.get(
+        "response_b"
+    ):
         problems.append(("response_b", "is the same response as response_a"))
     if isinstance(record.get("batch"), str) and record["batch"] != batch:
-        problems.append(("batch", f"is '{record['batch']}' but the spec lists this file as batch '{batch}'"))
+        problems.append(
+            ("batch", f"is '{record['batch']}' but the spec lists this file as batch '{batch}'")
+        )
     return problems
 
 
@@ -127,14 +157,23 @@ def read_jsonl(path: Path, *, batch: str, display: str) -> BatchRead:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                out.problems.append(RowProblem(display, where, None, f"not valid JSON: {exc.msg} at column {exc.colno}"))
+                out.problems.append(
+                    RowProblem(
+                        display, where, None, f"not valid JSON: {exc.msg} at column {exc.colno}"
+                    )
+                )
                 continue
             problems = check_record(record, batch=batch)
             if not problems:
                 key = (record["item_id"], record["annotator"])
                 if key in seen:
-                    problems.append(("item_id", f"annotator {record['annotator']} already labelled this item "
-                                     f"at line {seen[key]}"))
+                    problems.append(
+                        (
+                            "item_id",
+                            f"annotator {record['annotator']} already labelled this item "
+                            f"at line {seen[key]}",
+                        )
+                    )
                 else:
                     seen[key] = number
             if problems:
@@ -197,15 +236,21 @@ def read_label_studio(path: Path, *, batch: str, criteria_version: str, display:
     if not isinstance(tasks, list):
         raise RunError(f"{display}: a Label Studio export is a JSON list of tasks")
     for t_index, task in enumerate(tasks, start=1):
-        task_where = f"task {t_index}" + (f" (id {task.get('id')})" if isinstance(task, dict) else "")
+        task_where = f"task {t_index}" + (
+            f" (id {task.get('id')})" if isinstance(task, dict) else ""
+        )
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-            out.problems.append(RowProblem(display, task_where, "data", "a task needs a 'data' object"))
+            out.problems.append(
+                RowProblem(display, task_where, "data", "a task needs a 'data' object")
+            )
             continue
         data = task["data"]
         for a_index, ann in enumerate(task.get("annotations") or []):
             where = f"{task_where}, annotation {a_index}"
             if not isinstance(ann, dict):
-                out.problems.append(RowProblem(display, where, None, "an annotation must be an object"))
+                out.problems.append(
+                    RowProblem(display, where, None, "an annotation must be an object")
+                )
                 continue
             if ann.get("was_cancelled"):
                 out.cancelled += 1
@@ -244,7 +289,9 @@ def read_label_studio(path: Path, *, batch: str, criteria_version: str, display:
             record["session"] = "pending"
             errors = check_record(record, batch=batch)
             if errors:
-                out.problems.extend(RowProblem(display, where, f"data.{f}" if f else None, m) for f, m in errors)
+                out.problems.extend(
+                    RowProblem(display, where, f"data.{f}" if f else None, m) for f, m in errors
+                )
                 continue
             out.records.append(record)
     assign_sessions(out.records)
@@ -273,7 +320,9 @@ def read_batch(
 ) -> BatchRead:
     """Read one batch; refuse it whole on a bad row unless `skip_bad`."""
     if fmt == "label_studio":
-        read = read_label_studio(path, batch=batch, criteria_version=criteria_version, display=display)
+        read = read_label_studio(
+            path, batch=batch, criteria_version=criteria_version, display=display
+        )
     else:
         read = read_jsonl(path, batch=batch, display=display)
     if read.problems and not skip_bad:
@@ -321,7 +370,9 @@ class AnnotationTable:
     @classmethod
     def from_records(cls, records: Sequence[dict[str, Any]]) -> AnnotationTable:
         def codes(values: list[str]) -> tuple[list[str], np.ndarray]:
-            uniques, inverse = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
+            uniques, inverse = np.unique(
+                np.asarray(values, dtype=object).astype(str), return_inverse=True
+            )
             return [str(u) for u in uniques], inverse.astype(np.int32)
 
         n = len(records)
@@ -331,18 +382,37 @@ class AnnotationTable:
         batches, batch = codes([r["batch"] for r in records])
         versions, version = codes([r["criteria_version"] for r in records])
         choice = np.fromiter((CHOICES.index(r["choice"]) for r in records), dtype=np.int8, count=n)
-        swapped = np.fromiter((r["response_a"] > r["response_b"] for r in records), dtype=bool, count=n)
+        swapped = np.fromiter(
+            (r["response_a"] > r["response_b"] for r in records), dtype=bool, count=n
+        )
         canon = choice.copy()
         flip = swapped & (choice < 2)
         canon[flip] = 1 - choice[flip]
-        started = np.fromiter((parse_time(r["started_at"]).timestamp() for r in records), dtype=np.float64, count=n)
-        submitted = np.fromiter((parse_time(r["submitted_at"]).timestamp() for r in records), dtype=np.float64, count=n)
+        started = np.fromiter(
+            (parse_time(r["started_at"]).timestamp() for r in records), dtype=np.float64, count=n
+        )
+        submitted = np.fromiter(
+            (parse_time(r["submitted_at"]).timestamp() for r in records), dtype=np.float64, count=n
+        )
         return cls.from_arrays(
-            items=items, annotators=annotators, sessions=sessions, batches=batches, versions=versions,
-            item=item, annotator=annotator, session=session, batch=batch, version=version,
+            items=items,
+            annotators=annotators,
+            sessions=sessions,
+            batches=batches,
+            versions=versions,
+            item=item,
+            annotator=annotator,
+            session=session,
+            batch=batch,
+            version=version,
             gold=np.fromiter((bool(r["gold"]) for r in records), dtype=bool, count=n),
-            choice=choice, canon=canon, started=started, submitted=submitted,
-            has_justification=np.fromiter((bool(r.get("justification")) for r in records), dtype=bool, count=n),
+            choice=choice,
+            canon=canon,
+            started=started,
+            submitted=submitted,
+            has_justification=np.fromiter(
+                (bool(r.get("justification")) for r in records), dtype=bool, count=n
+            ),
         )
 
     @classmethod

@@ -20,8 +20,19 @@ from ..compiler.fileio import atomic_write_text
 from ..compiler.hashing import canonical_json, sha256_file, sha256_text
 
 LINEAGE_FILE = "lineage.json"
-LIBRARIES = ("rlhfspec", "numpy", "jsonschema", "jinja2", "torch", "transformers", "trl", "accelerate",
-             "datasets", "tokenizers", "safetensors")
+LIBRARIES = (
+    "rlhfspec",
+    "numpy",
+    "jsonschema",
+    "jinja2",
+    "torch",
+    "transformers",
+    "trl",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "safetensors",
+)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -40,8 +51,13 @@ def hash_path(path: Path) -> list[dict[str, Any]]:
         return [{"sha256": sha256_file(path), "bytes": path.stat().st_size}]
     entries = []
     for child in sorted(p for p in path.rglob("*") if p.is_file()):
-        entries.append({"file": child.relative_to(path).as_posix(), "sha256": sha256_file(child),
-                        "bytes": child.stat().st_size})
+        entries.append(
+            {
+                "file": child.relative_to(path).as_posix(),
+                "sha256": sha256_file(child),
+                "bytes": child.stat().st_size,
+            }
+        )
     return entries
 
 
@@ -50,8 +66,12 @@ def describe(path: Path, name: str) -> dict[str, Any]:
     files = hash_path(path)
     if path.is_file():
         return {"path": name, **files[0]}
-    return {"path": name, "sha256": sha256_text(canonical_json(files)), "files": len(files),
-            "bytes": sum(f["bytes"] for f in files)}
+    return {
+        "path": name,
+        "sha256": sha256_text(canonical_json(files)),
+        "files": len(files),
+        "bytes": sum(f["bytes"] for f in files),
+    }
 
 
 class Lineage:
@@ -67,10 +87,13 @@ class Lineage:
         self.doc.setdefault("lineage_version", 1)
         self.doc.setdefault("run_id", run_id)
         self.doc.setdefault("started", started)
-        self.doc["plan"] = {"fingerprint": plan["fingerprint"], "name": plan["spec"]["name"],
-                            "spec_sha256": plan["spec"]["sha256"],
-                            "criteria_version": plan["criteria"]["version"],
-                            "criteria_sha256": plan["criteria"]["sha256"]}
+        self.doc["plan"] = {
+            "fingerprint": plan["fingerprint"],
+            "name": plan["spec"]["name"],
+            "spec_sha256": plan["spec"]["sha256"],
+            "criteria_version": plan["criteria"]["version"],
+            "criteria_sha256": plan["criteria"]["sha256"],
+        }
         self.doc["seed"] = plan["resolved"]["seed"]
         self.doc["libraries"] = library_versions()
         self.doc.setdefault("stages", {})

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import compiler
+from ..compiler import __version__ as rlhfspec_version
 from ..compiler.compile import compile_spec, write_outputs
 from ..compiler.diagnostics import format_text
 from ..compiler.hashing import canonical_json, sha256_file, sha256_text
@@ -75,16 +75,22 @@ def load_plan(path: Path, display: str) -> LoadedPlan:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RunError(f"{display}: not a readable plan: {exc}") from None
         if not isinstance(plan, dict) or plan.get("plan_version") != 1 or "fingerprint" not in plan:
-            raise RunError(f"{display}: not an rlhfspec plan (compile a spec with `rlhfspec compile`)")
+            raise RunError(
+                f"{display}: not an rlhfspec plan (compile a spec with `rlhfspec compile`)"
+            )
         body = {k: v for k, v in plan.items() if k != "fingerprint"}
         if sha256_text(canonical_json(body)) != plan["fingerprint"]:
-            raise RunError(f"{display}: the plan was edited after compiling (fingerprint mismatch); recompile it")
+            raise RunError(
+                f"{display}: the plan was edited after compiling (fingerprint mismatch); recompile it"
+            )
         spec_dir = (path.parent / plan["spec"]["dir"]).resolve()
         for item in plan["inputs"]:
             file = spec_dir / item["path"]
             if not file.is_file() or sha256_file(file) != item["sha256"]:
-                raise RunError(f"input {item['path']} ({item['field']}) changed since {display} was compiled; "
-                               "recompile the spec")
+                raise RunError(
+                    f"input {item['path']} ({item['field']}) changed since {display} was compiled; "
+                    "recompile the spec"
+                )
         return LoadedPlan(plan, spec_dir, {"plan.json": path.read_bytes()})
     result = compile_spec(path, Path("plan"), display=display)
     if result.plan is None:
@@ -151,8 +157,15 @@ def stage_signature(plan: dict[str, Any], stage: dict[str, Any], lineage: Lineag
     settings = {key: resolved.get(key) for key in STAGE_SETTINGS.get(stage["name"], ())}
     inputs = {i["path"]: i["sha256"] for i in plan["inputs"]}
     upstream = {dep: lineage.stage(dep).get("outputs") for dep in stage["depends_on"]}
-    return signature([stage["name"], compiler.__version__, settings,
-                      sorted((p, inputs.get(p)) for p in stage["inputs"]), upstream])
+    return signature(
+        [
+            stage["name"],
+            rlhfspec_version,
+            settings,
+            sorted((p, inputs.get(p)) for p in stage["inputs"]),
+            upstream,
+        ]
+    )
 
 
 def _outputs_intact(run_dir: Path, entry: dict[str, Any]) -> bool:
@@ -166,19 +179,26 @@ def _outputs_intact(run_dir: Path, entry: dict[str, Any]) -> bool:
 def _implementation(name: str) -> Callable[[StageContext], StageOutcome]:
     target = STAGES.get(name)
     if target is None:
-        raise RunError(f"stage '{name}' is in the plan but this version of rlhfspec cannot run it yet; "
-                       f"stop before it with --until")
+        raise RunError(
+            f"stage '{name}' is in the plan but this version of rlhfspec cannot run it yet; "
+            f"stop before it with --until"
+        )
     module, func = target.split(":")
     impl: Callable[[StageContext], StageOutcome] = getattr(importlib.import_module(module), func)
     return impl
 
 
-def select_stages(plan: dict[str, Any], only: str | None, until: str | None) -> list[dict[str, Any]]:
+def select_stages(
+    plan: dict[str, Any], only: str | None, until: str | None
+) -> list[dict[str, Any]]:
     stages: list[dict[str, Any]] = plan["stages"]
     names = [s["name"] for s in stages]
     for option, value in (("--stage", only), ("--until", until)):
         if value is not None and value not in names:
-            raise RunError(f"{option} {value}: the plan has no such stage (stages: {', '.join(names)})", exit_code=2)
+            raise RunError(
+                f"{option} {value}: the plan has no such stage (stages: {', '.join(names)})",
+                exit_code=2,
+            )
     if only is not None:
         return [s for s in stages if s["name"] == only]
     if until is not None:
@@ -208,59 +228,130 @@ def run(
         lineage = Lineage(directory)
         recorded = lineage.doc.get("plan", {}).get("fingerprint")
         if recorded and recorded != plan["fingerprint"]:
-            log(f"the plan changed since this run directory was used ({recorded[:12]} -> "
-                f"{plan['fingerprint'][:12]}); stages whose inputs changed run again")
+            log(
+                f"the plan changed since this run directory was used ({recorded[:12]} -> "
+                f"{plan['fingerprint'][:12]}); stages whose inputs changed run again"
+            )
         write_outputs(directory / "plan", loaded.plan_files)
         lineage.start(run_id=directory.name, plan=plan, started=now())
         log(f"run {directory} (plan {plan['fingerprint'][:12]})")
         for stage in chosen:
-            _run_stage(plan, stage, project, directory, lineage, resume=resume or only is not None,
-                       overrides=overrides, log=log)
+            _run_stage(
+                plan,
+                stage,
+                project,
+                directory,
+                lineage,
+                resume=resume or only is not None,
+                overrides=overrides,
+                log=log,
+            )
     return directory
 
 
-def _run_stage(plan: dict[str, Any], stage: dict[str, Any], project: Project, run_dir: Path,
-               lineage: Lineage, *, resume: bool, overrides: frozenset[str], log: Callable[[str], None]) -> None:
+def _run_stage(
+    plan: dict[str, Any],
+    stage: dict[str, Any],
+    project: Project,
+    run_dir: Path,
+    lineage: Lineage,
+    *,
+    resume: bool,
+    overrides: frozenset[str],
+    log: Callable[[str], None],
+) -> None:
     name = stage["name"]
     for dep in stage["depends_on"]:
         if lineage.stage(dep).get("status") != "done":
-            raise RunError(f"stage '{name}' needs '{dep}' to have finished in {run_dir}; run it first")
+            raise RunError(
+                f"stage '{name}' needs '{dep}' to have finished in {run_dir}; run it first"
+            )
     sig = stage_signature(plan, stage, lineage)
     previous = lineage.stage(name)
-    if resume and previous.get("status") == "done" and previous.get("signature") == sig \
-            and _outputs_intact(run_dir, previous):
+    if (
+        resume
+        and previous.get("status") == "done"
+        and previous.get("signature") == sig
+        and _outputs_intact(run_dir, previous)
+    ):
         log(f"[{name}] unchanged since {previous.get('finished')}; skipped")
         return
     impl = _implementation(name)
     started = now()
-    lineage.record(name, {"status": "running", "started": started, "signature": sig,
-                          "inputs": _describe_inputs(plan, stage, lineage)})
+    lineage.record(
+        name,
+        {
+            "status": "running",
+            "started": started,
+            "signature": sig,
+            "inputs": _describe_inputs(plan, stage, lineage),
+        },
+    )
     stage_log = _prefixed(name, log)
-    ctx = StageContext(plan, project, run_dir, stage, resume and previous.get("status") == "running",
-                       overrides, stage_log)
+    ctx = StageContext(
+        plan,
+        project,
+        run_dir,
+        stage,
+        resume and previous.get("status") == "running",
+        overrides,
+        stage_log,
+    )
     clock = time.perf_counter()
     try:
         outcome = impl(ctx)
     except GateFailure as exc:
-        _finish(lineage, name, run_dir, started, sig, plan, stage, exc.outcome, "failed", exc.message, clock)
+        _finish(
+            lineage,
+            name,
+            run_dir,
+            started,
+            sig,
+            plan,
+            stage,
+            exc.outcome,
+            "failed",
+            exc.message,
+            clock,
+        )
         raise
     except RunError as exc:
-        lineage.record(name, {**lineage.stage(name), "status": "failed", "finished": now(), "message": exc.message})
+        lineage.record(
+            name,
+            {**lineage.stage(name), "status": "failed", "finished": now(), "message": exc.message},
+        )
         raise
     except KeyboardInterrupt:
         lineage.record(name, {**lineage.stage(name), "status": "interrupted", "finished": now()})
         raise
     except Exception as exc:
-        lineage.record(name, {**lineage.stage(name), "status": "failed", "finished": now(),
-                              "message": f"{type(exc).__name__}: {exc}"})
+        lineage.record(
+            name,
+            {
+                **lineage.stage(name),
+                "status": "failed",
+                "finished": now(),
+                "message": f"{type(exc).__name__}: {exc}",
+            },
+        )
         raise
     _finish(lineage, name, run_dir, started, sig, plan, stage, outcome, "done", None, clock)
     stage_log(f"done in {time.perf_counter() - clock:.1f}s: {outcome.summary}")
 
 
-def _finish(lineage: Lineage, name: str, run_dir: Path, started: str, sig: str, plan: dict[str, Any],
-            stage: dict[str, Any], outcome: StageOutcome, status: str, message: str | None,
-            clock: float) -> None:
+def _finish(
+    lineage: Lineage,
+    name: str,
+    run_dir: Path,
+    started: str,
+    sig: str,
+    plan: dict[str, Any],
+    stage: dict[str, Any],
+    outcome: StageOutcome,
+    status: str,
+    message: str | None,
+    clock: float,
+) -> None:
     entry = {
         "status": status,
         "started": started,
@@ -268,7 +359,9 @@ def _finish(lineage: Lineage, name: str, run_dir: Path, started: str, sig: str, 
         "seconds": round(time.perf_counter() - clock, 3),
         "signature": sig,
         "inputs": _describe_inputs(plan, stage, lineage),
-        "outputs": [describe(run_dir / rel, rel) for rel in outcome.outputs if (run_dir / rel).exists()],
+        "outputs": [
+            describe(run_dir / rel, rel) for rel in outcome.outputs if (run_dir / rel).exists()
+        ],
         "metrics": outcome.metrics,
         "gates": [g.to_dict() for g in outcome.gates],
     }
@@ -277,9 +370,15 @@ def _finish(lineage: Lineage, name: str, run_dir: Path, started: str, sig: str, 
     lineage.record(name, entry)
 
 
-def _describe_inputs(plan: dict[str, Any], stage: dict[str, Any], lineage: Lineage) -> list[dict[str, Any]]:
+def _describe_inputs(
+    plan: dict[str, Any], stage: dict[str, Any], lineage: Lineage
+) -> list[dict[str, Any]]:
     by_path = {i["path"]: i for i in plan["inputs"]}
-    described = [{"path": p, "sha256": by_path[p]["sha256"], "from": "spec"} for p in stage["inputs"] if p in by_path]
+    described = [
+        {"path": p, "sha256": by_path[p]["sha256"], "from": "spec"}
+        for p in stage["inputs"]
+        if p in by_path
+    ]
     for dep in stage["depends_on"]:
         for output in lineage.stage(dep).get("outputs", []):
             described.append({"path": output["path"], "sha256": output["sha256"], "from": dep})

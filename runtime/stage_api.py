@@ -33,7 +33,9 @@ class StageContext:
         """An output of an earlier stage; missing means the stage did not run here."""
         path = self.run_dir / relative
         if not path.exists():
-            raise RunError(f"{relative} is missing from {self.run_dir}: run the stage that writes it first")
+            raise RunError(
+                f"{relative} is missing from {self.run_dir}: run the stage that writes it first"
+            )
         return path
 
 
@@ -47,8 +49,14 @@ class Gate:
     overridden: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "value": self.value, "threshold": self.threshold,
-                "message": self.message, "overridden": self.overridden}
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "value": self.value,
+            "threshold": self.threshold,
+            "message": self.message,
+            "overridden": self.overridden,
+        }
 
 
 @dataclass
@@ -73,7 +81,9 @@ def apply_gates(ctx: StageContext, outcome: StageOutcome) -> StageOutcome:
     for gate in outcome.gates:
         if not gate.passed and gate.name in ctx.overrides:
             gate.overridden = True
-            ctx.log(f"gate {gate.name} failed but is overridden (--override-gate); recorded in lineage")
+            ctx.log(
+                f"gate {gate.name} failed but is overridden (--override-gate); recorded in lineage"
+            )
         elif not gate.passed:
             failed.append(gate)
     if failed:

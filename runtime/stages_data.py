@@ -18,11 +18,19 @@ def prompts_stage(ctx: StageContext) -> StageOutcome:
     report = check_prompts(ctx.project)
     write_prompt_report(report, ctx.path("prompts"))
     errors, warnings = len(report.errors), len(report.warnings)
-    gate = Gate("prompt_distribution", errors == 0, float(errors), 0.0,
-                "; ".join(f"[{f.code}] {f.message}" for f in report.errors) or "no error findings")
-    outcome = StageOutcome(["prompts/report.json", "prompts/report.md", "prompts/holdout.jsonl"],
-                           {"errors": errors, "warnings": warnings}, [gate],
-                           f"{errors} error(s), {warnings} warning(s)")
+    gate = Gate(
+        "prompt_distribution",
+        errors == 0,
+        float(errors),
+        0.0,
+        "; ".join(f"[{f.code}] {f.message}" for f in report.errors) or "no error findings",
+    )
+    outcome = StageOutcome(
+        ["prompts/report.json", "prompts/report.md", "prompts/holdout.jsonl"],
+        {"errors": errors, "warnings": warnings},
+        [gate],
+        f"{errors} error(s), {warnings} warning(s)",
+    )
     return apply_gates(ctx, outcome)
 
 
@@ -50,13 +58,24 @@ def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
     exclude = ctx.spec["annotation"]["aggregation"]["exclude_failed_annotators"]
     blocking = blocking_findings(report, exclude)
     excluded = report.excluded_annotators if exclude else []
-    gate = Gate("annotation_quality", not blocking, float(len(blocking)), 0.0,
-                "; ".join(blocking) if blocking else "no error remains after excluding failed annotators")
+    gate = Gate(
+        "annotation_quality",
+        not blocking,
+        float(len(blocking)),
+        0.0,
+        "; ".join(blocking) if blocking else "no error remains after excluding failed annotators",
+    )
     outcome = StageOutcome(
         ["qc/report.json", "qc/report.md", "qc/report.html"],
-        {"errors": len(report.errors), "warnings": len(report.warnings), "excluded_annotators": excluded,
-         "agreement": report.metrics.get("agreement", {}).get("value"),
-         "agreement_without_excluded": report.metrics.get("agreement", {}).get("value_without_excluded")},
+        {
+            "errors": len(report.errors),
+            "warnings": len(report.warnings),
+            "excluded_annotators": excluded,
+            "agreement": report.metrics.get("agreement", {}).get("value"),
+            "agreement_without_excluded": report.metrics.get("agreement", {}).get(
+                "value_without_excluded"
+            ),
+        },
         [gate],
         f"{len(report.errors)} error(s), {len(report.warnings)} warning(s); excluded: {', '.join(excluded) or 'none'}",
     )
@@ -66,8 +85,12 @@ def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
 def aggregate_stage(ctx: StageContext) -> StageOutcome:
     qc = json.loads(ctx.upstream("qc/report.json").read_text(encoding="utf-8"))
     holdout = [row["id"] for row in production_holdout(ctx.project)]
-    result = aggregate(ctx.project, load_records(ctx.project),
-                       failed_annotators=qc.get("excluded_annotators", []), holdout_prompts=holdout)
+    result = aggregate(
+        ctx.project,
+        load_records(ctx.project),
+        failed_annotators=qc.get("excluded_annotators", []),
+        holdout_prompts=holdout,
+    )
     write_pairs(result, ctx.path("preferences"))
     return StageOutcome(
         ["preferences/pairs.jsonl", "preferences/provenance.jsonl", "preferences/summary.json"],

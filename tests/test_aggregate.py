@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from rlhfspec.runtime.aggregate import aggregate, compare_with_truth, load_records, write_pairs
 from rlhfspec.runtime.project import Project, load_project
 
@@ -31,14 +30,33 @@ def with_settings(project: Project, **aggregation: Any) -> Project:
     return Project(spec, project.spec_path, project.display)
 
 
-def vote(annotator: str, picked: str | None, *, lo_first: bool = True, item: str = "item-x",
-         dims: dict[str, str] | None = None, gold: bool = False, prompt: str = PROMPT) -> dict[str, Any]:
+def vote(
+    annotator: str,
+    picked: str | None,
+    *,
+    lo_first: bool = True,
+    item: str = "item-x",
+    dims: dict[str, str] | None = None,
+    gold: bool = False,
+    prompt: str = PROMPT,
+) -> dict[str, Any]:
     a, b = (LO, HI) if lo_first else (HI, LO)
     choice = "tie" if picked is None else ("A" if picked == a else "B")
-    record = {"item_id": item, "prompt_id": prompt, "response_a": a, "response_b": b, "choice": choice,
-              "annotator": annotator, "session": f"{annotator}-s1", "started_at": "2026-11-02T09:00:00Z",
-              "submitted_at": "2026-11-02T09:01:00Z", "justification": None, "criteria_version": "1.2.0",
-              "batch": "b1", "gold": gold}
+    record = {
+        "item_id": item,
+        "prompt_id": prompt,
+        "response_a": a,
+        "response_b": b,
+        "choice": choice,
+        "annotator": annotator,
+        "session": f"{annotator}-s1",
+        "started_at": "2026-11-02T09:00:00Z",
+        "submitted_at": "2026-11-02T09:01:00Z",
+        "justification": None,
+        "criteria_version": "1.2.0",
+        "batch": "b1",
+        "gold": gold,
+    }
     if dims is not None:
         # dims are given in canonical terms (lo/hi/tie) and converted to the shown order
         shown = {"lo": "A" if lo_first else "B", "hi": "B" if lo_first else "A", "tie": "tie"}
@@ -59,8 +77,11 @@ def test_majority_regardless_of_shown_order(project: Project) -> None:
 
 def test_split_votes_dropped_or_broken_by_rank(project: Project) -> None:
     dims_hi_accuracy = {"accuracy": "hi", "helpfulness": "lo", "tone": "tie", "conciseness": "lo"}
-    records = [vote("a1", HI, dims=dims_hi_accuracy), vote("a2", LO, dims=dims_hi_accuracy),
-               vote("a3", None, dims=dims_hi_accuracy)]
+    records = [
+        vote("a1", HI, dims=dims_hi_accuracy),
+        vote("a2", LO, dims=dims_hi_accuracy),
+        vote("a3", None, dims=dims_hi_accuracy),
+    ]
     dropped = aggregate(with_settings(project, drop_split_votes=True), records)
     assert dropped.pairs == [] and dropped.counts["split_votes"] == 1
     kept = aggregate(with_settings(project, drop_split_votes=False), records)
@@ -70,8 +91,13 @@ def test_split_votes_dropped_or_broken_by_rank(project: Project) -> None:
 def test_split_without_dimensions_falls_back_to_shorter(project: Project) -> None:
     records = [vote("a1", HI), vote("a2", LO)]
     result = aggregate(with_settings(project, drop_split_votes=False), records)
-    texts = {r["id"]: r["text"] for r in map(json.loads, (ROOT / "specs/support-assistant/data/responses.jsonl")
-                                             .read_text().splitlines()[:2])}
+    texts = {
+        r["id"]: r["text"]
+        for r in map(
+            json.loads,
+            (ROOT / "specs/support-assistant/data/responses.jsonl").read_text().splitlines()[:2],
+        )
+    }
     shorter = min((LO, HI), key=lambda r: len(texts[r].split()))
     assert result.pairs[0].chosen_id == shorter and result.pairs[0].decided_by == "shorter"
 
@@ -82,10 +108,17 @@ def test_tie_majority_is_not_a_pair(project: Project) -> None:
 
 
 def test_exclusions_gold_and_holdout(project: Project) -> None:
-    records = [vote("good1", HI), vote("good2", HI), vote("bad", LO), vote("bad2", LO),
-               vote("good1", HI, item="gold-1", gold=True),
-               vote("good1", HI, item="held", prompt="usage-0390")]
-    result = aggregate(project, records, failed_annotators=["bad", "bad2"], holdout_prompts=["usage-0390"])
+    records = [
+        vote("good1", HI),
+        vote("good2", HI),
+        vote("bad", LO),
+        vote("bad2", LO),
+        vote("good1", HI, item="gold-1", gold=True),
+        vote("good1", HI, item="held", prompt="usage-0390"),
+    ]
+    result = aggregate(
+        project, records, failed_annotators=["bad", "bad2"], holdout_prompts=["usage-0390"]
+    )
     assert [p.item_id for p in result.pairs] == ["item-x"]
     assert result.pairs[0].votes == {"chosen": 2, "rejected": 0, "tie": 0}
     assert result.counts["votes_excluded"] == 2
@@ -96,7 +129,9 @@ def test_exclusions_gold_and_holdout(project: Project) -> None:
     assert kept.pairs == [] and kept.counts["split_votes"] == 1
 
 
-def test_written_pairs_are_trl_format_with_aligned_provenance(project: Project, tmp_path: Path) -> None:
+def test_written_pairs_are_trl_format_with_aligned_provenance(
+    project: Project, tmp_path: Path
+) -> None:
     result = aggregate(project, [vote("a1", HI), vote("a2", HI, item="item-y")])
     write_pairs(result, tmp_path)
     pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]

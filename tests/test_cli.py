@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from rlhfspec.compiler import cli
 from rlhfspec.compiler.schemas import SPEC_SCHEMA, load_schema
 
@@ -34,7 +33,9 @@ def test_exit_codes() -> None:
 def test_text_format() -> None:
     code, out = run("validate", "--format", "text", INVALID)
     first = out.splitlines()[0]
-    assert first.endswith("error[S001]: unknown key 'epocs' in reward_model.train; did you mean 'epochs'?")
+    assert first.endswith(
+        "error[S001]: unknown key 'epocs' in reward_model.train; did you mean 'epochs'?"
+    )
     assert ":27:48: " in first
     assert "    at reward_model.train.epocs" in out
     assert out.rstrip().endswith("1 error, 0 warnings")

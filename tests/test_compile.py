@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
-
 from rlhfspec.compiler.cli import main
 from rlhfspec.compiler.compile import compile_spec
 from rlhfspec.compiler.hashing import canonical_json, sha256_file, sha256_text
@@ -26,7 +25,9 @@ IDS = [s.stem for s in SHIPPED_SPECS]
 
 def plan_validator() -> Draft202012Validator:
     spec_schema = load_schema(SPEC_SCHEMA)
-    registry: Registry = Registry().with_resource(spec_schema["$id"], Resource.from_contents(spec_schema))
+    registry: Registry = Registry().with_resource(
+        spec_schema["$id"], Resource.from_contents(spec_schema)
+    )
     return Draft202012Validator(load_schema(PLAN_SCHEMA), registry=registry)
 
 
@@ -38,7 +39,9 @@ def test_there_are_shipped_specs() -> None:
 def test_shipped_spec_is_clean(spec: Path) -> None:
     result = validate_file(spec, strict=True)
     assert result.diagnostics == []
-    assert spec.read_text(encoding="utf-8").startswith("# yaml-language-server: $schema=../schemas/")
+    assert spec.read_text(encoding="utf-8").startswith(
+        "# yaml-language-server: $schema=../schemas/"
+    )
 
 
 @pytest.mark.parametrize("spec", SHIPPED_SPECS, ids=IDS)
@@ -92,8 +95,15 @@ def test_compile_is_byte_identical(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
     files_a = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files_a == sorted(p.name for p in (tmp_path / "b").iterdir())
-    assert {"plan.json", "playbook.md", "playbook.html", "criteria.md", "criteria.html",
-            "sampling.md", "sampling.html"} <= set(files_a)
+    assert {
+        "plan.json",
+        "playbook.md",
+        "playbook.html",
+        "criteria.md",
+        "criteria.html",
+        "sampling.md",
+        "sampling.html",
+    } <= set(files_a)
     for name in files_a:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
@@ -128,8 +138,17 @@ def test_user_templates_override_in_a_sandbox(tmp_path: Path) -> None:
     result = compile_spec(CORPUS / "valid.yaml", tmp_path / "out", templates=templates)
     assert result.files["criteria.md"] == b"# corpus 1.0.0\n"
     (templates / "criteria.md.j2").write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}\n")
-    result = CliRunner().invoke(main, ["compile", str(CORPUS / "valid.yaml"), "-o", str(tmp_path / "o2"),
-                                       "--templates", str(templates)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "compile",
+            str(CORPUS / "valid.yaml"),
+            "-o",
+            str(tmp_path / "o2"),
+            "--templates",
+            str(templates),
+        ],
+    )
     assert result.exit_code == 1 and "unsafe" in result.output.lower()
     assert "Traceback" not in result.output
 

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from rlhfspec.compiler.validate import validate_file
 
 from .conftest import CORPUS
@@ -36,14 +35,29 @@ def test_corpus_is_not_empty() -> None:
     codes = {code for case in CASES for _, code, _, _ in expected(case)}
     # the corpus covers every family of checks
     assert {"Y001", "Y002", "Y003", "S001", "S002", "S003", "S004", "S005"} <= codes
-    assert {"C001", "C002", "C008", "P001", "P005", "A001", "A002", "R001", "O001", "O002", "F001", "F002"} <= codes
+    assert {
+        "C001",
+        "C002",
+        "C008",
+        "P001",
+        "P005",
+        "A001",
+        "A002",
+        "R001",
+        "O001",
+        "O002",
+        "F001",
+        "F002",
+    } <= codes
 
 
 def test_messages_are_actionable() -> None:
     typo = validate_file(CORPUS / "unknown_nested_key.yaml").diagnostics
     assert "did you mean 'epochs'" in typo[0].message
     assert typo[0].path == "reward_model.train.epocs"
-    yes = [d for d in validate_file(CORPUS / "yes_is_not_boolean.yaml").diagnostics if d.code == "S003"]
+    yes = [
+        d for d in validate_file(CORPUS / "yes_is_not_boolean.yaml").diagnostics if d.code == "S003"
+    ]
     assert yes[0].hint is not None and "true and false" in yes[0].hint
     enum = validate_file(CORPUS / "enum_typo.yaml").diagnostics
     assert "did you mean 'ppo'" in enum[0].message

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from rlhfspec.compiler.cli import main
 from rlhfspec.compiler.validate import validate_file
 
@@ -64,9 +63,12 @@ def test_changed_criteria_without_bump_names_the_change(project: Path) -> None:
 
 def test_reranking_and_new_dimension_are_named(project: Path) -> None:
     lock(project)
-    edit(project, "    - {id: accuracy, description: Correct.}\n    - {id: tone, description: Polite.}\n",
-         "    - {id: tone, description: Polite.}\n    - {id: accuracy, description: Correct.}\n"
-         "    - {id: brevity, description: Short.}\n")
+    edit(
+        project,
+        "    - {id: accuracy, description: Correct.}\n    - {id: tone, description: Polite.}\n",
+        "    - {id: tone, description: Polite.}\n    - {id: accuracy, description: Correct.}\n"
+        "    - {id: brevity, description: Short.}\n",
+    )
     message = validate_file(project).diagnostics[0].message
     assert "dimension 'brevity' was added" in message
     assert "ranking changed: accuracy > tone became tone > accuracy" in message

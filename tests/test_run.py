@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from rlhfspec.compiler.cli import main
 from rlhfspec.compiler.hashing import sha256_file
 from rlhfspec.runtime.errors import RunError
@@ -23,8 +22,11 @@ SPEC = ROOT / "specs" / "support-assistant.yaml"
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    shutil.copytree(ROOT / "specs" / "support-assistant", tmp_path / "support-assistant",
-                    ignore=shutil.ignore_patterns("truth", "generate.py"))
+    shutil.copytree(
+        ROOT / "specs" / "support-assistant",
+        tmp_path / "support-assistant",
+        ignore=shutil.ignore_patterns("truth", "generate.py"),
+    )
     shutil.copy(SPEC, tmp_path / SPEC.name)
     shutil.copy(SPEC.with_name("support-assistant.lock.json"), tmp_path)
     return tmp_path / SPEC.name
@@ -47,28 +49,55 @@ def test_lineage_records_hashes_of_inputs_and_outputs(project: Path, tmp_path: P
         for output in entry["outputs"]:
             assert sha256_file(run_dir / output["path"]) == output["sha256"]
         for item in entry["inputs"]:
-            source = project.parent / item["path"] if item["from"] == "spec" else run_dir / item["path"]
+            source = (
+                project.parent / item["path"] if item["from"] == "spec" else run_dir / item["path"]
+            )
             assert sha256_file(source) == item["sha256"]
     qc_gate = lineage["stages"]["annotation_qc"]["gates"][0]
     assert qc_gate["passed"] and not qc_gate["overridden"]
-    assert lineage["stages"]["annotation_qc"]["metrics"]["excluded_annotators"] == ["ann-04", "ann-05", "ann-06"]
+    assert lineage["stages"]["annotation_qc"]["metrics"]["excluded_annotators"] == [
+        "ann-04",
+        "ann-05",
+        "ann-06",
+    ]
 
 
 def test_resume_skips_unchanged_and_reruns_changed(project: Path, tmp_path: Path) -> None:
     messages: list[str] = []
     run_dir = run(project, display="spec", run_dir=tmp_path / "run", until="aggregate", log=quiet)
-    run(project, display="spec", run_dir=run_dir, until="aggregate", resume=True, log=messages.append)
+    run(
+        project,
+        display="spec",
+        run_dir=run_dir,
+        until="aggregate",
+        resume=True,
+        log=messages.append,
+    )
     assert sum("skipped" in m for m in messages) == 3
     # a changed batch reruns every stage that reads it
     batch = project.parent / "support-assistant" / "data" / "annotations" / "2026-11-w4.jsonl"
     batch.write_text("".join(batch.read_text().splitlines(keepends=True)[:-5]))
     messages.clear()
-    run(project, display="spec", run_dir=run_dir, until="aggregate", resume=True, log=messages.append)
+    run(
+        project,
+        display="spec",
+        run_dir=run_dir,
+        until="aggregate",
+        resume=True,
+        log=messages.append,
+    )
     assert not any("skipped" in m for m in messages)
     # a deleted output reruns its stage
     (run_dir / "preferences" / "pairs.jsonl").unlink()
     messages.clear()
-    run(project, display="spec", run_dir=run_dir, until="aggregate", resume=True, log=messages.append)
+    run(
+        project,
+        display="spec",
+        run_dir=run_dir,
+        until="aggregate",
+        resume=True,
+        log=messages.append,
+    )
     assert [m for m in messages if "skipped" in m] == [
         m for m in messages if m.startswith(("[prompts]", "[annotation_qc]"))
     ]
@@ -78,12 +107,20 @@ def test_resume_skips_unchanged_and_reruns_changed(project: Path, tmp_path: Path
 def test_a_second_run_on_the_same_directory_is_refused(project: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "t"}))
-    result = CliRunner().invoke(main, ["run", str(project), "--run-dir", str(run_dir), "--until", "prompts"])
+    (run_dir / "run.lock").write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "t"})
+    )
+    result = CliRunner().invoke(
+        main, ["run", str(project), "--run-dir", str(run_dir), "--until", "prompts"]
+    )
     assert result.exit_code == EXIT_BUSY and "in use by another run" in result.output
     # a lock left by a process that no longer exists is taken over
-    (run_dir / "run.lock").write_text(json.dumps({"pid": 2**22 + 7, "host": socket.gethostname(), "since": "t"}))
-    result = CliRunner().invoke(main, ["run", str(project), "--run-dir", str(run_dir), "--until", "prompts"])
+    (run_dir / "run.lock").write_text(
+        json.dumps({"pid": 2**22 + 7, "host": socket.gethostname(), "since": "t"})
+    )
+    result = CliRunner().invoke(
+        main, ["run", str(project), "--run-dir", str(run_dir), "--until", "prompts"]
+    )
     assert result.exit_code == 0, result.output
     assert "taking over" in result.output and not (run_dir / "run.lock").exists()
 
@@ -98,7 +135,9 @@ def test_stage_needs_its_dependencies(project: Path, tmp_path: Path) -> None:
 def test_a_compiled_plan_runs_and_guards_its_inputs(project: Path, tmp_path: Path) -> None:
     out = tmp_path / "build"
     assert CliRunner().invoke(main, ["compile", str(project), "-o", str(out)]).exit_code == 0
-    run_dir = run(out / "plan.json", display="plan.json", run_dir=tmp_path / "run", until="prompts", log=quiet)
+    run_dir = run(
+        out / "plan.json", display="plan.json", run_dir=tmp_path / "run", until="prompts", log=quiet
+    )
     assert (run_dir / "prompts" / "holdout.jsonl").exists()
     (project.parent / "support-assistant" / "data" / "gold.jsonl").write_text("")
     with pytest.raises(RunError, match="changed since plan.json was compiled"):
@@ -111,16 +150,34 @@ def test_a_compiled_plan_runs_and_guards_its_inputs(project: Path, tmp_path: Pat
 
 
 def test_failed_gate_stops_and_override_is_recorded(project: Path, tmp_path: Path) -> None:
-    text = project.read_text().replace("exclude_failed_annotators: true", "exclude_failed_annotators: false")
+    text = project.read_text().replace(
+        "exclude_failed_annotators: true", "exclude_failed_annotators: false"
+    )
     project.write_text(text)
-    result = CliRunner().invoke(main, ["run", str(project), "--run-dir", str(tmp_path / "run"), "--until", "aggregate"])
+    result = CliRunner().invoke(
+        main, ["run", str(project), "--run-dir", str(tmp_path / "run"), "--until", "aggregate"]
+    )
     assert result.exit_code == 1
-    assert "annotation_quality" in result.output and "--override-gate annotation_quality" in result.output
+    assert (
+        "annotation_quality" in result.output
+        and "--override-gate annotation_quality" in result.output
+    )
     lineage = json.loads((tmp_path / "run" / "lineage.json").read_text())
     assert lineage["stages"]["annotation_qc"]["status"] == "failed"
     assert not (tmp_path / "run" / "preferences").exists()
-    result = CliRunner().invoke(main, ["run", str(project), "--run-dir", str(tmp_path / "run"), "--until", "aggregate",
-                                       "--override-gate", "annotation_quality"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(project),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--until",
+            "aggregate",
+            "--override-gate",
+            "annotation_quality",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lineage = json.loads((tmp_path / "run" / "lineage.json").read_text())
     gate = lineage["stages"]["annotation_qc"]["gates"][0]

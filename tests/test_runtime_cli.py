@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from rlhfspec.compiler.cli import main
 
 from .conftest import ROOT
@@ -37,7 +36,9 @@ def test_qc_finds_the_planted_annotators(tmp_path: Path) -> None:
 
 
 def test_aggregate_scores_against_truth(tmp_path: Path) -> None:
-    code, out = run("aggregate", str(SPEC), "-o", str(tmp_path), "--truth", str(DATA / "truth" / "pairs.jsonl"))
+    code, out = run(
+        "aggregate", str(SPEC), "-o", str(tmp_path), "--truth", str(DATA / "truth" / "pairs.jsonl")
+    )
     assert code == 0, out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["excluded_annotators"] == ["ann-04", "ann-05", "ann-06"]
@@ -46,19 +47,42 @@ def test_aggregate_scores_against_truth(tmp_path: Path) -> None:
 
 
 def test_tasks_writes_jsonl_and_label_studio(tmp_path: Path) -> None:
-    code, out = run("tasks", str(SPEC), "--responses", str(DATA / "responses.jsonl"),
-                    "--annotators", "a1,a2,a3", "--limit", "30", "-o", str(tmp_path))
+    code, out = run(
+        "tasks",
+        str(SPEC),
+        "--responses",
+        str(DATA / "responses.jsonl"),
+        "--annotators",
+        "a1,a2,a3",
+        "--limit",
+        "30",
+        "-o",
+        str(tmp_path),
+    )
     assert code == 0, out
-    assert (tmp_path / "tasks.jsonl").exists() and (tmp_path / "label_studio" / "config.xml").exists()
-    code, out = run("tasks", str(SPEC), "--responses", str(DATA / "responses.jsonl"),
-                    "--annotators", "a1", "-o", str(tmp_path / "x"))
+    assert (tmp_path / "tasks.jsonl").exists() and (
+        tmp_path / "label_studio" / "config.xml"
+    ).exists()
+    code, out = run(
+        "tasks",
+        str(SPEC),
+        "--responses",
+        str(DATA / "responses.jsonl"),
+        "--annotators",
+        "a1",
+        "-o",
+        str(tmp_path / "x"),
+    )
     assert code == 1 and "Traceback" not in out
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    shutil.copytree(ROOT / "specs" / "support-assistant", tmp_path / "support-assistant",
-                    ignore=shutil.ignore_patterns("truth", "generate.py"))
+    shutil.copytree(
+        ROOT / "specs" / "support-assistant",
+        tmp_path / "support-assistant",
+        ignore=shutil.ignore_patterns("truth", "generate.py"),
+    )
     shutil.copy(SPEC, tmp_path / SPEC.name)
     shutil.copy(SPEC.with_name("support-assistant.lock.json"), tmp_path)
     return tmp_path / SPEC.name
@@ -81,7 +105,9 @@ def test_bad_row_refuses_the_batch_or_is_skipped(project: Path, tmp_path: Path) 
 
 def test_stale_criteria_version_in_a_batch(project: Path, tmp_path: Path) -> None:
     text = project.read_text().replace(
-        "criteria_version: 1.2.0}\n    - {id: 2026-11-w2", "criteria_version: 1.1.0}\n    - {id: 2026-11-w2")
+        "criteria_version: 1.2.0}\n    - {id: 2026-11-w2",
+        "criteria_version: 1.1.0}\n    - {id: 2026-11-w2",
+    )
     project.write_text(text)
     code, out = run("qc", str(project))
     assert code == 1 and "C005" in out and "1.1.0" in out

@@ -8,7 +8,6 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from rlhfspec.compiler.schemas import SPEC_SCHEMA, load_schema, walk, with_defaults
 from rlhfspec.compiler.validate import validate_text
 from rlhfspec.compiler.yaml_loader import load_yaml_file
@@ -53,8 +52,14 @@ def check_invalid(data: Any) -> None:
         assert 1 <= d.line <= lines and d.col >= 1
 
 
-typed_nodes = [(p, s) for p, s, _ in NODES if p and isinstance(s.get("type"), str) and s["type"] in WRONG_VALUES]
-closed_objects = [(p, s) for p, s, v in NODES if isinstance(v, dict) and s.get("additionalProperties") is False]
+typed_nodes = [
+    (p, s)
+    for p, s, _ in NODES
+    if p and isinstance(s.get("type"), str) and s["type"] in WRONG_VALUES
+]
+closed_objects = [
+    (p, s) for p, s, v in NODES if isinstance(v, dict) and s.get("additionalProperties") is False
+]
 with_required = [(p, s) for p, s, v in NODES if isinstance(v, dict) and s.get("required")]
 
 
@@ -68,7 +73,10 @@ def test_wrong_type_is_reported(node: tuple[Any, Any], data: st.DataObject) -> N
 
 
 @PROFILE
-@given(st.sampled_from(closed_objects), st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12))
+@given(
+    st.sampled_from(closed_objects),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12),
+)
 def test_unknown_key_is_reported(node: tuple[Any, Any], key: str) -> None:
     path, sub = node
     if key in sub.get("properties", {}):
@@ -98,11 +106,19 @@ def test_random_text_never_crashes(text: str) -> None:
 
 
 @PROFILE
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=20,
-))
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False)
+        | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
 def test_random_yaml_structures_never_crash(value: Any) -> None:
     result = validate_text(yaml.safe_dump(value), file="random.yaml", spec_path=BASE_PATH)
     assert not result.ok and result.diagnostics
