@@ -41,6 +41,7 @@ class Pair:
     batches: list[str]
     annotators: list[str]
     decided_by: str
+    dimensions: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -199,6 +200,7 @@ def aggregate(
             continue
         chosen, rejected = (lo, hi) if winner == LO else (hi, lo)
         total = sum(votes.values())
+        dimensions = {dim: _dimension_verdict(votes_rows, dim, winner) for dim in ranked_dims}
         versions.update(r["criteria_version"] for r in votes_rows)
         result.pairs.append(
             Pair(
@@ -214,11 +216,31 @@ def aggregate(
                 batches=sorted({r["batch"] for r in votes_rows}),
                 annotators=sorted(r["annotator"] for r in votes_rows),
                 decided_by=decided_by,
+                dimensions=dimensions,
             )
         )
     result.counts = dict(counts)
     result.criteria_versions = sorted(versions)
     return result
+
+
+def _dimension_verdict(rows: list[dict[str, Any]], dim: str, winner: int) -> str | None:
+    """The majority dimension-level vote, relative to the pair: chosen, rejected or tie.
+
+    None when no annotator gave a dimension-level answer or the votes split;
+    per-dimension reward-model accuracy is measured on the pairs that have one.
+    """
+    votes = Counter(
+        _canonical(r["dimension_choices"][dim], r["response_a"], r["response_b"])
+        for r in rows
+        if isinstance(r.get("dimension_choices"), dict) and dim in r["dimension_choices"]
+    )
+    dim_winner = _winner(votes)
+    if dim_winner is None:
+        return None
+    if dim_winner == TIE:
+        return "tie"
+    return "chosen" if dim_winner == winner else "rejected"
 
 
 def _break_tie(
