@@ -459,5 +459,45 @@ def run_command(
     click.echo(f"lineage: {directory / 'lineage.json'}")
 
 
+@main.command()
+@click.argument(
+    "input_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="INPUT"
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="A trained reward model: runs/<name>/<run-id>/models/reward_model.",
+)
+@click.option(
+    "-o",
+    "--out",
+    "output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Scores JSONL; the summary goes beside it as <out>.summary.json.",
+)
+@click.option(
+    "--history",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append the summary to this JSONL, to track quality over time.",
+)
+@guarded
+def score(input_file: Path, model_dir: Path, output: Path, history: Path | None) -> None:
+    """Score a JSONL of prompt/response/system rows with a reward model (evaluation only)."""
+    from ..runtime.scoring import score_file
+
+    summary = score_file(
+        model_dir, input_file, output, history=history, input_display=display_path(input_file)
+    )
+    click.echo(f"scored {summary['input']['rows']} rows -> {output}")
+    for system, stats in summary["systems"].items():
+        click.echo(
+            f"  {system}: mean {stats['mean']:.4f} (n {stats['n']}, p10 {stats['p10']:.4f}, "
+            f"p90 {stats['p90']:.4f}, length correlation {stats['length_correlation']})"
+        )
+
+
 if __name__ == "__main__":
     main()

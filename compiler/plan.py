@@ -74,7 +74,7 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
                 "description": "Supervised fine-tuning on demonstrations.",
                 "depends_on": [],
                 "inputs": [spec["sft"]["data"]],
-                "outputs": ["models/sft/"],
+                "outputs": ["models/sft"],
             }
         )
     policy_deps = ["aggregate"]
@@ -83,9 +83,14 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "name": "reward_model",
                 "description": "Bradley-Terry reward model with a by-prompt holdout and gates.",
-                "depends_on": ["aggregate"],
+                "depends_on": ["aggregate"]
+                + (["sft"] if spec["reward_model"]["start_from_sft"] else []),
                 "inputs": [],
-                "outputs": ["models/reward_model/", "reward_model/eval.json"],
+                "outputs": [
+                    "models/reward_model",
+                    "reward_model/eval.json",
+                    "reward_model/eval.md",
+                ],
             }
         )
         policy_deps = ["reward_model"]
@@ -99,7 +104,7 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             f"{spec['policy']['checkpoint_every']} {'updates' if method == 'ppo' else 'steps'}.",
             "depends_on": policy_deps,
             "inputs": [],
-            "outputs": ["models/policy/checkpoints/"],
+            "outputs": ["models/policy"],
         }
     )
     stages.append(

@@ -385,12 +385,13 @@ class Checker:
                     kl_path + ("coef",),
                     hint="start with a moderate penalty such as 0.05 and adjust at checkpoints",
                 )
-        if policy["start_from_sft"] and not self.spec["sft"]["enabled"]:
-            self.emit(
-                "O005",
-                "start_from_sft is set but sft.enabled is false",
-                ("policy", "start_from_sft"),
-            )
+        for section in ("policy", "reward_model"):
+            if self.spec[section]["start_from_sft"] and not self.spec["sft"]["enabled"]:
+                self.emit(
+                    "O005",
+                    f"{section}.start_from_sft is set but sft.enabled is false",
+                    (section, "start_from_sft"),
+                )
         for section in ("sft", "reward_model", "policy"):
             if self.spec[section].get("trust_remote_code"):
                 self.emit(
