@@ -22,6 +22,7 @@ from typing import Any
 from ..compiler.fileio import atomic_write_text
 from .annotations import read_batch
 from .errors import RunError
+from .jsonl import read_rows
 from .project import Project
 
 LO, HI, TIE = 0, 1, 2
@@ -63,30 +64,8 @@ class AggregateResult:
 
 
 def read_jsonl_rows(path: Path, display: str, required: Iterable[str]) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a bad row is an error naming the file, line and field."""
-    rows = []
-    need = tuple(required)
-    try:
-        handle = path.open("r", encoding="utf-8")
-    except OSError as exc:
-        raise RunError(f"{display}: cannot open: {exc.strerror}") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RunError(f"{display}: line {number}: not valid JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise RunError(f"{display}: line {number}: expected a JSON object")
-            for name in need:
-                if not isinstance(row.get(name), str) or not row[name]:
-                    raise RunError(
-                        f"{display}: line {number}: field '{name}' must be a non-empty string"
-                    )
-            rows.append(row)
-    return rows
+    """Rows of a JSONL file; bad rows refuse it, naming the file, line and field."""
+    return read_rows(path, display, required)
 
 
 def load_records(project: Project, *, skip_bad_rows: bool = False) -> list[dict[str, Any]]:

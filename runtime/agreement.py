@@ -221,22 +221,25 @@ def _encode_numeric(
     compaction or scatter is needed; returns None when the values do not qualify.
     """
     has_missing = mask is not None and bool(mask.any())
-    if values.size == 0 or (has_missing and values.dtype.kind != "f"):
-        return None
-    if values.dtype.kind == "f":
+    is_float = values.dtype.kind == "f"
+    if is_float:
         vmin, vmax = np.fmin.reduce(values, axis=None), np.fmax.reduce(values, axis=None)
     else:
-        vmin, vmax = values.min(), values.max()
-    if not (np.isfinite(vmin) and np.isfinite(vmax)):
+        present = values[~mask] if mask is not None and has_missing else values
+        if present.size == 0:
+            return None
+        vmin, vmax = present.min(), present.max()
+    if values.size == 0 or not (np.isfinite(vmin) and np.isfinite(vmax)):
         return None
     span = int(vmax) - int(vmin)
     if float(vmax) - float(vmin) >= (1 << 20) or span >= (1 << 20):
         return None
-    shifted = values - vmin
+    # int64 before subtracting: small integer dtypes would overflow
+    shifted = values - vmin if is_float else values.astype(np.int64) - int(vmin)
     if mask is not None and has_missing:
         shifted = np.where(mask, span + 1, shifted)  # missing cells go to an extra bin
     offsets = shifted.astype(np.int64)
-    if values.dtype.kind == "f" and not np.array_equal(offsets, shifted):
+    if is_float and not np.array_equal(offsets, shifted):
         return None
     seen = np.bincount(offsets.ravel(), minlength=span + 2)[: span + 1] > 0
     domain = (np.flatnonzero(seen) + vmin).astype(values.dtype)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RunError
+from .jsonl import refusal
 
 CHOICES = ("A", "B", "tie")
 REQUIRED = (
@@ -48,7 +49,7 @@ STRING_FIELDS = (
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 SESSION_GAP_MINUTES = 30
-MAX_LISTED = 20
+SKIP_HINT = "fix the rows, or pass --skip-bad-rows to skip and list them"
 
 
 @dataclass(frozen=True)
@@ -326,13 +327,7 @@ def read_batch(
     else:
         read = read_jsonl(path, batch=batch, display=display)
     if read.problems and not skip_bad:
-        shown = "\n".join(f"  {p}" for p in read.problems[:MAX_LISTED])
-        more = len(read.problems) - MAX_LISTED
-        raise RunError(
-            f"batch '{batch}' refused: {len(read.problems)} bad row(s)\n{shown}"
-            + (f"\n  ... and {more} more" if more > 0 else "")
-            + "\nfix the rows, or pass --skip-bad-rows to skip and list them"
-        )
+        raise refusal(f"batch '{batch}' refused", read.problems, SKIP_HINT)
     return read
 
 

@@ -34,10 +34,10 @@ from typing import Any, Literal
 
 from ..compiler.fileio import atomic_write_text
 from .errors import RunError
+from .jsonl import missing_strings, read_objects, refusal
 from .project import Project
 
 Severity = Literal["error", "warning"]
-MAX_LISTED = 20
 KIND_ORDER = ("usage_logs", "synthetic", "expert", "adversarial")
 
 
@@ -191,39 +191,12 @@ def _read_source(
     project: Project, source: dict[str, Any], fields: list[str], problems: list[str]
 ) -> list[Prompt]:
     display = source["path"]
-    try:
-        handle = project.path(source["path"]).open("r", encoding="utf-8")
-    except OSError as exc:
-        raise RunError(
-            f"{display}: cannot open prompt source '{source['id']}': {exc.strerror}"
-        ) from None
     prompts: list[Prompt] = []
-    with handle:
-        try:
-            lines = list(handle)
-        except UnicodeDecodeError as exc:
-            raise RunError(f"{display}: not UTF-8 text: {exc.reason}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, row in read_objects(project.path(source["path"]), display, problems):
         where = f"{display}: line {number}:"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where} not valid JSON: {exc.msg} at column {exc.colno}")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"{where} expected a JSON object, got {type(row).__name__}")
-            continue
-        bad = False
-        for name in ("id", "text"):
-            value = row.get(name)
-            if not isinstance(value, str) or not value.strip():
-                what = (
-                    "missing" if name not in row else f"must be a non-empty string, got {value!r}"
-                )
-                problems.append(f"{where} field '{name}': {what}")
-                bad = True
+        missing = missing_strings(row, ("id", "text"))
+        problems.extend(f"{where} field '{f}': {m}" for f, m in missing)
+        bad = bool(missing)
         for name in fields:
             if name not in row:
                 problems.append(f"{where} field '{name}': missing (it is a strata field)")
@@ -269,12 +242,7 @@ def load_prompt_pool(project: Project) -> PromptPool:
         else:
             first[prompt.id] = prompt
     if problems:
-        shown = "\n".join(f"  {p}" for p in problems[:MAX_LISTED])
-        more = len(problems) - MAX_LISTED
-        raise RunError(
-            f"prompt sources refused: {len(problems)} bad row(s)\n{shown}"
-            + (f"\n  ... and {more} more" if more > 0 else "")
-        )
+        raise refusal("prompt sources refused", problems)
     return PromptPool(prompts, frozenset(holdout))
 
 

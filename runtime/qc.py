@@ -111,8 +111,9 @@ from .agreement import (
     pairwise_agreement,
     wilson_interval,
 )
-from .annotations import CHOICES, AnnotationTable, read_batch
+from .annotations import CHOICES, SKIP_HINT, AnnotationTable, read_batch
 from .errors import RunError
+from .jsonl import missing_strings, read_objects, refusal
 from .project import Project
 
 __all__ = [
@@ -1281,57 +1282,29 @@ def read_gold(
     answers: dict[str, int] = {}
     pairs: dict[str, tuple[str, str]] = {}
     problems: list[str] = []
-    try:
-        handle = path.open("r", encoding="utf-8")
-    except OSError as exc:
-        raise RunError(f"{display}: cannot open the gold file: {exc.strerror}") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{display}: line {number}: not valid JSON: {exc.msg}")
-                continue
-            if not isinstance(row, dict):
-                problems.append(f"{display}: line {number}: expected a JSON object")
-                continue
-            bad = [
-                name
-                for name in ("item_id", "response_a", "response_b")
-                if not isinstance(row.get(name), str) or not row.get(name)
-            ]
-            if row.get("preferred") not in CHOICES:
-                bad.append("preferred")
-            if bad:
-                problems.append(
-                    f"{display}: line {number}: field(s) {', '.join(bad)} missing or invalid"
-                )
-                continue
-            if row["response_a"] == row["response_b"]:
-                problems.append(f"{display}: line {number}: response_a and response_b are the same")
-                continue
-            if row["item_id"] in answers:
-                problems.append(
-                    f"{display}: line {number}: gold item {row['item_id']} listed twice"
-                )
-                continue
-            answers[row["item_id"]] = canonical_gold_label(
-                row["response_a"], row["response_b"], row["preferred"]
-            )
-            low, high = sorted((str(row["response_a"]), str(row["response_b"])))
-            pairs[row["item_id"]] = (low, high)
+    for number, row in read_objects(path, display, problems):
+        where = f"{display}: line {number}:"
+        bad = [
+            f"field '{f}': {m}"
+            for f, m in missing_strings(row, ("item_id", "response_a", "response_b"))
+        ]
+        if row.get("preferred") not in CHOICES:
+            bad.append(f"field 'preferred': must be one of A, B, tie, got {row.get('preferred')!r}")
+        if bad:
+            problems.extend(f"{where} {b}" for b in bad)
+            continue
+        if row["response_a"] == row["response_b"]:
+            problems.append(f"{where} field 'response_b': the same response as response_a")
+            continue
+        if row["item_id"] in answers:
+            problems.append(f"{where} field 'item_id': gold item {row['item_id']} listed twice")
+            continue
+        answers[row["item_id"]] = canonical_gold_label(
+            row["response_a"], row["response_b"], row["preferred"]
+        )
+        low, high = sorted((str(row["response_a"]), str(row["response_b"])))
+        pairs[row["item_id"]] = (low, high)
     return answers, pairs, problems
-
-
-def _refuse(what: str, problems: list[str]) -> RunError:
-    shown = "\n".join(f"  {p}" for p in problems[:20])
-    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-    return RunError(
-        f"{what} refused: {len(problems)} bad row(s)\n{shown}{more}"
-        "\nfix the rows, or pass --skip-bad-rows to skip and list them"
-    )
 
 
 def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
@@ -1383,7 +1356,7 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
                 )
                 record["_drop"] = True
         if problems and not skip_bad_rows:
-            raise _refuse(f"gold file {gold_rel}", problems)
+            raise refusal(f"gold file {gold_rel} refused", problems, SKIP_HINT)
         if problems:
             skipped["gold"] = problems
             records = [r for r in records if not r.pop("_drop", False)]

@@ -49,6 +49,7 @@ from typing import Any
 
 from ..compiler.fileio import atomic_write_text
 from .errors import RunError
+from .jsonl import missing_strings, read_objects, refusal
 from .label_studio import write_label_studio
 from .project import Project
 from .prompt_check import load_prompt_pool
@@ -97,62 +98,28 @@ def gold_count(regular: int, share: tuple[float, float], available: int) -> int:
     return best[2] if best else 0
 
 
-def _refuse(what: str, problems: list[str]) -> RunError:
-    shown = "\n".join(f"  {p}" for p in problems[:MAX_LISTED])
-    more = len(problems) - MAX_LISTED
-    return RunError(
-        f"{what}: {len(problems)} bad row(s)\n{shown}"
-        + (f"\n  ... and {more} more" if more > 0 else "")
-    )
-
-
 def _read_jsonl(
     path: Path, display: str, required: tuple[str, ...], what: str, unique: str
 ) -> list[tuple[int, dict[str, Any]]]:
     """Rows with every required field a non-empty string; one RunError lists the bad ones."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunError(f"{display}: cannot read {what}: {exc}") from None
-    rows: list[tuple[int, dict[str, Any]]] = []
     problems: list[str] = []
+    rows: list[tuple[int, dict[str, Any]]] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{display}: line {number}:"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where} not valid JSON: {exc.msg} at column {exc.colno}")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"{where} expected a JSON object, got {type(row).__name__}")
-            continue
-        bad = False
-        for name in required:
-            value = row.get(name)
-            if not isinstance(value, str) or not value.strip():
-                problems.append(
-                    f"{where} field '{name}': "
-                    + (
-                        "missing"
-                        if name not in row
-                        else f"must be a non-empty string, got {value!r}"
-                    )
-                )
-                bad = True
+    for number, row in read_objects(path, display, problems):
+        bad = missing_strings(row, required)
+        problems.extend(f"{display}: line {number}: field '{f}': {m}" for f, m in bad)
         if bad:
             continue
         if row[unique] in seen:
             problems.append(
-                f"{where} field '{unique}': '{row[unique]}' already used at line {seen[row[unique]]}"
+                f"{display}: line {number}: field '{unique}': '{row[unique]}' already used "
+                f"at line {seen[row[unique]]}"
             )
             continue
         seen[row[unique]] = number
         rows.append((number, row))
     if problems:
-        raise _refuse(f"{what} refused", problems)
+        raise refusal(f"{what} refused", problems)
     return rows
 
 
@@ -334,7 +301,7 @@ def generate_tasks(
                 )
                 gold_pairs.add(frozenset((row["response_a"], row["response_b"])))
         if problems:
-            raise _refuse("gold items refused", problems)
+            raise refusal("gold items refused", problems)
 
     def shown(response_id: str) -> str:
         return opaque_id(seed, "response", response_id, prefix="resp") if blind else response_id
