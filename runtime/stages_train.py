@@ -167,7 +167,7 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
     )
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(ctx, checkpoints))
 
-    metrics = evaluate_holdout(trainer.model, tokenizer, validation, max_length)
+    metrics, holdout_scores = evaluate_holdout(trainer.model, tokenizer, validation, max_length)
     gate_results = check_gates(metrics, cfg["gates"])
     gates = [
         Gate(g["name"], g["passed"], g["value"], g["threshold"], g["message"]) for g in gate_results
@@ -203,9 +203,18 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
     report = {"metadata": metadata, "holdout": metrics}
     atomic_write_text(ctx.path("reward_model/eval.json"), json.dumps(report, indent=2) + "\n")
     atomic_write_text(ctx.path("reward_model/eval.md"), eval_markdown(metadata, metrics))
+    atomic_write_text(
+        ctx.path("reward_model/holdout_scores.jsonl"),
+        "".join(json.dumps(row) + "\n" for row in holdout_scores),
+    )
     length = metrics["length"]
     outcome = StageOutcome(
-        ["models/reward_model", "reward_model/eval.json", "reward_model/eval.md"],
+        [
+            "models/reward_model",
+            "reward_model/eval.json",
+            "reward_model/eval.md",
+            "reward_model/holdout_scores.jsonl",
+        ],
         {
             "train_loss": metadata["train_loss"],
             "holdout_accuracy": metrics["accuracy"],
@@ -235,13 +244,24 @@ def evaluate_holdout(
         [full_text(p["prompt"], p["rejected"]) for p in validation],
         max_length=max_length,
     )
+    scores = [
+        {
+            "item_id": p["item_id"],
+            "prompt_id": p["prompt_id"],
+            "chosen_id": p["chosen_id"],
+            "rejected_id": p["rejected_id"],
+            "chosen_score": round(c, 6),
+            "rejected_score": round(r, 6),
+        }
+        for p, c, r in zip(validation, chosen, rejected, strict=True)
+    ]
     return evaluate_pairs(
         chosen,
         rejected,
         [word_count(p["chosen"]) for p in validation],
         [word_count(p["rejected"]) for p in validation],
         [p.get("dimensions", {}) for p in validation],
-    )
+    ), scores
 
 
 def eval_markdown(metadata: dict[str, Any], metrics: dict[str, Any]) -> str:

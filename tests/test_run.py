@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,6 +149,36 @@ def test_a_compiled_plan_runs_and_guards_its_inputs(project: Path, tmp_path: Pat
     (out / "plan.json").write_text(json.dumps(plan))
     with pytest.raises(RunError, match="fingerprint mismatch"):
         run(out / "plan.json", display="plan.json", run_dir=tmp_path / "run3", log=quiet)
+
+
+def test_accelerate_launch_entry_runs_a_plan_stage(project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "build"
+    assert CliRunner().invoke(main, ["compile", str(project), "-o", str(out)]).exit_code == 0
+    plan = json.loads((out / "plan.json").read_text())
+    launch = next(s["launch"] for s in plan["stages"] if s["name"] == "reward_model")
+    assert launch.endswith("-m rlhfspec.runtime.launch plan.json --stage reward_model")
+    command = [
+        sys.executable,
+        "-m",
+        "rlhfspec.runtime.launch",
+        "plan.json",
+        "--until",
+        "prompts",
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
+    done = subprocess.run(command, cwd=out, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "prompts" / "report.json").exists()
+    refused = subprocess.run(
+        command,
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "WORLD_SIZE": "2"},
+    )
+    assert refused.returncode == 2 and "--num_processes 1" in refused.stderr
 
 
 def test_failed_gate_stops_and_override_is_recorded(project: Path, tmp_path: Path) -> None:

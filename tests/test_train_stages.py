@@ -89,7 +89,25 @@ def test_lineage_and_metadata_tie_the_reward_model_to_its_data(trained: tuple[Pa
         "reward_model",
     ]
     outputs = {o["path"]: o for o in lineage["stages"]["reward_model"]["outputs"]}
-    assert set(outputs) == {"models/reward_model", "reward_model/eval.json", "reward_model/eval.md"}
+    assert set(outputs) == {
+        "models/reward_model",
+        "reward_model/eval.json",
+        "reward_model/eval.md",
+        "reward_model/holdout_scores.jsonl",
+    }
+    scores = [
+        json.loads(line)
+        for line in (run_dir / "reward_model" / "holdout_scores.jsonl").read_text().splitlines()
+    ]
+    report_pairs = json.loads((run_dir / "reward_model" / "eval.json").read_text())["holdout"][
+        "pairs"
+    ]
+    assert len(scores) == report_pairs
+    accuracy = sum(s["chosen_score"] > s["rejected_score"] for s in scores) / len(scores)
+    assert accuracy == pytest.approx(
+        json.loads((run_dir / "reward_model" / "eval.json").read_text())["holdout"]["accuracy"],
+        abs=1e-6,
+    )
     meta = json.loads(
         (run_dir / "models" / "reward_model" / "rlhfspec_reward_model.json").read_text()
     )
