@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_agreement.py [--items 200000] [--annotators 5] [--repeats 3]
+    python benchmarks/bench_agreement.py [--items 200000] [--annotators 5] [--repeats 5]
 
 Generates seeded preference labels ("A", "B", "tie") for ``--items`` items from ``--annotators``
 annotators, then times each statistic of ours against scikit-learn, statsmodels and the
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--annotators", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--missing", type=float, default=0.2, help="share of missing labels")
     parser.add_argument("--seed", type=int, default=20240607)
     args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ import tracemalloc
 from typing import Any
 
 import numpy as np
+
 from rlhfspec.runtime.annotations import AnnotationTable
 from rlhfspec.runtime.qc import QcReport, QcSettings, analyse
 from rlhfspec.runtime.qc_report import format_text

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import yaml
+
 from rlhfspec.compiler.yaml_loader import load_yaml_file
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from rlhfspec.runtime.aggregate import aggregate, compare_with_truth, load_records, write_pairs
 from rlhfspec.runtime.project import Project, load_project
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from rlhfspec.compiler import cli
 from rlhfspec.compiler.schemas import SPEC_SCHEMA, load_schema
 

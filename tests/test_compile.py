@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
+
 from rlhfspec.compiler.cli import main
 from rlhfspec.compiler.compile import compile_spec
 from rlhfspec.compiler.hashing import canonical_json, sha256_file, sha256_text

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from rlhfspec.compiler.validate import validate_file
 
 from .conftest import CORPUS

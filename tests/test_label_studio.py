@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from rlhfspec.runtime.annotations import AnnotationTable, read_batch
 from rlhfspec.runtime.errors import RunError
 from rlhfspec.runtime.project import load_project

@@ -13,6 +13,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 import transformers  # noqa: E402
+
 from rlhfspec.runtime import models  # noqa: E402
 from rlhfspec.runtime.errors import RunError  # noqa: E402
 from rlhfspec.runtime.models import (  # noqa: E402

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from rlhfspec.runtime.errors import RunError
 from rlhfspec.runtime.project import Project, load_project
 from rlhfspec.runtime.prompt_check import (

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from rlhfspec.runtime.annotations import AnnotationTable
 from rlhfspec.runtime.errors import RunError
 from rlhfspec.runtime.project import load_project

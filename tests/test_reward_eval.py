@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from rlhfspec.runtime.reward_eval import check_gates, evaluate_pairs, pearson, rankdata, spearman
 
 stats = pytest.importorskip("scipy.stats")

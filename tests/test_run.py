@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from rlhfspec.compiler.cli import main
 from rlhfspec.compiler.hashing import sha256_file
 from rlhfspec.runtime.errors import RunError

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from rlhfspec.compiler.cli import main
 
 from .conftest import ROOT

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from rlhfspec.runtime.errors import RunError
 from rlhfspec.runtime.label_studio import labeling_config
 from rlhfspec.runtime.project import Project, load_project

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from jinja2 import UndefinedError
+
 from rlhfspec.compiler.errors import CompilerError
 from rlhfspec.compiler.render import environment, render_all
 from rlhfspec.compiler.schemas import SPEC_SCHEMA, load_schema, with_defaults

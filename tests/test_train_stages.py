@@ -15,6 +15,7 @@ pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 from click.testing import CliRunner  # noqa: E402
+
 from rlhfspec.compiler.cli import main  # noqa: E402
 from rlhfspec.compiler.hashing import sha256_file  # noqa: E402
 from rlhfspec.runtime.run import run  # noqa: E402

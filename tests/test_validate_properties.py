@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from rlhfspec.compiler.schemas import SPEC_SCHEMA, load_schema, walk, with_defaults
 from rlhfspec.compiler.validate import validate_text
 from rlhfspec.compiler.yaml_loader import load_yaml_file

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from rlhfspec.compiler import yaml_loader
 from rlhfspec.compiler.yaml_loader import (
     DEFAULT_LIMITS,
