@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed + 1)
     gappy = numeric.copy()
     gappy[rng.random(gappy.shape) < args.missing] = np.nan
-    gappy_labels = np.where(np.isnan(gappy), None, labels.astype(object))
+    gappy_labels = labels.astype(object)  # None where missing, as annotation exports have it
+    gappy_labels[np.isnan(gappy)] = None
     counts, _ = agreement.category_counts(labels)
 
     sklearn_metrics = optional("sklearn.metrics")
@@ -118,26 +119,23 @@ def main(argv: list[str] | None = None) -> None:
             else None,
         )
     )
-    for level, data, note in [
-        ("nominal", numeric, "complete"),
-        ("nominal", gappy, f"{args.missing:.0%} missing"),
-        ("ordinal", gappy, f"{args.missing:.0%} missing"),
-        ("interval", gappy, f"{args.missing:.0%} missing"),
-        ("ratio", gappy, f"{args.missing:.0%} missing"),
-    ]:
-        cases.append(
-            (
-                f"krippendorff_alpha {level} ({note})",
-                lambda data=data, level=level: agreement.krippendorff_alpha(data, level),  # type: ignore[misc]
-                (
-                    lambda data=data, level=level: krippendorff.alpha(
-                        reliability_data=data, level_of_measurement=level
-                    )
-                )
-                if krippendorff
-                else None,
-            )
-        )
+
+    def alpha_case(
+        level: agreement.Level, data: np.ndarray, note: str
+    ) -> tuple[str, Callable[[], float], Callable[[], float] | None]:
+        def ours() -> float:
+            return float(agreement.krippendorff_alpha(data, level))
+
+        def reference() -> float:
+            return float(krippendorff.alpha(reliability_data=data, level_of_measurement=level))
+
+        return f"krippendorff_alpha {level} ({note})", ours, reference if krippendorff else None
+
+    gaps = f"{args.missing:.0%} missing"
+    cases.append(alpha_case("nominal", numeric, "complete"))
+    levels: tuple[agreement.Level, ...] = ("nominal", "ordinal", "interval", "ratio")
+    for level in levels:
+        cases.append(alpha_case(level, gappy, gaps))
 
     def sklearn_pairwise() -> float:
         worst = -np.inf

@@ -797,7 +797,18 @@ def load_yaml(
         try:
             builder.run(events)
         except yaml.YAMLError as exc:
-            raise _Stop(_syntax_problem(exc, source)) from None
+            problem = _syntax_problem(exc, source)
+            if "maximum nesting depth" in problem.message:
+                # newer libyaml refuses depth > 1000 while scanning ahead, before our
+                # event-level depth check sees level max_depth + 1: the same limit hit
+                problem = YamlProblem(
+                    LIMIT,
+                    problem.line,
+                    problem.col,
+                    f"nesting is deeper than {limits.max_depth} levels (max_depth)",
+                    "flatten the structure; specs need only a few levels",
+                )
+            raise _Stop(problem) from None
         finally:
             close = getattr(events, "close", None)
             if close is not None:

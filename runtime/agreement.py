@@ -220,6 +220,8 @@ def _encode_numeric(
     Works on the whole array (``mask`` marks missing cells, which get code -1) so that no
     compaction or scatter is needed; returns None when the values do not qualify.
     """
+    if values.size == 0:
+        return None
     has_missing = mask is not None and bool(mask.any())
     is_float = values.dtype.kind == "f"
     if is_float:
@@ -229,7 +231,7 @@ def _encode_numeric(
         if present.size == 0:
             return None
         vmin, vmax = present.min(), present.max()
-    if values.size == 0 or not (np.isfinite(vmin) and np.isfinite(vmax)):
+    if not (np.isfinite(vmin) and np.isfinite(vmax)):
         return None
     span = int(vmax) - int(vmin)
     if float(vmax) - float(vmin) >= (1 << 20) or span >= (1 << 20):
@@ -305,6 +307,7 @@ def _encode_matrix(
     name: str,
     missing: object = None,
     domain: object = None,
+    domain_name: str = "value_domain",
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
     """2-D labels -> (int64 codes with -1 where missing, domain of the codes)."""
     arr = _as_array(data, 2, name)
@@ -315,7 +318,7 @@ def _encode_matrix(
             return fast
     present = ~mask
     codes = np.full(arr.shape, -1, dtype=np.int64)
-    value_codes, dom = _encode(arr[present], domain, name="value_domain")
+    value_codes, dom = _encode(arr[present], domain, name=domain_name)
     codes[present] = value_codes
     return codes, dom
 
@@ -418,7 +421,7 @@ def category_counts(
     Raises:
         AgreementError: not a 2-D matrix, or a label not in ``categories``.
     """
-    codes, domain = _encode_matrix(matrix, "matrix", missing, categories)
+    codes, domain = _encode_matrix(matrix, "matrix", missing, categories, "categories")
     n_items = codes.shape[1]
     k = domain.size
     item, code = np.broadcast_to(np.arange(n_items), codes.shape), codes
@@ -903,7 +906,8 @@ def _stirlerr(m: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 def _bd0(x: npt.NDArray[np.float64], mean: float) -> npt.NDArray[np.float64]:
     """Deviance term ``x log(x/mean) + mean - x`` without cancellation (Loader 2000)."""
-    out = x * np.log(x / mean) + mean - x
+    with np.errstate(over="ignore", divide="ignore"):  # tiny means: the pmf underflows to 0
+        out = x * np.log(x / mean) + mean - x
     near = np.flatnonzero(np.abs(x - mean) < 0.1 * (x + mean))
     if near.size:
         xn = x[near]
