@@ -77,23 +77,24 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
                 "outputs": ["models/sft"],
             }
         )
-    policy_deps = ["aggregate"]
-    if method == "ppo":
-        stages.append(
-            {
-                "name": "reward_model",
-                "description": "Bradley-Terry reward model with a by-prompt holdout and gates.",
-                "depends_on": ["aggregate"]
-                + (["sft"] if spec["reward_model"]["start_from_sft"] else []),
-                "inputs": [],
-                "outputs": [
-                    "models/reward_model",
-                    "reward_model/eval.json",
-                    "reward_model/eval.md",
-                ],
-            }
-        )
-        policy_deps = ["reward_model"]
+    # the reward model drives PPO; under DPO it is the judge that evaluates checkpoints
+    stages.append(
+        {
+            "name": "reward_model",
+            "description": "Bradley-Terry reward model with a by-prompt holdout and gates"
+            + ("." if method == "ppo" else "; judges the DPO checkpoints."),
+            "depends_on": ["aggregate"]
+            + (["sft"] if spec["reward_model"]["start_from_sft"] else []),
+            "inputs": [],
+            "outputs": [
+                "models/reward_model",
+                "reward_model/eval.json",
+                "reward_model/eval.md",
+                "reward_model/holdout_scores.jsonl",
+            ],
+        }
+    )
+    policy_deps = ["reward_model"] if method == "ppo" else ["aggregate"]
     if spec["policy"]["start_from_sft"]:
         policy_deps.append("sft")
     stages.append(
@@ -104,7 +105,7 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             f"{spec['policy']['checkpoint_every']} {'updates' if method == 'ppo' else 'steps'}.",
             "depends_on": policy_deps,
             "inputs": [],
-            "outputs": ["models/policy"],
+            "outputs": ["models/policy", "eval/prompt_sets.json"],
         }
     )
     stages.append(
@@ -113,7 +114,7 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             "description": "Evaluate every checkpoint on "
             + ", ".join(spec["evaluation"]["prompt_sets"])
             + ".",
-            "depends_on": ["policy"],
+            "depends_on": ["policy", "reward_model"],
             "inputs": [],
             "outputs": ["eval/"],
         }
