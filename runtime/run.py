@@ -41,6 +41,9 @@ STAGES: dict[str, str] = {
     "aggregate": "rlhfspec.runtime.stages_data:aggregate_stage",
     "sft": "rlhfspec.runtime.stages_train:sft_stage",
     "reward_model": "rlhfspec.runtime.stages_train:reward_model_stage",
+    "policy": "rlhfspec.runtime.stages_policy:policy_stage",
+    "evaluate": "rlhfspec.runtime.stages_policy:evaluate_stage",
+    "select": "rlhfspec.runtime.stages_policy:select_stage",
 }
 # the spec sections whose values a stage depends on (beyond files and upstream outputs)
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -50,7 +53,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "sft": ("seed", "sft", "compute"),
     "reward_model": ("seed", "reward_model", "compute"),
     "policy": ("seed", "policy", "compute"),
-    "evaluate": ("seed", "evaluation", "criteria"),
+    "evaluate": ("seed", "evaluation", "criteria", "policy"),
     "select": ("evaluation",),
     "handoff": ("handoff",),
 }
