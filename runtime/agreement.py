@@ -239,17 +239,17 @@ def _encode_numeric(
     # int64 before subtracting: small integer dtypes would overflow
     shifted = values - vmin if is_float else values.astype(np.int64) - int(vmin)
     if mask is not None and has_missing:
-        shifted = np.where(mask, span + 1, shifted)  # missing cells go to an extra bin
+        shifted = np.where(mask, -1, shifted)  # missing cells: offset (and code) -1
     offsets = shifted.astype(np.int64)
     if is_float and not np.array_equal(offsets, shifted):
         return None
-    seen = np.bincount(offsets.ravel(), minlength=span + 2)[: span + 1] > 0
+    marks = np.zeros(span + 2, dtype=bool)
+    marks[offsets.ravel()] = True  # offset -1 (missing) lands in the spare last slot
+    seen = marks[: span + 1]
     domain = (np.flatnonzero(seen) + vmin).astype(values.dtype)
     if bool(seen.all()):  # every value in the range occurs: the offsets are the codes
-        if mask is not None and has_missing:
-            offsets[mask] = -1
         return offsets, domain
-    lookup = np.append(np.cumsum(seen) - 1, -1)
+    lookup = np.append(np.cumsum(seen) - 1, -1)  # lookup[-1] = -1 keeps missing missing
     return lookup[offsets], domain
 
 
@@ -629,10 +629,11 @@ def krippendorff_alpha(
     weight = np.divide(1.0, per_unit - 1.0, out=np.zeros(n_units), where=pairable)
     dense = n_units * n_values <= _DENSE_CELL_LIMIT
     if dense:
-        # units x values counts in one bincount; missing cells go to a discarded extra bin
-        key = np.where(present, np.arange(n_units) * n_values + codes, n_units * n_values)
-        table = np.bincount(key.ravel(), minlength=n_units * n_values + 1)[:-1]
-        counts = table.reshape(n_units, n_values).astype(np.float64)
+        # units x values counts in one bincount: unit u, code c -> bin u * (V + 1) + c + 1, so
+        # missing cells (c = -1) fall in a column 0 that is dropped
+        key = codes + (np.arange(n_units) * (n_values + 1) + 1)
+        table = np.bincount(key.ravel(), minlength=n_units * (n_values + 1))
+        counts = table.reshape(n_units, n_values + 1)[:, 1:].astype(np.float64)
         # coincidence matrix o = sum_u (n_u n_u^T - diag(n_u)) / (m_u - 1), as matrix products
         coincidences_all = (counts * weight[:, None]).T @ counts
         coincidences_all[np.diag_indices(n_values)] -= weight @ counts
