@@ -457,6 +457,15 @@ def run_command(
     )
     click.echo(f"run directory: {directory}")
     click.echo(f"lineage: {directory / 'lineage.json'}")
+    selection = directory / "selection.json"
+    if selection.exists():
+        chosen = json.loads(selection.read_text(encoding="utf-8")).get("chosen")
+        if chosen:
+            click.echo(
+                f"selected checkpoint: {chosen['label']} (step {chosen['step']}); "
+                f"evidence: {selection}, {directory / 'eval' / (chosen['label'] + '.json')}, "
+                f"{directory / 'eval' / 'trajectory.svg'}"
+            )
 
 
 @main.command()

@@ -63,6 +63,19 @@ def small_project(root: Path, *, records: int = 420, edit: Any = None) -> Path:
         )
         + text[rm_end:]
     )
+    pol_start = text.index("  ppo:\n")
+    pol_end = text.index("\nevaluation:")
+    text = (
+        text[:pol_start]
+        + (
+            "  ppo: {total_episodes: 16, rollout_batch_size: 8, mini_batches: 2, ppo_epochs: 1,"
+            " learning_rate: 1.0e-4, max_new_tokens: 8}\n  checkpoint_every: 1\n"
+        )
+        + text[pol_end:]
+    )
+    text = text.replace("  prompts_per_set: 32\n", "  prompts_per_set: 4\n  max_new_tokens: 8\n")
+    text = text.replace("max_disqualifier_rate: 0.0}", "max_disqualifier_rate: 1.0}")
+    text = text.replace("per_checkpoint: 50", "per_checkpoint: 4")
     spec = root / "support-assistant.yaml"
     spec.write_text(text)
     shutil.copy(SPEC.with_name("support-assistant.lock.json"), root)
