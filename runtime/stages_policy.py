@@ -108,6 +108,7 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
             resume=ctx.resume,
             log=ctx.log,
             metadata=metadata,
+            compute=spec["compute"],
         )
         checkpoints = [
             {"label": c.name, "step": step, "path": f"models/policy/checkpoints/{c.name}/policy"}
@@ -133,6 +134,7 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
             resume=ctx.resume,
             log=ctx.log,
             metadata=metadata,
+            compute=spec["compute"],
         )
         checkpoints = [
             {
