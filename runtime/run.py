@@ -59,6 +59,10 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
+# files a person adds to the run directory that a stage reads (human judgements)
+STAGE_RUN_INPUTS: dict[str, tuple[str, ...]] = {"select": ("eval/human_eval/judgements.jsonl",)}
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -160,6 +164,12 @@ def stage_signature(plan: dict[str, Any], stage: dict[str, Any], lineage: Lineag
     settings = {key: resolved.get(key) for key in STAGE_SETTINGS.get(stage["name"], ())}
     inputs = {i["path"]: i["sha256"] for i in plan["inputs"]}
     upstream = {dep: lineage.stage(dep).get("outputs") for dep in stage["depends_on"]}
+    run_dir = lineage.path.parent
+    added = {
+        rel: sha256_file(run_dir / rel)
+        for rel in STAGE_RUN_INPUTS.get(stage["name"], ())
+        if (run_dir / rel).is_file()
+    }
     return signature(
         [
             stage["name"],
@@ -167,6 +177,7 @@ def stage_signature(plan: dict[str, Any], stage: dict[str, Any], lineage: Lineag
             settings,
             sorted((p, inputs.get(p)) for p in stage["inputs"]),
             upstream,
+            added,
         ]
     )
 

@@ -97,7 +97,10 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
 
         metadata["reward_model"] = reward_model_version(ctx)
         prompts = training_prompts(ctx, eval_sets)
-        settings = PPOSettings.from_spec(policy, int(spec["seed"]))
+        device = spec["compute"]["device"]
+        settings = PPOSettings.from_spec(
+            policy, int(spec["seed"]), cpu=True if device == "cpu" else None
+        )
         result = train_ppo(
             start,
             start,
@@ -108,7 +111,6 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
             resume=ctx.resume,
             log=ctx.log,
             metadata=metadata,
-            compute=spec["compute"],
         )
         checkpoints = [
             {"label": c.name, "step": step, "path": f"models/policy/checkpoints/{c.name}/policy"}

@@ -56,3 +56,20 @@ def test_policy_evaluate_select(trained: tuple[Path, Path], tmp_path: Path) -> N
     assert {c["label"] for c in selection["candidates"]} == {
         c["label"] for c in index["checkpoints"]
     }
+
+    # human judgements that favour the other checkpoint decide the rerun of select
+    other = next(
+        c["label"] for c in index["checkpoints"] if c["label"] != selection["chosen"]["label"]
+    )
+    key = json.loads((run_dir / "eval" / "human_eval" / "key.json").read_text())
+    rows = []
+    for task_id, entry in key["tasks"].items():
+        wins = entry["label"] == other
+        side = (
+            entry["checkpoint_side"] if wins else ("B" if entry["checkpoint_side"] == "A" else "A")
+        )
+        rows.append(json.dumps({"task_id": task_id, "choice": side}))
+    (run_dir / "eval" / "human_eval" / "judgements.jsonl").write_text("\n".join(rows) + "\n")
+    run(spec, display="spec", run_dir=run_dir, only="select", log=messages.append)
+    selection = json.loads((run_dir / "selection.json").read_text())
+    assert selection["chosen"]["label"] == other and "human" in selection["rule"]
