@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from ..compiler.fileio import atomic_write_text
 from .errors import RunError
+from .findings import FindingsReport
 from .jsonl import missing_strings, read_objects, refusal
 from .project import Project
 
@@ -318,25 +319,13 @@ def _ids_text(ids: Iterable[str], limit: int = 5) -> str:
 
 
 @dataclass
-class PromptReport:
+class PromptReport(FindingsReport):
     """Findings and the numbers behind them; `to_json` is byte-stable for a given input."""
 
     spec: str
     findings: list[Finding]
     metrics: dict[str, Any]
     holdout: list[dict[str, Any]]
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
     def exit_code(self, *, strict: bool = False) -> int:
         """0 when the distribution passes, 1 on an error (or any warning under strict)."""

@@ -113,6 +113,7 @@ from .agreement import (
 )
 from .annotations import CHOICES, SKIP_HINT, AnnotationTable, read_batch
 from .errors import RunError
+from .findings import FindingsReport
 from .jsonl import missing_strings, read_objects, refusal
 from .project import Project
 
@@ -324,7 +325,7 @@ class QcInputs:
 
 
 @dataclass
-class QcReport:
+class QcReport(FindingsReport):
     """QC result: findings, metrics (JSON-ready) and the annotators that failed."""
 
     findings: list[Finding]
@@ -332,18 +333,6 @@ class QcReport:
     excluded_annotators: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
     @property
     def exit_code(self) -> int:
