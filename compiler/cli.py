@@ -457,6 +457,15 @@ def run_command(
     )
     click.echo(f"run directory: {directory}")
     click.echo(f"lineage: {directory / 'lineage.json'}")
+    lineage = json.loads((directory / "lineage.json").read_text(encoding="utf-8"))
+    handoff_entry = lineage.get("stages", {}).get("handoff", {})
+    if handoff_entry.get("status") == "done":
+        metrics = handoff_entry.get("metrics", {})
+        outputs = handoff_entry.get("outputs", [{}])
+        click.echo(
+            f"handoff package: {directory / outputs[0].get('path', 'handoff')}; "
+            f"index: {metrics.get('index')}"
+        )
     selection = directory / "selection.json"
     if selection.exists():
         chosen = json.loads(selection.read_text(encoding="utf-8")).get("chosen")
@@ -506,6 +515,47 @@ def score(input_file: Path, model_dir: Path, output: Path, history: Path | None)
             f"  {system}: mean {stats['mean']:.4f} (n {stats['n']}, p10 {stats['p10']:.4f}, "
             f"p90 {stats['p90']:.4f}, length correlation {stats['length_correlation']})"
         )
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Package folder, or a file ending in .tar.gz.",
+)
+@click.option(
+    "--weights",
+    type=click.Choice(["include", "reference"]),
+    default=None,
+    help="Copy the deployment weights, or reference them by path and sha256 (default: the spec's).",
+)
+@guarded
+def handoff(run_dir: Path, out: Path, weights: str | None) -> None:
+    """Assemble the handoff package of a finished run, with checksums and a model card."""
+    from ..runtime.handoff import build_package
+
+    if weights is None:
+        plan = json.loads((run_dir / "plan" / "plan.json").read_text(encoding="utf-8"))
+        weights = plan["resolved"]["handoff"]["weights"]
+    result = build_package(run_dir, out, weights=weights)
+    click.echo(result.describe())
+
+
+@main.command()
+@click.argument("package", type=click.Path(exists=True, path_type=Path))
+@guarded
+def verify(package: Path) -> None:
+    """Re-check every checksum of a handoff package: missing, extra or altered files exit 1."""
+    from ..runtime.handoff import verify_package
+
+    result = verify_package(package)
+    for line in result.lines():
+        click.echo(line)
+    sys.exit(result.exit_code)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ STAGES: dict[str, str] = {
     "policy": "rlhfspec.runtime.stages_policy:policy_stage",
     "evaluate": "rlhfspec.runtime.stages_policy:evaluate_stage",
     "select": "rlhfspec.runtime.stages_policy:select_stage",
+    "handoff": "rlhfspec.runtime.handoff:handoff_stage",
 }
 # the spec sections whose values a stage depends on (beyond files and upstream outputs)
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -74,7 +75,7 @@ class LoadedPlan:
     plan_files: dict[str, bytes] = field(default_factory=dict)  # to write into the run dir
 
 
-def load_plan(path: Path, display: str) -> LoadedPlan:
+def load_plan(path: Path, display: str, plan_dir: Path = Path("plan")) -> LoadedPlan:
     """A spec is compiled in memory; a plan.json is checked against its fingerprint and inputs."""
     if path.suffix == ".json":
         try:
@@ -99,7 +100,8 @@ def load_plan(path: Path, display: str) -> LoadedPlan:
                     "recompile the spec"
                 )
         return LoadedPlan(plan, spec_dir, {"plan.json": path.read_bytes()})
-    result = compile_spec(path, Path("plan"), display=display)
+    # plan_dir is where plan.json will live: its `spec.dir` is relative to it
+    result = compile_spec(path, plan_dir, display=display)
     if result.plan is None:
         raise RunError(f"{display} is not valid; fix it first:\n" + format_text(result.diagnostics))
     return LoadedPlan(result.plan, path.parent.resolve(), result.files)
@@ -237,6 +239,9 @@ def run(
     plan = loaded.plan
     chosen = select_stages(plan, only, until)
     directory = run_dir or default_run_dir(plan["spec"]["name"], runs_root, resume=resume)
+    if target.suffix != ".json":
+        loaded = load_plan(target, display, directory / "plan")
+        plan = loaded.plan
     project = Project(plan["resolved"], loaded.spec_dir / plan["spec"]["file"], display)
     with run_lock(directory, log):
         lineage = Lineage(directory)
