@@ -23,6 +23,16 @@ Layout of ``out_dir``::
     checkpoints/step-000004/...
     checkpoints/step-<last>/...        the final policy (always written)
     trainer/checkpoint-4/...           HF Trainer state for resume (the last two are kept)
+
+Several processes (``torchrun --nproc_per_node N`` / ``accelerate launch --num_processes N``):
+every process calls `train_dpo` with the same arguments; the HF Trainer wraps the policy in
+DDP and gives each process 1/N of every batch, so ``batch_size`` is per process and one
+optimizer step covers ``N * batch_size * gradient_accumulation_steps`` pairs (TRL gathers the
+logged metrics over processes, so they are global). The run directory has one writer, the
+main process: it clears or trims ``out_dir``, restores a missing policy checkpoint, writes
+metrics.jsonl, the ``step-N`` checkpoints and the log lines; the others wait at a barrier
+wherever they could otherwise read something half-written. The HF Trainer itself already
+writes its ``trainer/`` checkpoints from the main process (plus one RNG file per process).
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .distributed import SINGLE, Group, launched_world_size
 from .errors import RunError
 from .formatting import format_prompt, format_response
 from .models import load_causal_lm, load_tokenizer
@@ -243,6 +254,7 @@ class PolicyCheckpoints(TrainerCallback):
         return target
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # every process gets on_save; one writes (the trainer itself saved on the main one)
         if not state.is_world_process_zero:
             return
         step = int(state.global_step)
@@ -303,6 +315,10 @@ def _start_over(out_dir: Path) -> None:
     (out_dir / METRICS_FILE).unlink(missing_ok=True)
 
 
+def _silent(message: str) -> None:
+    """The log of a process that is not the main one."""
+
+
 def train_dpo(
     policy_dir: Path,
     reference_dir: Path,
@@ -328,6 +344,10 @@ def train_dpo(
     `callbacks` are extra TrainerCallbacks, run after the ones here (a stage's own progress
     reporting; tests that interrupt a run).
 
+    Under torchrun / ``accelerate launch`` every process calls this alike (see the module
+    docstring); only the main process writes `out_dir` and calls `log`, and the resume point
+    is the main process's, broadcast to the others. The summary is the same on every process.
+
     With `resume`, training continues from the newest complete trainer checkpoint under
     ``out_dir/trainer`` (starting over if there is none); otherwise earlier checkpoints and
     metrics in `out_dir` are removed first. Returns a summary: steps, checkpoints, final
@@ -344,27 +364,12 @@ def train_dpo(
     seed_everything(seed)
     out_dir = Path(out_dir)
     trainer_dir = out_dir / TRAINER_DIR
-    point = _resume_point(trainer_dir) if resume else None
-    kept_rows: list[dict[str, Any]] = []
-    if point is None:
-        if resume:
-            log("no complete trainer checkpoint to resume from; starting over")
-        _start_over(out_dir)
-    else:
-        log(f"continuing from step {point[1]}")
-        kept_rows = _trim_after(out_dir, point[1])
-    out_dir.mkdir(parents=True, exist_ok=True)
-
     compute = compute or {}
     use_cpu = compute.get("device") == "cpu" or not torch.cuda.is_available()
-    trust = bool(settings.get("trust_remote_code", False))
     dpo = settings["dpo"]
     train = dpo["train"]
-    tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
-    policy = load_causal_lm(policy_dir, trust_remote_code=trust, tokenizer=tokenizer)
-    reference = load_causal_lm(reference_dir, trust_remote_code=trust, tokenizer=tokenizer)
-
-    steps = steps_for(len(pairs), train)
+    # optimizer steps are global: each one takes a batch from every process
+    steps = steps_for(len(pairs), train, launched_world_size())
     args = DPOConfig(
         **dpo_args(
             settings,
@@ -375,6 +380,37 @@ def train_dpo(
             mixed_precision=str(compute.get("mixed_precision", "no")),
         )
     )
+    # Setting up the device joins the process group (under torchrun), which the clean-up
+    # below needs: the other processes must not look at out_dir while the main one edits it.
+    _ = args.device
+    group = Group.current() if args.world_size > 1 else SINGLE
+    if not group.is_main:
+        log = _silent  # one process speaks for the run (ProgressLines, the savers, this)
+
+    point = _resume_point(trainer_dir) if resume and group.is_main else None
+    kept_rows: list[dict[str, Any]] = []
+    if group.is_main:
+        if point is None:
+            if resume:
+                log("no complete trainer checkpoint to resume from; starting over")
+            _start_over(out_dir)
+        else:
+            log(f"continuing from step {point[1]}")
+            kept_rows = _trim_after(out_dir, point[1])
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if not group.single:
+        chosen = group.broadcast(None if point is None else (str(point[0]), point[1]))
+        point = None if chosen is None else (Path(chosen[0]), int(chosen[1]))
+        group.agree(
+            "the DPO run (settings, pairs, models or resume point)",
+            [dict(settings), seed, pairs, str(policy_dir), str(reference_dir), chosen],
+        )
+
+    trust = bool(settings.get("trust_remote_code", False))
+    tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
+    policy = load_causal_lm(policy_dir, trust_remote_code=trust, tokenizer=tokenizer)
+    reference = load_causal_lm(reference_dir, trust_remote_code=trust, tokenizer=tokenizer)
+
     metrics = MetricsFile(out_dir / METRICS_FILE)
 
     def describe(step: int, epoch: float) -> dict[str, Any]:
@@ -393,7 +429,8 @@ def train_dpo(
 
     saver = PolicyCheckpoints(out_dir / CHECKPOINTS_DIR, describe, log)
     if (
-        point is not None
+        group.is_main
+        and point is not None
         and not (saver.folder / checkpoint_name(point[1]) / CHECKPOINT_META).exists()
     ):
         state = json.loads((point[0] / "trainer_state.json").read_text(encoding="utf-8"))
@@ -441,9 +478,13 @@ def train_dpo(
 
     last_step = int(trainer.state.global_step)
     final = out_dir / CHECKPOINTS_DIR / checkpoint_name(last_step)
-    if not (final / CHECKPOINT_META).is_file():
+    # the main process may still be writing the last step-N from its on_save
+    group.barrier()
+    if group.is_main and not (final / CHECKPOINT_META).is_file():
         # the trainer saves at the last step itself; this covers a resume of a finished run
-        saver.save(trainer.model, tokenizer, last_step, float(trainer.state.epoch or 0.0))
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        saver.save(model, tokenizer, last_step, float(trainer.state.epoch or 0.0))
+    group.barrier()  # every process returns a summary of what is on disk
     history = [h for h in trainer.state.log_history if "loss" in h]
     final_loss = history[-1]["loss"] if history else None
     seconds = time.perf_counter() - started

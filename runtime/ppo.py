@@ -40,8 +40,20 @@ so a CPU run reproduces bit for bit, and a run resumed from a checkpoint ends wi
 the weights of one that never stopped. Checkpoints (``checkpoints/update-NNNNNN``) are written
 to a temporary folder and renamed, so a kill mid-save leaves no half checkpoint behind.
 
-Single process only: `train_ppo` refuses to run under several accelerate processes (rollouts
-and prompt assignment are not sharded). CUDA goes through the same code but is untested here.
+Several processes (``torchrun --nproc_per_node N`` or ``accelerate launch --num_processes N``):
+data parallel, with `rlhfspec.runtime.distributed` doing the bookkeeping. ``rollout_batch_size``
+stays the *global* batch: each process takes a contiguous 1/N of the update's prompts (the
+prompt stream and its cursor are global, so a resume is unaffected), samples them under its own
+seed, and trains on its own episodes; DDP averages the gradients, so there are still exactly
+``ppo_epochs * mini_batches`` optimizer steps per update, each over ``rollout_batch_size /
+mini_batches`` episodes in all. Reward and advantage whitening use the mean and variance of the
+whole global batch, the logged metrics are global means, and the KL controller sees the global
+KL, so the numbers mean the same whatever N is. The batch must split evenly:
+``rollout_batch_size`` divisible by ``N * mini_batches * gradient_accumulation_steps``. Every
+process starts from the same weights (same seed, same files; DDP also broadcasts rank 0's), and
+only the main process writes metrics, checkpoints and log lines. With one process nothing of
+this runs and results are bit for bit those of the single-process trainer. CUDA (NCCL) goes
+through the same code as CPU (gloo) but is only tested on CPU here.
 """
 
 from __future__ import annotations
@@ -51,6 +63,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import hashlib  # noqa: E402
 import inspect  # noqa: E402
@@ -70,6 +83,13 @@ from torch import nn  # noqa: E402
 
 from ..compiler.fileio import atomic_write_text  # noqa: E402
 from ..compiler.hashing import sha256_file  # noqa: E402
+from .distributed import (  # noqa: E402
+    SINGLE,
+    Group,
+    global_explained_variance,
+    global_masked_mean,
+    global_masked_whiten,
+)
 from .errors import RunError  # noqa: E402
 from .formatting import format_prompt  # noqa: E402
 from .models import corpus_sha256, load_causal_lm, load_reward_model, load_tokenizer  # noqa: E402
@@ -81,7 +101,6 @@ from .ppo_math import (  # noqa: E402
     gae,
     kl_per_token,
     masked_mean,
-    masked_whiten,
     place_rewards,
     policy_loss,
     position_ids_from_mask,
@@ -270,6 +289,21 @@ class PPOSettings:
     def micro_batch_size(self) -> int:
         return self.minibatch_size // self.gradient_accumulation_steps
 
+    def per_process_batch(self, processes: int) -> int:
+        """Episodes each of `processes` data-parallel processes rolls out and trains on per
+        update; the global batch must split evenly down to equal micro-batches, because DDP
+        averages gradients across processes and every process must step in lockstep."""
+        unit = processes * self.mini_batches * self.gradient_accumulation_steps
+        if processes < 1 or self.rollout_batch_size % unit:
+            raise RunError(
+                f"ppo.rollout_batch_size ({self.rollout_batch_size}) is the global batch and must "
+                f"be a multiple of processes x ppo.mini_batches x "
+                f"ppo.gradient_accumulation_steps ({processes} x {self.mini_batches} x "
+                f"{self.gradient_accumulation_steps} = {unit}); change the batch or launch a "
+                "different number of processes"
+            )
+        return self.rollout_batch_size // processes
+
     @property
     def steps_per_update(self) -> int:
         """Optimizer steps in one update: one per minibatch per PPO epoch, no exceptions."""
@@ -332,9 +366,19 @@ def prompt_indices(n_prompts: int, seed: int, start: int, count: int) -> list[in
     return out
 
 
-def minibatch_order(batch: int, seed: int, update: int, epoch: int) -> torch.Tensor:
-    """The seeded permutation of a rollout batch for one PPO epoch."""
-    generator = torch.Generator().manual_seed(derived_seed("ppo-minibatches", seed, update, epoch))
+def rank_parts(group: Group) -> tuple[object, ...]:
+    """Extra seed parts that give each process its own random stream; none for a single
+    process, so that its seeds (and results) are exactly those of the single-process trainer."""
+    return () if group.single else ("rank", group.rank)
+
+
+def minibatch_order(
+    batch: int, seed: int, update: int, epoch: int, group: Group = SINGLE
+) -> torch.Tensor:
+    """The seeded permutation of a (this process's) rollout batch for one PPO epoch."""
+    generator = torch.Generator().manual_seed(
+        derived_seed("ppo-minibatches", seed, update, epoch, *rank_parts(group))
+    )
     return torch.randperm(batch, generator=generator)
 
 
@@ -344,7 +388,7 @@ def minibatch_order(batch: int, seed: int, update: int, epoch: int) -> torch.Ten
 
 class PolicyAndValue(nn.Module):
     """The two trained models as one module, so accelerate prepares (and, with several
-    processes, would synchronise) them together and one optimizer covers both."""
+    processes, DDP synchronises) them together and one optimizer covers both."""
 
     def __init__(self, policy: nn.Module, value_model: nn.Module) -> None:
         super().__init__()
@@ -502,8 +546,12 @@ def collect_rollout(
     kl_coef: float,
     update: int,
     device: torch.device,
+    group: Group = SINGLE,
 ) -> Rollout:
-    """Sample, truncate, score, shape rewards, and compute advantages for one batch."""
+    """Sample, truncate, score, shape rewards, and compute advantages for one batch.
+
+    With several processes `prompts` is this process's shard: sampling uses a per-rank seed,
+    while whitening and the returned statistics cover every process's episodes (`group`)."""
     tokenizer.padding_side = "left"
     enc = tokenizer(
         [format_prompt(p) for p in prompts],
@@ -516,7 +564,7 @@ def collect_rollout(
     context_length = prompt_ids.shape[1]
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(derived_seed("ppo-rollout", settings.seed, update))
+        torch.manual_seed(derived_seed("ppo-rollout", settings.seed, update, *rank_parts(group)))
         sequences = policy.generate(  # type: ignore[operator]
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
@@ -558,12 +606,38 @@ def collect_rollout(
     kl = kl_per_token(logp, ref_logp, settings.kl_estimator) * mask_f
     rewards = place_rewards(penalised, kl, kl_coef, last_index, response_mask)
     if settings.whiten_rewards:
-        rewards = masked_whiten(rewards, response_mask, shift_mean=False)
+        rewards = global_masked_whiten(rewards, response_mask, group, shift_mean=False)
     advantages, returns = gae(rewards, values, response_mask, settings.gamma, settings.lam)
     if settings.whiten_advantages:
-        advantages = masked_whiten(advantages, response_mask, shift_mean=True)
+        advantages = global_masked_whiten(advantages, response_mask, group, shift_mean=True)
 
     kl_per_response = kl.sum(dim=1)
+    if not group.single:
+        stats = _global_rollout_stats(
+            scores=scores,
+            penalty=penalty,
+            score_minus_kl=penalised - kl_coef * kl_per_response,
+            kl=kl_per_response,
+            lengths=mask_f.sum(dim=1),
+            has_eos=has_eos.float(),
+            entropy=entropy,
+            values=values,
+            returns=returns,
+            response_mask=response_mask,
+            kl_coef=kl_coef,
+            group=group,
+        )
+        return Rollout(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            context_length=context_length,
+            response_mask=response_mask,
+            logp=logp,
+            values=values,
+            advantages=advantages,
+            returns=returns,
+            stats=stats,
+        )
     stats = {
         "score": float(scores.mean()),
         "eos_penalty": float(penalty.mean()),
@@ -588,6 +662,45 @@ def collect_rollout(
     )
 
 
+def _global_rollout_stats(
+    *,
+    scores: torch.Tensor,
+    penalty: torch.Tensor,
+    score_minus_kl: torch.Tensor,
+    kl: torch.Tensor,
+    lengths: torch.Tensor,
+    has_eos: torch.Tensor,
+    entropy: torch.Tensor,
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    response_mask: torch.Tensor,
+    kl_coef: float,
+    group: Group,
+) -> dict[str, float]:
+    """The rollout statistics of `collect_rollout` over every process's episodes: per-episode
+    quantities averaged over all episodes (one all-reduce of their sums), token quantities
+    (entropy, explained variance) over all tokens. All processes get the same numbers, which
+    matters for the KL controller: each process updates its own copy with ``stats["kl"]``."""
+    per_episode = torch.stack(
+        [t.float().sum() for t in (scores, penalty, score_minus_kl, kl, lengths, has_eos)]
+        + [torch.tensor(float(scores.shape[0]), device=scores.device)]
+    )
+    totals = group.sum(per_episode.double())
+    means = (totals[:-1] / totals[-1]).tolist()
+    mask_f = response_mask.float()
+    return {
+        "score": means[0],
+        "eos_penalty": means[1],
+        "score_minus_kl": means[2],
+        "kl": means[3],
+        "kl_coef": float(kl_coef),
+        "entropy": float(global_masked_mean(entropy, mask_f, group)),
+        "explained_variance": global_explained_variance(values, returns, response_mask, group),
+        "response_length": means[4],
+        "eos_rate": means[5],
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Optimisation
 
@@ -600,6 +713,7 @@ def ppo_update(
     rollout: Rollout,
     settings: PPOSettings,
     update: int,
+    group: Group = SINGLE,
 ) -> tuple[dict[str, float], int]:
     """``ppo_epochs`` passes of minibatch PPO over one rollout; returns (mean stats, steps).
 
@@ -608,6 +722,12 @@ def ppo_update(
     clipped, and the optimizer steps once. The statistics are plain means over every
     micro-batch of every minibatch and epoch (all are the same size), so nothing is
     overwritten or double-counted whatever the split.
+
+    With several processes (`group`) the rollout is this process's shard: sizes are the
+    shard's (``rollout_batch_size / N`` episodes, split the same way), the order is seeded per
+    rank, gradients are synchronised only on the last micro-batch of each minibatch (DDP's
+    ``no_sync``; they are averaged over processes), and the statistics returned are this
+    process's (the caller averages them over processes).
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, float] = {}
@@ -615,31 +735,47 @@ def ppo_update(
     grad_norms: list[float] = []
     steps = 0
     accumulation = settings.gradient_accumulation_steps
+    batch = rollout.input_ids.shape[0]  # rollout_batch_size with one process
+    minibatch_size = batch // settings.mini_batches
+    micro_batch_size = minibatch_size // accumulation
     for epoch in range(settings.ppo_epochs):
-        order = minibatch_order(settings.rollout_batch_size, settings.seed, update, epoch)
-        for start in range(0, settings.rollout_batch_size, settings.minibatch_size):
-            minibatch = order[start : start + settings.minibatch_size]
-            for micro_start in range(0, settings.minibatch_size, settings.micro_batch_size):
-                rows = minibatch[micro_start : micro_start + settings.micro_batch_size]
+        order = minibatch_order(batch, settings.seed, update, epoch, group)
+        for start in range(0, batch, minibatch_size):
+            minibatch = order[start : start + minibatch_size]
+            for micro_start in range(0, minibatch_size, micro_batch_size):
+                rows = minibatch[micro_start : micro_start + micro_batch_size]
                 rows = rows.to(rollout.input_ids.device)
                 mask = rollout.response_mask[rows]
-                logits, values = model(
-                    rollout.input_ids[rows], rollout.attention_mask[rows], rollout.context_length
+                last_micro = micro_start + micro_batch_size >= minibatch_size
+                sync = (
+                    contextlib.nullcontext()
+                    if group.single or last_micro
+                    else accelerator.no_sync(model)
                 )
-                response_ids = rollout.input_ids[rows][:, rollout.context_length :]
-                logp, _ = response_logprobs(logits, response_ids, settings.temperature)
-                pg_loss, pg_clipfrac, approx_kl = policy_loss(
-                    logp, rollout.logp[rows], rollout.advantages[rows], mask, settings.cliprange
-                )
-                vf_loss, vf_clipfrac = value_loss(
-                    values,
-                    rollout.values[rows],
-                    rollout.returns[rows],
-                    mask,
-                    settings.cliprange_value,
-                )
-                loss = pg_loss + settings.vf_coef * vf_loss
-                accelerator.backward(loss / accumulation)
+                with sync:  # forward and backward both: DDP decides at forward time
+                    logits, values = model(
+                        rollout.input_ids[rows],
+                        rollout.attention_mask[rows],
+                        rollout.context_length,
+                    )
+                    response_ids = rollout.input_ids[rows][:, rollout.context_length :]
+                    logp, _ = response_logprobs(logits, response_ids, settings.temperature)
+                    pg_loss, pg_clipfrac, approx_kl = policy_loss(
+                        logp,
+                        rollout.logp[rows],
+                        rollout.advantages[rows],
+                        mask,
+                        settings.cliprange,
+                    )
+                    vf_loss, vf_clipfrac = value_loss(
+                        values,
+                        rollout.values[rows],
+                        rollout.returns[rows],
+                        mask,
+                        settings.cliprange_value,
+                    )
+                    loss = pg_loss + settings.vf_coef * vf_loss
+                    accelerator.backward(loss / accumulation)
                 for key, value in (
                     ("policy_loss", pg_loss),
                     ("value_loss", vf_loss),
@@ -791,6 +927,12 @@ def train_ppo(
     there is none) and ends with the same weights as an uninterrupted run; without it, any
     earlier checkpoints and metrics in `out_dir` are discarded. `reward_fn` replaces the reward
     model's scores (see `RewardFn`); the value model is still initialised from the reward model.
+
+    Under torchrun / ``accelerate launch`` every process calls this with the same arguments
+    and trains its shard of each rollout batch (see the module docstring); the main process
+    decides where training starts (its choice is broadcast, so `resume` only matters there),
+    and it alone writes `out_dir` and calls `log`. Every process returns the same
+    `PPOResult` (the others' ``seconds`` are their own).
     """
     threads_before = torch.get_num_threads()
     try:
@@ -834,31 +976,40 @@ def _train_ppo(
     seed_everything(settings.seed)
     torch.set_num_threads(settings.threads)
     cpu = settings.cpu if settings.cpu is not None else not torch.cuda.is_available()
+    # with several processes this joins their process group (gloo on CPU, NCCL on CUDA)
     accelerator = Accelerator(cpu=cpu)
-    if accelerator.num_processes > 1:
-        raise RunError(
-            "rlhfspec's PPO runs in a single process; launch it without accelerate's "
-            "multi-process launcher"
-        )
+    # accelerate may pick its own CPU thread count for several processes; ours decides results
+    torch.set_num_threads(settings.threads)
+    group = Group.current() if accelerator.num_processes > 1 else SINGLE
+    local_batch = settings.per_process_batch(group.world)
+    if not group.is_main:
+        log = _silent  # one process speaks for the run
     device = accelerator.device
 
     checkpoint_root = out_dir / CHECKPOINTS
     metrics_path = out_dir / METRICS_FILE
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if checkpoint_root.is_dir():
-        # a kill mid-save leaves only a temporary folder; anything incomplete is not a checkpoint
-        for leftover in checkpoint_root.iterdir():
-            incomplete = leftover.name.startswith(".update-") or (
-                _CHECKPOINT_RE.match(leftover.name) and not (leftover / CHECKPOINT_META).is_file()
-            )
-            if leftover.is_dir() and incomplete:
-                shutil.rmtree(leftover)
-    start = latest_checkpoint(out_dir) if resume else None
-    if not resume:
-        if checkpoint_root.exists():
-            shutil.rmtree(checkpoint_root)
-        if metrics_path.exists():
-            metrics_path.unlink()
+    start: Path | None = None
+    if group.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint_root.is_dir():
+            # a kill mid-save leaves only a temporary folder; anything incomplete is not one
+            for leftover in checkpoint_root.iterdir():
+                incomplete = leftover.name.startswith(".update-") or (
+                    _CHECKPOINT_RE.match(leftover.name)
+                    and not (leftover / CHECKPOINT_META).is_file()
+                )
+                if leftover.is_dir() and incomplete:
+                    shutil.rmtree(leftover)
+        start = latest_checkpoint(out_dir) if resume else None
+        if not resume:
+            if checkpoint_root.exists():
+                shutil.rmtree(checkpoint_root)
+            if metrics_path.exists():
+                metrics_path.unlink()
+    if not group.single:
+        # the main process's choice, after its clean-up: every process starts from the same place
+        chosen = group.broadcast(None if start is None else str(start))
+        start = None if chosen is None else Path(chosen)
 
     sources = {
         "policy": str(policy_dir),
@@ -871,6 +1022,10 @@ def _train_ppo(
     }
 
     prompts_sha = corpus_sha256(prompts)
+    group.agree(
+        "the PPO run (settings, prompts, models or starting checkpoint)",
+        [settings.comparable(), prompts_sha, sources, None if start is None else start.name],
+    )
     start_info: dict[str, Any] | None = None
     if start is not None:
         start_info = json.loads((start / CHECKPOINT_META).read_text(encoding="utf-8"))
@@ -897,6 +1052,12 @@ def _train_ppo(
             log(
                 f"resuming with {settings.threads} thread(s) where the run used "
                 f"{start_info['settings'].get('threads')}: results will not match bit for bit"
+            )
+        if int(start_info.get("processes", 1)) != group.world:
+            # each process samples under its own seed, so the split changes the draws
+            log(
+                f"resuming with {group.world} process(es) where the run used "
+                f"{start_info.get('processes', 1)}: results will not match bit for bit"
             )
 
     # Models. One tokenizer for all: the reward and value models read the policy's token ids.
@@ -966,13 +1127,23 @@ def _train_ppo(
         controller.load_state_dict(start_info["kl_controller"])
         _set_rng_state(torch.load(start / "rng_state.pt", weights_only=True))
         rows = _read_metrics(metrics_path, update)
-        _write_metrics(metrics_path, rows)
+        if group.is_main:
+            _write_metrics(metrics_path, rows)
         log(f"resuming from {start.name} ({episodes} episodes, kl_coef {controller.value:.6g})")
     elif resume:
         log("no complete checkpoint to resume from; starting from the beginning")
     resumed_from = update if start is not None else None
 
     def save(at: int) -> Path:
+        """Main process: write the checkpoint; every process: wait until it is complete, so
+        that no process returns (or resumes) a path that is still being written."""
+        path = out_dir / CHECKPOINTS / checkpoint_name(at)
+        if group.is_main:
+            path = write_checkpoint(at)
+        group.barrier()
+        return path
+
+    def write_checkpoint(at: int) -> Path:
         info = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -985,6 +1156,7 @@ def _train_ppo(
             "kl_coef": controller.value,
             "kl_controller": controller.state_dict(),
             "settings": settings.to_dict(),
+            "processes": group.world,
             "sources": sources,
             "metadata": metadata or {},
             "libraries": {"torch": torch.__version__, "transformers": _version("transformers")},
@@ -1005,12 +1177,10 @@ def _train_ppo(
     while update < total_updates:
         began = time.perf_counter()
         update += 1
-        batch_prompts = [
-            prompts[i]
-            for i in prompt_indices(
-                len(prompts), settings.seed, episodes, settings.rollout_batch_size
-            )
-        ]
+        indices = prompt_indices(len(prompts), settings.seed, episodes, settings.rollout_batch_size)
+        # this process's contiguous share of the global batch (all of it with one process)
+        shard = indices[group.rank * local_batch : (group.rank + 1) * local_batch]
+        batch_prompts = [prompts[i] for i in shard]
         rollout = collect_rollout(
             policy=unwrapped.policy,
             value_model=unwrapped.value_model,
@@ -1023,6 +1193,7 @@ def _train_ppo(
             kl_coef=controller.value,
             update=update,
             device=device,
+            group=group,
         )
         train_stats, steps = ppo_update(
             model=model,
@@ -1031,7 +1202,10 @@ def _train_ppo(
             rollout=rollout,
             settings=settings,
             update=update,
+            group=group,
         )
+        # every process ran as many micro-batches: the mean of the means is the global mean
+        train_stats = group.mean_of(train_stats)
         optimizer_steps += steps
         episodes += settings.rollout_batch_size
         controller.update(rollout.stats["kl"], settings.rollout_batch_size)
@@ -1049,7 +1223,8 @@ def _train_ppo(
             for key in METRIC_FIELDS
         }
         rows.append(row)
-        _write_metrics(metrics_path, rows)
+        if group.is_main:
+            _write_metrics(metrics_path, rows)
         log(
             f"update {update}/{total_updates} score {row['score']:.4f} kl {row['kl']:.4f} "
             f"kl_coef {row['kl_coef']:.4g} len {row['response_length']:.1f} "
@@ -1070,6 +1245,10 @@ def _train_ppo(
         metrics=rows,
         resumed_from=resumed_from,
     )
+
+
+def _silent(message: str) -> None:
+    """The log of a process that is not the main one."""
 
 
 def _version(package: str) -> str | None:

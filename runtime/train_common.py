@@ -33,11 +33,16 @@ from .stage_api import StageContext  # noqa: E402
 
 
 def threads() -> int:
-    """Training threads: RLHFSPEC_THREADS, else up to 2; fixed so CPU runs reproduce."""
+    """Training threads: RLHFSPEC_THREADS, else up to 2 shared by the local processes.
+
+    Fixed (not left to torch) so CPU runs reproduce; divided among the processes
+    a launcher started on this machine so they do not oversubscribe the cores.
+    """
     value = os.environ.get("RLHFSPEC_THREADS")
     if value:
         return max(1, int(value))
-    return max(1, min(2, os.cpu_count() or 1))
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(2, os.cpu_count() or 1) // local)
 
 
 def seed_everything(seed: int) -> None:
