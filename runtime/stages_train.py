@@ -138,11 +138,17 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
     max_length = int(cfg["train"]["max_length"])
     # TRL drops pairs longer than max_length silently; drop them here and say how many
     kept, too_long = [], 0
-    for pair in train:
-        prompt = format_prompt(pair["prompt"])
-        chosen, rejected = format_response(pair["chosen"]), format_response(pair["rejected"])
-        longest = max(len(tokenizer(prompt + text)["input_ids"]) + 1 for text in (chosen, rejected))
-        if longest > max_length:
+    formatted = [
+        (format_prompt(p["prompt"]), format_response(p["chosen"]), format_response(p["rejected"]))
+        for p in train
+    ]
+    # one batched call of the fast tokenizer; +1 for the EOS the trainer appends
+    lengths = [
+        len(ids) + 1
+        for ids in tokenizer([q + t for q, c, r in formatted for t in (c, r)])["input_ids"]
+    ]
+    for index, (prompt, chosen, rejected) in enumerate(formatted):
+        if max(lengths[2 * index], lengths[2 * index + 1]) > max_length:
             too_long += 1
         else:
             kept.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
