@@ -464,7 +464,7 @@ def run_command(
         outputs = handoff_entry.get("outputs", [{}])
         click.echo(
             f"handoff package: {directory / outputs[0].get('path', 'handoff')}; "
-            f"index: {metrics.get('index')}"
+            f"index: {directory / str(metrics.get('index', 'handoff/index.html'))}"
         )
     selection = directory / "selection.json"
     if selection.exists():
