@@ -627,28 +627,18 @@ def collect_rollout(
             kl_coef=kl_coef,
             group=group,
         )
-        return Rollout(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            context_length=context_length,
-            response_mask=response_mask,
-            logp=logp,
-            values=values,
-            advantages=advantages,
-            returns=returns,
-            stats=stats,
-        )
-    stats = {
-        "score": float(scores.mean()),
-        "eos_penalty": float(penalty.mean()),
-        "score_minus_kl": float((penalised - kl_coef * kl_per_response).mean()),
-        "kl": float(kl_per_response.mean()),
-        "kl_coef": float(kl_coef),
-        "entropy": float(masked_mean(entropy, mask_f)),
-        "explained_variance": explained_variance(values, returns, response_mask),
-        "response_length": float(mask_f.sum(dim=1).mean()),
-        "eos_rate": float(has_eos.float().mean()),
-    }
+    else:
+        stats = {
+            "score": float(scores.mean()),
+            "eos_penalty": float(penalty.mean()),
+            "score_minus_kl": float((penalised - kl_coef * kl_per_response).mean()),
+            "kl": float(kl_per_response.mean()),
+            "kl_coef": float(kl_coef),
+            "entropy": float(masked_mean(entropy, mask_f)),
+            "explained_variance": explained_variance(values, returns, response_mask),
+            "response_length": float(mask_f.sum(dim=1).mean()),
+            "eos_rate": float(has_eos.float().mean()),
+        }
     return Rollout(
         input_ids=input_ids,
         attention_mask=attention_mask,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,18 +20,6 @@ from rlhfspec.runtime.run import EXIT_BUSY, run
 from .conftest import ROOT
 
 SPEC = ROOT / "specs" / "support-assistant.yaml"
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    shutil.copytree(
-        ROOT / "specs" / "support-assistant",
-        tmp_path / "support-assistant",
-        ignore=shutil.ignore_patterns("truth", "generate.py"),
-    )
-    shutil.copy(SPEC, tmp_path / SPEC.name)
-    shutil.copy(SPEC.with_name("support-assistant.lock.json"), tmp_path)
-    return tmp_path / SPEC.name
 
 
 def quiet(_: str) -> None:

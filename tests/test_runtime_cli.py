@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from rlhfspec.compiler.cli import main
@@ -75,18 +73,6 @@ def test_tasks_writes_jsonl_and_label_studio(tmp_path: Path) -> None:
         str(tmp_path / "x"),
     )
     assert code == 1 and "Traceback" not in out
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    shutil.copytree(
-        ROOT / "specs" / "support-assistant",
-        tmp_path / "support-assistant",
-        ignore=shutil.ignore_patterns("truth", "generate.py"),
-    )
-    shutil.copy(SPEC, tmp_path / SPEC.name)
-    shutil.copy(SPEC.with_name("support-assistant.lock.json"), tmp_path)
-    return tmp_path / SPEC.name
 
 
 def test_bad_row_refuses_the_batch_or_is_skipped(project: Path, tmp_path: Path) -> None:
