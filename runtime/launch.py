@@ -228,58 +228,18 @@ def _worker_log(rank: int, stage: str) -> Callable[[str], None]:
 
 
 def policy_training(ctx: StageContext) -> None:
-    """The training part of `stages_policy.policy_stage`, with the same arguments.
+    """The training part of `stages_policy.policy_stage`, through the same `train_policy`.
 
     Rank 0 runs the whole stage (evaluation prompt sets, the checkpoint index, lineage); a
-    worker needs only the trainer call. The trainers compare a fingerprint of their arguments
-    across processes (`Group.agree`), so if this ever drifts from `policy_stage` the launch
-    fails with a clear error rather than training on mismatched data.
+    worker needs only the trainer call. The trainers still compare a fingerprint of their
+    arguments across processes (`Group.agree`), so mismatched data fails with a clear error.
     """
-    from .stages_policy import evaluation_prompts, start_model, training_prompts
+    from .stages_policy import evaluation_prompts, start_model, train_policy
     from .train_common import quiet_transformers
 
     quiet_transformers()
-    spec = ctx.spec
-    policy = spec["policy"]
-    start = start_model(ctx)
-    out_dir = ctx.path("models/policy")
-    if policy["method"] == "ppo":
-        from .ppo import PPOSettings, train_ppo
-
-        device = spec["compute"]["device"]
-        settings = PPOSettings.from_spec(
-            policy, int(spec["seed"]), cpu=True if device == "cpu" else None
-        )
-        train_ppo(
-            start,
-            start,
-            ctx.upstream("models/reward_model"),
-            training_prompts(ctx, evaluation_prompts(ctx)),
-            settings,
-            out_dir,
-            resume=ctx.resume,
-            log=ctx.log,
-        )
-    else:
-        from .dpo import train_dpo
-        from .train_common import read_pairs
-
-        pairs = [
-            {"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
-            for p in read_pairs(ctx)
-        ]
-        train_dpo(
-            start,
-            start,
-            pairs,
-            policy,
-            seed=int(spec["seed"]),
-            out_dir=out_dir,
-            resume=ctx.resume,
-            log=ctx.log,
-            metadata={},  # written into checkpoints, which only rank 0 writes
-            compute=spec["compute"],
-        )
+    # metadata goes into checkpoints, which only rank 0 writes
+    train_policy(ctx, evaluation_prompts(ctx), start_model(ctx), metadata={})
 
 
 #: How a worker trains for each stage of `MULTI_PROCESS_STAGES`.

@@ -93,25 +93,9 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
         "plan_fingerprint": ctx.plan["fingerprint"],
     }
     if policy["method"] == "ppo":
-        from .ppo import PPOSettings, train_ppo
-
         metadata["reward_model"] = reward_model_version(ctx)
-        prompts = training_prompts(ctx, eval_sets)
-        device = spec["compute"]["device"]
-        settings = PPOSettings.from_spec(
-            policy, int(spec["seed"]), cpu=True if device == "cpu" else None
-        )
-        result = train_ppo(
-            start,
-            start,
-            ctx.upstream("models/reward_model"),
-            prompts,
-            settings,
-            out_dir,
-            resume=ctx.resume,
-            log=ctx.log,
-            metadata=metadata,
-        )
+    result = train_policy(ctx, eval_sets, start, metadata)
+    if policy["method"] == "ppo":
         checkpoints = [
             {"label": c.name, "step": step, "path": f"models/policy/checkpoints/{c.name}/policy"}
             for step, c in _ppo_checkpoints(out_dir)
@@ -119,25 +103,6 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
         summary = f"{result.updates} PPO updates, {len(checkpoints)} checkpoints"
         metrics: dict[str, Any] = {"updates": result.updates, "final": result.final_metrics}
     else:
-        from .dpo import train_dpo
-        from .train_common import read_pairs
-
-        pairs = [
-            {"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
-            for p in read_pairs(ctx)
-        ]
-        summary_dict = train_dpo(
-            start,
-            start,
-            pairs,
-            policy,
-            seed=int(spec["seed"]),
-            out_dir=out_dir,
-            resume=ctx.resume,
-            log=ctx.log,
-            metadata=metadata,
-            compute=spec["compute"],
-        )
         checkpoints = [
             {
                 "label": c.name,
@@ -146,11 +111,60 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
             }
             for c in sorted((out_dir / "checkpoints").glob("step-*"))
         ]
-        summary = f"{summary_dict['steps']} DPO steps, {len(checkpoints)} checkpoints"
-        metrics = {k: summary_dict[k] for k in ("steps", "final_loss") if k in summary_dict}
+        summary = f"{result['steps']} DPO steps, {len(checkpoints)} checkpoints"
+        metrics = {k: result[k] for k in ("steps", "final_loss") if k in result}
     index = {"start": str(start), "checkpoints": checkpoints, "metadata": metadata}
     atomic_write_text(ctx.path(CHECKPOINT_INDEX), json.dumps(index, indent=2) + "\n")
     return StageOutcome(["models/policy", PROMPT_SETS], metrics, summary=summary)
+
+
+def train_policy(
+    ctx: StageContext,
+    eval_sets: dict[str, list[dict[str, str]]],
+    start: Path,
+    metadata: dict[str, Any],
+) -> Any:
+    """Train PPO or DPO from `start`; the one call every process of the stage makes."""
+    spec = ctx.spec
+    policy = spec["policy"]
+    out_dir = ctx.path("models/policy")
+    if policy["method"] == "ppo":
+        from .ppo import PPOSettings, train_ppo
+
+        device = spec["compute"]["device"]
+        settings = PPOSettings.from_spec(
+            policy, int(spec["seed"]), cpu=True if device == "cpu" else None
+        )
+        return train_ppo(
+            start,
+            start,
+            ctx.upstream("models/reward_model"),
+            training_prompts(ctx, eval_sets),
+            settings,
+            out_dir,
+            resume=ctx.resume,
+            log=ctx.log,
+            metadata=metadata,
+        )
+    from .dpo import train_dpo
+    from .train_common import read_pairs
+
+    pairs = [
+        {"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
+        for p in read_pairs(ctx)
+    ]
+    return train_dpo(
+        start,
+        start,
+        pairs,
+        policy,
+        seed=int(spec["seed"]),
+        out_dir=out_dir,
+        resume=ctx.resume,
+        log=ctx.log,
+        metadata=metadata,
+        compute=spec["compute"],
+    )
 
 
 def _ppo_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
