@@ -580,35 +580,38 @@ def check_prompts(project: Project) -> PromptReport:
                 )
             )
     gold = annotation.get("gold")
-    if gold:
-        ids, bad = _read_ids(project.path(gold["path"]), gold["path"], "jsonl")
-        if bad:
-            unreadable[gold["path"]] = bad
-        unknown.setdefault(gold["path"], set()).update(i for i in ids if i not in pool.by_id)
-        leaks["gold"] = sorted({i for i in ids if i in pool.holdout_ids})
-        if leaks["gold"]:
-            findings.append(
-                Finding(
-                    "PR010",
-                    f"gold items ({gold['path']}) use {len(leaks['gold'])} "
-                    f"production-holdout prompt(s): {_ids_text(leaks['gold'])}",
-                    "replace those gold items with prompts outside the holdout",
-                )
-            )
     sft = spec.get("sft") or {}
-    if sft.get("enabled", True) and sft.get("data"):
-        ids, bad = _read_ids(project.path(sft["data"]), sft["data"], "jsonl")
+    checked_files = [
+        (
+            "gold",
+            "PR010",
+            gold["path"] if gold else None,
+            "gold items",
+            "replace those gold items with prompts outside the holdout",
+        ),
+        (
+            "sft",
+            "PR009",
+            sft.get("data") if sft.get("enabled", True) else None,
+            "SFT demonstrations",
+            "drop those demonstrations; holdout prompts are never trained on",
+        ),
+    ]
+    for key, code, rel, what, fix in checked_files:
+        if not rel:
+            continue
+        ids, bad = _read_ids(project.path(rel), rel, "jsonl")
         if bad:
-            unreadable[sft["data"]] = bad
-        unknown.setdefault(sft["data"], set()).update(i for i in ids if i not in pool.by_id)
-        leaks["sft"] = sorted({i for i in ids if i in pool.holdout_ids})
-        if leaks["sft"]:
+            unreadable[rel] = bad
+        unknown.setdefault(rel, set()).update(i for i in ids if i not in pool.by_id)
+        leaks[key] = sorted({i for i in ids if i in pool.holdout_ids})
+        if leaks[key]:
             findings.append(
                 Finding(
-                    "PR009",
-                    f"SFT demonstrations ({sft['data']}) use {len(leaks['sft'])} "
-                    f"production-holdout prompt(s): {_ids_text(leaks['sft'])}",
-                    "drop those demonstrations; holdout prompts are never trained on",
+                    code,
+                    f"{what} ({rel}) use {len(leaks[key])} "
+                    f"production-holdout prompt(s): {_ids_text(leaks[key])}",
+                    fix,
                 )
             )
     unknown = {k: v for k, v in unknown.items() if v}
