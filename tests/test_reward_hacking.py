@@ -85,12 +85,8 @@ from rlhfspec.runtime.ppo import (  # noqa: E402
 )
 from rlhfspec.runtime.selection import select_checkpoint  # noqa: E402
 
-WORDS = ["the", "model", "answer", "question", "helpful", "honest", "reward", "policy", "human"]
-CORPUS = [
-    f"Question {i}: {' '.join(WORDS[(i + j) % len(WORDS)] for j in range(12))}. Answer: ok {i % 7}"
-    for i in range(60)
-]
-PROMPTS = [f"question {i} about the {WORDS[i % len(WORDS)]}" for i in range(8)]
+from .test_ppo import CORPUS, PROMPTS, WORDS  # noqa: E402  (the same tiny corpus)
+
 HELD_OUT = [f"what is the {WORDS[i % len(WORDS)]} of question {i}" for i in range(8, 32)]
 PROMPT_SETS = {"training": PROMPTS, "held_out": HELD_OUT}
 
