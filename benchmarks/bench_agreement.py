@@ -1,4 +1,4 @@
-"""Benchmark `rlhfspec.runtime.agreement` against the reference implementations.
+"""Benchmark `rlhfspec.runtime.annotation.agreement` against the reference implementations.
 
 Usage::
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhfspec.runtime import agreement
+from rlhfspec.runtime.annotation import agreement
 
 LABELS = np.array(["A", "B", "tie"])
 # Ordinal/interval coding used for the Krippendorff rows: A < tie < B.

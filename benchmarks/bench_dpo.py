@@ -1,4 +1,4 @@
-"""DPO training throughput: `rlhfspec.runtime.dpo.train_dpo` against a plain TRL DPOTrainer script.
+"""DPO training throughput: `rlhfspec.runtime.policy.dpo.train_dpo` against a plain TRL DPOTrainer script.
 
 Run: python benchmarks/bench_dpo.py [--pairs 512] [--batch 16] [--every 4] [--repeats 3]
 
@@ -43,9 +43,9 @@ PLAIN = (
 import torch
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
-from rlhfspec.runtime.formatting import format_prompt, format_response
-from rlhfspec.runtime.models import load_causal_lm, load_tokenizer
-from rlhfspec.runtime.train_common import quiet_transformers
+from rlhfspec.runtime.train.formatting import format_prompt, format_response
+from rlhfspec.runtime.train.models import load_causal_lm, load_tokenizer
+from rlhfspec.runtime.train.common import quiet_transformers
 quiet_transformers()
 start, cpu = time.perf_counter(), time.process_time()
 torch.manual_seed(cfg["seed"]); torch.set_num_threads(cfg["threads"])
@@ -70,7 +70,7 @@ OURS = (
     PRELUDE
     + r"""
 from pathlib import Path
-from rlhfspec.runtime.dpo import train_dpo
+from rlhfspec.runtime.policy.dpo import train_dpo
 from datasets import Dataset  # noqa: F401  imported before the clock starts, as in the plain script
 from trl import DPOConfig, DPOTrainer  # noqa: F401
 settings = {"checkpoint_every": cfg["every"], "trust_remote_code": False,
@@ -98,7 +98,7 @@ def example_pairs(work: Path, env: dict[str, str]) -> list[dict[str, Any]]:
     shutil.copy(SPEC, work)
     shutil.copy(SPEC.with_name("support-assistant.lock.json"), work)
     run_dir = work / "run"
-    cli = [sys.executable, "-m", "rlhfspec.compiler.cli", "run", str(work / SPEC.name)]
+    cli = [sys.executable, "-m", "rlhfspec.cli.main", "run", str(work / SPEC.name)]
     subprocess.run(
         cli + ["--run-dir", str(run_dir), "--until", "aggregate"],
         env=env,
@@ -136,8 +136,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from rlhfspec.runtime.models import build_tiny
-    from rlhfspec.runtime.train_common import quiet_transformers
+    from rlhfspec.runtime.train.common import quiet_transformers
+    from rlhfspec.runtime.train.models import build_tiny
 
     quiet_transformers()
 

@@ -1,4 +1,4 @@
-"""PPO throughput and peak memory: `rlhfspec.runtime.ppo.train_ppo` against TRL 1.12.0's PPOTrainer.
+"""PPO throughput and peak memory: `rlhfspec.runtime.policy.ppo.train_ppo` against TRL 1.12.0's PPOTrainer.
 
 Run: python benchmarks/bench_ppo.py [--episodes 256 --rollout 32 --new-tokens 32
      --venv /tmp/rlhfspec-trl112 --repeats 2]
@@ -141,7 +141,7 @@ from pathlib import Path
 import torch
 import accelerate  # noqa: F401  imported before the clock starts, as on the TRL side
 import transformers  # noqa: F401
-from rlhfspec.runtime import ppo
+from rlhfspec.runtime.policy import ppo
 MARKER = cfg["marker"]
 start = time.perf_counter()
 cuda = torch.cuda.is_available()
@@ -297,9 +297,9 @@ def ensure_trl_venv(venv: Path, torch_pin: str) -> tuple[Path | None, dict[str, 
 
 def build_inputs(work: Path, n_prompts: int) -> tuple[Path, Path, Path, int]:
     """The tiny policy, the reward model and the prompts file: (policy, reward, prompts, n)."""
-    from rlhfspec.runtime.formatting import format_prompt
-    from rlhfspec.runtime.models import build_tiny, load_reward_model, load_tokenizer
-    from rlhfspec.runtime.train_common import quiet_transformers
+    from rlhfspec.runtime.train.common import quiet_transformers
+    from rlhfspec.runtime.train.formatting import format_prompt
+    from rlhfspec.runtime.train.models import build_tiny, load_reward_model, load_tokenizer
 
     quiet_transformers()
     texts = [
@@ -367,7 +367,7 @@ def main() -> int:
     if args.episodes % args.rollout or args.rollout % args.mini_batches:
         parser.error("--episodes must be a multiple of --rollout, and --rollout of --mini-batches")
 
-    from rlhfspec.runtime.train_common import threads as default_threads
+    from rlhfspec.runtime.train.common import threads as default_threads
 
     threads = int(os.environ.get("RLHFSPEC_THREADS") or default_threads())
     env = {

@@ -1,4 +1,4 @@
-"""Benchmark `rlhfspec.runtime.qc.analyse` on a million generated annotations.
+"""Benchmark `rlhfspec.runtime.annotation.qc.analyse` on a million generated annotations.
 
     python benchmarks/bench_qc.py                       # 200,000 items x 5 annotators
     python benchmarks/bench_qc.py --items 20000 --annotators 8 --repeat 3
@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from rlhfspec.runtime.annotations import AnnotationTable
-from rlhfspec.runtime.qc import QcReport, QcSettings, analyse
-from rlhfspec.runtime.qc_report import format_text
+from rlhfspec.runtime.annotation.qc import QcReport, QcSettings, analyse
+from rlhfspec.runtime.annotation.records import AnnotationTable
+from rlhfspec.runtime.report.qc_report import format_text
 
 TASK_SECONDS = 110.0
 EPOCH_2026_11_02 = 1793577600.0  # Monday 2026-11-02 00:00 UTC

@@ -33,8 +33,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE"); os.environ.setdefault("TOKE
 import torch
 from datasets import Dataset
 from trl import RewardConfig, RewardTrainer
-from rlhfspec.runtime.models import load_reward_model, load_tokenizer
-from rlhfspec.runtime.formatting import format_prompt, format_response
+from rlhfspec.runtime.train.models import load_reward_model, load_tokenizer
+from rlhfspec.runtime.train.formatting import format_prompt, format_response
 cfg = json.loads(sys.argv[1])
 start = time.perf_counter()
 torch.manual_seed(cfg["seed"]); torch.set_num_threads(cfg["threads"])
@@ -98,7 +98,7 @@ def main() -> int:
         cli = [
             sys.executable,
             "-m",
-            "rlhfspec.compiler.cli",
+            "rlhfspec.cli.main",
             "run",
             str(spec),
             "--run-dir",
@@ -137,7 +137,7 @@ def main() -> int:
         )
         # TRL drops over-length pairs itself, so both sides train on this many pairs
         train_pairs = meta["data"]["train_pairs"]
-        from rlhfspec.runtime.stages_train import split_by_prompt
+        from rlhfspec.runtime.train.stages import split_by_prompt
 
         pairs = [
             json.loads(line)

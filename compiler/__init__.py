@@ -1,7 +1,9 @@
 """rlhfspec's light half: load, validate and compile RLHF specs.
 
-Nothing here imports torch, transformers or trl, so CI and pre-commit can
-validate and compile specs with a small install.
+Nothing here imports torch, transformers or trl, nor the runtime or the CLI,
+so CI and pre-commit can validate and compile specs with a small install.
 """
 
-__version__ = "0.1.0"
+from rlhfspec.common.version import __version__
+
+__all__ = ["__version__"]

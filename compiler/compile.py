@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .diagnostics import Diagnostic
-from .errors import CompilerError
-from .fileio import atomic_write_bytes
-from .hashing import sha256_bytes
-from .lockfile import criteria_hash
-from .plan import build_plan, generator, input_fingerprints, lock_history
-from .render import render_all
-from .validate import validate_file
+from rlhfspec.common.errors import CompilerError
+from rlhfspec.common.fileio import atomic_write_bytes
+from rlhfspec.common.hashing import sha256_bytes
+from rlhfspec.compiler.diagnostics import Diagnostic
+from rlhfspec.compiler.lockfile import criteria_hash
+from rlhfspec.compiler.plan import build_plan, generator, input_fingerprints, lock_history
+from rlhfspec.compiler.render import render_all
+from rlhfspec.compiler.validate import validate_file
 
 PLAN_FILE = "plan.json"
 

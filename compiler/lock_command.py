@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .diagnostics import format_text
-from .errors import CompilerError
-from .lockfile import (
+from rlhfspec.common.errors import CompilerError
+from rlhfspec.compiler.diagnostics import format_text
+from rlhfspec.compiler.lockfile import (
     LockEntry,
     criteria_hash,
     describe_changes,
@@ -16,7 +16,7 @@ from .lockfile import (
     version_key,
     write_lock,
 )
-from .validate import validate_file
+from rlhfspec.compiler.validate import validate_file
 
 
 def lock_spec(spec_path: Path, *, display: str) -> str:

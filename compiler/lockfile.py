@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import CompilerError
-from .fileio import atomic_write_text
-from .hashing import canonical_json, sha256_text
+from rlhfspec.common.errors import CompilerError
+from rlhfspec.common.fileio import atomic_write_text
+from rlhfspec.common.hashing import canonical_json, sha256_text
 
 LOCK_VERSION = 1
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")

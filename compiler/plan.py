@@ -13,12 +13,12 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .diagnostics import json_path
-from .hashing import canonical_json, file_fingerprint, sha256_bytes, sha256_text
-from .lockfile import criteria_hash, lock_path_for, read_lock
-from .schemas import PLAN_SCHEMA, SPEC_SCHEMA, load_schema
-from .semantic import iter_paths
+from rlhfspec.common.hashing import canonical_json, file_fingerprint, sha256_bytes, sha256_text
+from rlhfspec.common.version import __version__
+from rlhfspec.compiler.diagnostics import json_path
+from rlhfspec.compiler.lockfile import criteria_hash, lock_path_for, read_lock
+from rlhfspec.compiler.schemas import PLAN_SCHEMA, SPEC_SCHEMA, load_schema
+from rlhfspec.compiler.semantic import iter_paths
 
 PLAN_VERSION = 1
 TRAINING_STAGES = {"sft", "reward_model", "policy"}
@@ -152,7 +152,7 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
                     "--mixed_precision",
                     compute["mixed_precision"],
                     "-m",
-                    "rlhfspec.runtime.launch",
+                    "rlhfspec.cli.launch",
                     "plan.json",
                     "--stage",
                     stage["name"],

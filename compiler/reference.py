@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .diagnostics import CODES
-from .fileio import atomic_write_text
-from .schemas import SPEC_SCHEMA, load_schema
+from rlhfspec.common.fileio import atomic_write_text
+from rlhfspec.compiler.diagnostics import CODES
+from rlhfspec.compiler.schemas import SPEC_SCHEMA, load_schema
 
 BEGIN_SPEC = "<!-- BEGIN GENERATED SPEC REFERENCE -->"
 END_SPEC = "<!-- END GENERATED SPEC REFERENCE -->"

@@ -16,8 +16,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from .diagnostics import Diagnostic, json_path, make
-from .schemas import JsonPath
+from rlhfspec.compiler.diagnostics import Diagnostic, json_path, make
+from rlhfspec.compiler.schemas import JsonPath
 
 YAML11_BOOLEANS = {
     "yes",

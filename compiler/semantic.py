@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .diagnostics import Diagnostic, json_path, make
-from .errors import CompilerError
-from .lockfile import (
+from rlhfspec.common.errors import CompilerError
+from rlhfspec.compiler.diagnostics import Diagnostic, json_path, make
+from rlhfspec.compiler.lockfile import (
     LockEntry,
     criteria_hash,
     describe_changes,
@@ -22,8 +22,8 @@ from .lockfile import (
     read_lock,
     version_key,
 )
-from .schema_check import Locator
-from .schemas import JsonPath, walk
+from rlhfspec.compiler.schema_check import Locator
+from rlhfspec.compiler.schemas import JsonPath, walk
 
 RECOMMENDED_VALIDATION_SHARE = (0.10, 0.15)
 RECOMMENDED_GOLD_SHARE = (0.05, 0.10)

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import schema_check
-from .diagnostics import Diagnostic, count, make, strictify
-from .schemas import SPEC_SCHEMA, load_schema, with_defaults
-from .semantic import Checker
-from .yaml_loader import LoadedYaml, YamlLoadError, load_yaml
+from rlhfspec.compiler import schema_check
+from rlhfspec.compiler.diagnostics import Diagnostic, count, make, strictify
+from rlhfspec.compiler.schemas import SPEC_SCHEMA, load_schema, with_defaults
+from rlhfspec.compiler.semantic import Checker
+from rlhfspec.compiler.yaml_loader import LoadedYaml, YamlLoadError, load_yaml
 
 
 @dataclass

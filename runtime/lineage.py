@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..compiler.fileio import atomic_write_text
-from ..compiler.hashing import canonical_json, sha256_file, sha256_text
+from rlhfspec.common.fileio import atomic_write_text
+from rlhfspec.common.hashing import canonical_json, sha256_file, sha256_text
 
 LINEAGE_FILE = "lineage.json"
 LIBRARIES = (

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..compiler.diagnostics import format_text
-from ..compiler.validate import validate_file
-from .errors import RunError
+from rlhfspec.common.errors import RunError
+from rlhfspec.compiler.diagnostics import format_text
+from rlhfspec.compiler.validate import validate_file
 
 
 @dataclass(frozen=True)

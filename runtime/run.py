@@ -23,28 +23,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..compiler import __version__ as rlhfspec_version
-from ..compiler.compile import compile_spec, write_outputs
-from ..compiler.diagnostics import format_text
-from ..compiler.hashing import canonical_json, sha256_file, sha256_text
-from .errors import RunError
-from .lineage import Lineage, describe, signature
-from .project import Project
-from .stage_api import GateFailure, StageContext, StageOutcome
+from rlhfspec.common.errors import RunError
+from rlhfspec.common.hashing import canonical_json, sha256_file, sha256_text
+from rlhfspec.common.version import __version__ as rlhfspec_version
+from rlhfspec.compiler.compile import compile_spec, write_outputs
+from rlhfspec.compiler.diagnostics import format_text
+from rlhfspec.runtime.lineage import Lineage, describe, signature
+from rlhfspec.runtime.project import Project
+from rlhfspec.runtime.stage_api import GateFailure, StageContext, StageOutcome
 
 EXIT_BUSY = 4
 LOCK_FILE = "run.lock"
 # where each stage's implementation lives; imported only when the stage runs
 STAGES: dict[str, str] = {
-    "prompts": "rlhfspec.runtime.stages_data:prompts_stage",
-    "annotation_qc": "rlhfspec.runtime.stages_data:annotation_qc_stage",
-    "aggregate": "rlhfspec.runtime.stages_data:aggregate_stage",
-    "sft": "rlhfspec.runtime.stages_train:sft_stage",
-    "reward_model": "rlhfspec.runtime.stages_train:reward_model_stage",
-    "policy": "rlhfspec.runtime.stages_policy:policy_stage",
-    "evaluate": "rlhfspec.runtime.stages_policy:evaluate_stage",
-    "select": "rlhfspec.runtime.stages_policy:select_stage",
-    "handoff": "rlhfspec.runtime.handoff:handoff_stage",
+    "prompts": "rlhfspec.runtime.annotation.stages:prompts_stage",
+    "annotation_qc": "rlhfspec.runtime.annotation.stages:annotation_qc_stage",
+    "aggregate": "rlhfspec.runtime.annotation.stages:aggregate_stage",
+    "sft": "rlhfspec.runtime.train.stages:sft_stage",
+    "reward_model": "rlhfspec.runtime.train.stages:reward_model_stage",
+    "policy": "rlhfspec.runtime.policy.stages:policy_stage",
+    "evaluate": "rlhfspec.runtime.policy.stages:evaluate_stage",
+    "select": "rlhfspec.runtime.policy.stages:select_stage",
+    "handoff": "rlhfspec.runtime.handoff.package:handoff_stage",
 }
 # the spec sections whose values a stage depends on (beyond files and upstream outputs)
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {

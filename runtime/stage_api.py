@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RunError
-from .project import Project
+from rlhfspec.common.errors import RunError
+from rlhfspec.runtime.project import Project
 
 
 @dataclass

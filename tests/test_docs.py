@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from rlhfspec.compiler.diagnostics import CODES
 from rlhfspec.compiler.reference import render_readme
-
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 def test_readme_reference_is_current() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("trl")
 
-from .test_train_stages import small_project  # noqa: E402
+from tests.train.test_train_stages import small_project  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_resume_after_kill_during_reward_model_training(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "rlhfspec.compiler.cli",
+        "rlhfspec.cli.main",
         "run",
         str(spec),
         "--run-dir",

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rlhfspec.compiler.cli import main
-from rlhfspec.compiler.hashing import sha256_file
-from rlhfspec.runtime.errors import RunError
+from rlhfspec.cli.main import main
+from rlhfspec.common.errors import RunError
+from rlhfspec.common.hashing import sha256_file
 from rlhfspec.runtime.run import EXIT_BUSY, run
-
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 SPEC = ROOT / "specs" / "support-assistant.yaml"
 
@@ -144,11 +143,11 @@ def test_accelerate_launch_entry_runs_a_plan_stage(project: Path, tmp_path: Path
     assert CliRunner().invoke(main, ["compile", str(project), "-o", str(out)]).exit_code == 0
     plan = json.loads((out / "plan.json").read_text())
     launch = next(s["launch"] for s in plan["stages"] if s["name"] == "reward_model")
-    assert launch.endswith("-m rlhfspec.runtime.launch plan.json --stage reward_model")
+    assert launch.endswith("-m rlhfspec.cli.launch plan.json --stage reward_model")
     command = [
         sys.executable,
         "-m",
-        "rlhfspec.runtime.launch",
+        "rlhfspec.cli.launch",
         "plan.json",
         "--until",
         "prompts",

@@ -1,0 +1,422 @@
+"""Annotation records in: our JSONL and Label Studio exports, checked row by row.
+
+A batch with a bad row is refused whole by default: a silently dropped row
+changes agreement and the training data without anyone noticing. With
+`skip_bad=True` bad rows are skipped and listed instead. Every problem
+names the file, the line (or Label Studio task) and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlhfspec.common.errors import RunError
+from rlhfspec.common.jsonl import refusal
+
+CHOICES = ("A", "B", "tie")
+REQUIRED = (
+    "item_id",
+    "prompt_id",
+    "response_a",
+    "response_b",
+    "choice",
+    "annotator",
+    "session",
+    "started_at",
+    "submitted_at",
+    "criteria_version",
+    "batch",
+    "gold",
+)
+OPTIONAL = ("justification", "dimension_choices")
+STRING_FIELDS = (
+    "item_id",
+    "prompt_id",
+    "response_a",
+    "response_b",
+    "annotator",
+    "session",
+    "batch",
+)
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
+VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+SESSION_GAP_MINUTES = 30
+SKIP_HINT = "fix the rows, or pass --skip-bad-rows to skip and list them"
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    file: str
+    where: str  # "line 12" or "task 4 (id 981), annotation 1"
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        field_part = f" field '{self.field}':" if self.field else ""
+        return f"{self.file}: {self.where}:{field_part} {self.message}"
+
+
+@dataclass
+class BatchRead:
+    batch: str
+    file: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[RowProblem] = field(default_factory=list)
+    cancelled: int = 0
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(
+        text.replace("Z", "+0000"),
+        "%Y-%m-%dT%H:%M:%S%z" if "." not in text else "%Y-%m-%dT%H:%M:%S.%f%z",
+    )
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_record(record: Any, *, batch: str) -> list[tuple[str | None, str]]:
+    """Field-level problems of one record, as (field, message)."""
+    if not isinstance(record, dict):
+        return [(None, f"expected a JSON object, got {type(record).__name__}")]
+    problems: list[tuple[str | None, str]] = []
+    for name in record:
+        if name not in REQUIRED and name not in OPTIONAL:
+            problems.append((name, "unknown field (see schemas/annotation-record.v1.schema.json)"))
+    for name in REQUIRED:
+        if name not in record:
+            problems.append((name, "missing"))
+    for name in STRING_FIELDS:
+        value = record.get(name)
+        if name in record and (not isinstance(value, str) or not value):
+            problems.append((name, f"must be a non-empty string, got {value!r}"))
+    if "choice" in record and record["choice"] not in CHOICES:
+        problems.append(("choice", f"must be one of A, B, tie; got {record['choice']!r}"))
+    if "gold" in record and not isinstance(record["gold"], bool):
+        problems.append(("gold", f"must be true or false, got {record['gold']!r}"))
+    if "criteria_version" in record and not (
+        isinstance(record["criteria_version"], str) and VERSION.match(record["criteria_version"])
+    ):
+        problems.append(
+            ("criteria_version", f"must look like 1.2.0, got {record['criteria_version']!r}")
+        )
+    just = record.get("justification")
+    if just is not None and not isinstance(just, str):
+        problems.append(("justification", "must be a string or null"))
+    dims = record.get("dimension_choices")
+    if dims is not None and (
+        not isinstance(dims, dict) or any(v not in CHOICES for v in dims.values())
+    ):
+        problems.append(("dimension_choices", "must map dimension ids to A, B or tie"))
+    times: dict[str, datetime] = {}
+    for name in ("started_at", "submitted_at"):
+        value = record.get(name)
+        if name in record:
+            if not isinstance(value, str) or not TIMESTAMP.match(value):
+                problems.append(
+                    (name, f"must be a UTC timestamp like 2026-11-02T09:14:05Z, got {value!r}")
+                )
+            else:
+                try:
+                    times[name] = parse_time(value)
+                except ValueError:
+                    problems.append((name, f"is not a real date and time: {value!r}"))
+    if len(times) == 2 and times["submitted_at"] < times["started_at"]:
+        problems.append(("submitted_at", "is earlier than started_at"))
+    if record.get("response_a") is not None and record.get("response_a") == record.get(
+        "response_b"
+    ):
+        problems.append(("response_b", "is the same response as response_a"))
+    if isinstance(record.get("batch"), str) and record["batch"] != batch:
+        problems.append(
+            ("batch", f"is '{record['batch']}' but the spec lists this file as batch '{batch}'")
+        )
+    return problems
+
+
+def read_jsonl(path: Path, *, batch: str, display: str) -> BatchRead:
+    out = BatchRead(batch, display)
+    try:
+        handle = path.open("r", encoding="utf-8")
+    except OSError as exc:
+        raise RunError(f"{display}: cannot open: {exc.strerror}") from None
+    seen: dict[tuple[str, str], int] = {}
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                out.problems.append(
+                    RowProblem(
+                        display, where, None, f"not valid JSON: {exc.msg} at column {exc.colno}"
+                    )
+                )
+                continue
+            problems = check_record(record, batch=batch)
+            if not problems:
+                key = (record["item_id"], record["annotator"])
+                if key in seen:
+                    problems.append(
+                        (
+                            "item_id",
+                            f"annotator {record['annotator']} already labelled this item "
+                            f"at line {seen[key]}",
+                        )
+                    )
+                else:
+                    seen[key] = number
+            if problems:
+                out.problems.extend(RowProblem(display, where, f, m) for f, m in problems)
+                continue
+            record.setdefault("justification", None)
+            out.records.append(record)
+    return out
+
+
+def _ls_annotator(completed_by: Any) -> str | None:
+    if isinstance(completed_by, dict):
+        if completed_by.get("email"):
+            return str(completed_by["email"])
+        completed_by = completed_by.get("id")
+    if isinstance(completed_by, int | str) and str(completed_by):
+        return f"ls-user-{completed_by}"
+    return None
+
+
+def _ls_choice(results: Iterable[Any]) -> tuple[str | None, str | None]:
+    choice = justification = None
+    for result in results:
+        if not isinstance(result, dict):
+            continue
+        value = result.get("value") or {}
+        kind = result.get("type")
+        if kind == "choices" and value.get("choices"):
+            raw = str(value["choices"][0])
+            choice = {"a": "A", "b": "B", "tie": "tie"}.get(raw.strip().lower(), raw)
+        elif kind == "pairwise" and value.get("selected") in ("left", "right"):
+            choice = "A" if value["selected"] == "left" else "B"
+        elif kind == "textarea" and value.get("text"):
+            justification = " ".join(str(t) for t in value["text"])
+    return choice, justification
+
+
+def _ls_time(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def read_label_studio(path: Path, *, batch: str, criteria_version: str, display: str) -> BatchRead:
+    """Read a Label Studio JSON export (our Choices config, or the `<Pairwise>` tag).
+
+    Label Studio has no sessions: an annotator's tasks are cut into sessions
+    at gaps of more than 30 minutes. The task's start is its submission time
+    minus `lead_time`. Cancelled (skipped) annotations are counted, not read.
+    """
+    out = BatchRead(batch, display)
+    try:
+        tasks = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{display}: not a Label Studio JSON export: {exc}") from None
+    if not isinstance(tasks, list):
+        raise RunError(f"{display}: a Label Studio export is a JSON list of tasks")
+    for t_index, task in enumerate(tasks, start=1):
+        task_where = f"task {t_index}" + (
+            f" (id {task.get('id')})" if isinstance(task, dict) else ""
+        )
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            out.problems.append(
+                RowProblem(display, task_where, "data", "a task needs a 'data' object")
+            )
+            continue
+        data = task["data"]
+        for a_index, ann in enumerate(task.get("annotations") or []):
+            where = f"{task_where}, annotation {a_index}"
+            if not isinstance(ann, dict):
+                out.problems.append(
+                    RowProblem(display, where, None, "an annotation must be an object")
+                )
+                continue
+            if ann.get("was_cancelled"):
+                out.cancelled += 1
+                continue
+            choice, justification = _ls_choice(ann.get("result") or [])
+            submitted = _ls_time(ann.get("created_at"))
+            lead = ann.get("lead_time")
+            problems: list[tuple[str | None, str]] = []
+            annotator = _ls_annotator(ann.get("completed_by"))
+            if annotator is None:
+                problems.append(("completed_by", "missing annotator"))
+            if choice is None:
+                problems.append(("result", "no A/B/tie choice or pairwise left/right selection"))
+            if submitted is None:
+                problems.append(("created_at", f"not an ISO timestamp: {ann.get('created_at')!r}"))
+            if not isinstance(lead, int | float) or isinstance(lead, bool) or lead < 0:
+                problems.append(("lead_time", f"must be seconds spent, got {lead!r}"))
+            if problems or submitted is None or annotator is None:
+                out.problems.extend(RowProblem(display, where, f, m) for f, m in problems)
+                continue
+            record = {
+                "item_id": str(data.get("item_id", f"ls-task-{task.get('id', t_index)}")),
+                "prompt_id": data.get("prompt_id"),
+                "response_a": data.get("response_a"),
+                "response_b": data.get("response_b"),
+                "choice": choice,
+                "annotator": annotator,
+                "session": "",
+                "started_at": format_time(submitted - timedelta(seconds=float(lead))),
+                "submitted_at": format_time(submitted),
+                "justification": justification,
+                "criteria_version": str(data.get("criteria_version", criteria_version)),
+                "batch": batch,
+                "gold": bool(data.get("gold", False)),
+            }
+            record["session"] = "pending"
+            errors = check_record(record, batch=batch)
+            if errors:
+                out.problems.extend(
+                    RowProblem(display, where, f"data.{f}" if f else None, m) for f, m in errors
+                )
+                continue
+            out.records.append(record)
+    assign_sessions(out.records)
+    return out
+
+
+def assign_sessions(records: list[dict[str, Any]]) -> None:
+    """Cut each annotator's records into sessions at gaps over SESSION_GAP_MINUTES."""
+    by_annotator: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_annotator.setdefault(record["annotator"], []).append(record)
+    for annotator, items in by_annotator.items():
+        items.sort(key=lambda r: r["started_at"])
+        session = 0
+        last_end: datetime | None = None
+        for record in items:
+            start = parse_time(record["started_at"])
+            if last_end is None or (start - last_end) > timedelta(minutes=SESSION_GAP_MINUTES):
+                session += 1
+            record["session"] = f"{annotator}-ls{session:03d}"
+            last_end = parse_time(record["submitted_at"])
+
+
+def read_batch(
+    path: Path, *, batch: str, fmt: str, criteria_version: str, display: str, skip_bad: bool = False
+) -> BatchRead:
+    """Read one batch; refuse it whole on a bad row unless `skip_bad`."""
+    if fmt == "label_studio":
+        read = read_label_studio(
+            path, batch=batch, criteria_version=criteria_version, display=display
+        )
+    else:
+        read = read_jsonl(path, batch=batch, display=display)
+    if read.problems and not skip_bad:
+        raise refusal(f"batch '{batch}' refused", read.problems, SKIP_HINT)
+    return read
+
+
+@dataclass
+class AnnotationTable:
+    """Columnar view of annotations for vectorised QC (numpy arrays, one row per record).
+
+    `choice` is relative to the shown order (0 = first shown, 1 = second,
+    2 = tie): what position bias is measured on. `canon` is relative to the
+    item's canonical order (the two response ids sorted): what agreement is
+    measured on, since annotators saw the pair in different orders.
+    """
+
+    items: list[str]
+    annotators: list[str]
+    sessions: list[str]
+    batches: list[str]
+    versions: list[str]
+    item: np.ndarray
+    annotator: np.ndarray
+    session: np.ndarray
+    batch: np.ndarray
+    version: np.ndarray
+    gold: np.ndarray
+    choice: np.ndarray
+    canon: np.ndarray
+    started: np.ndarray  # seconds since the epoch
+    submitted: np.ndarray
+    minutes_into_session: np.ndarray
+    has_justification: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.item.shape[0])
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict[str, Any]]) -> AnnotationTable:
+        def codes(values: list[str]) -> tuple[list[str], np.ndarray]:
+            uniques, inverse = np.unique(
+                np.asarray(values, dtype=object).astype(str), return_inverse=True
+            )
+            return [str(u) for u in uniques], inverse.astype(np.int32)
+
+        n = len(records)
+        items, item = codes([r["item_id"] for r in records])
+        annotators, annotator = codes([r["annotator"] for r in records])
+        sessions, session = codes([r["session"] for r in records])
+        batches, batch = codes([r["batch"] for r in records])
+        versions, version = codes([r["criteria_version"] for r in records])
+        choice = np.fromiter((CHOICES.index(r["choice"]) for r in records), dtype=np.int8, count=n)
+        swapped = np.fromiter(
+            (r["response_a"] > r["response_b"] for r in records), dtype=bool, count=n
+        )
+        canon = choice.copy()
+        flip = swapped & (choice < 2)
+        canon[flip] = 1 - choice[flip]
+        started = np.fromiter(
+            (parse_time(r["started_at"]).timestamp() for r in records), dtype=np.float64, count=n
+        )
+        submitted = np.fromiter(
+            (parse_time(r["submitted_at"]).timestamp() for r in records), dtype=np.float64, count=n
+        )
+        return cls.from_arrays(
+            items=items,
+            annotators=annotators,
+            sessions=sessions,
+            batches=batches,
+            versions=versions,
+            item=item,
+            annotator=annotator,
+            session=session,
+            batch=batch,
+            version=version,
+            gold=np.fromiter((bool(r["gold"]) for r in records), dtype=bool, count=n),
+            choice=choice,
+            canon=canon,
+            started=started,
+            submitted=submitted,
+            has_justification=np.fromiter(
+                (bool(r.get("justification")) for r in records), dtype=bool, count=n
+            ),
+        )
+
+    @classmethod
+    def from_arrays(cls, **columns: Any) -> AnnotationTable:
+        """Build from columns; minutes into each session are derived here."""
+        session = columns["session"]
+        started = columns["started"]
+        n_sessions = len(columns["sessions"])
+        first = np.full(n_sessions, np.inf)
+        np.minimum.at(first, session, started)
+        columns["minutes_into_session"] = (started - first[session]) / 60.0
+        return cls(**columns)

@@ -1,0 +1,328 @@
+"""The policy stages: optimisation (PPO or DPO), evaluation at every checkpoint, selection.
+
+Output quality can peak early and then degrade as the policy over-optimises
+the reward model, so every checkpoint is evaluated on the same seeded
+prompt sets (validation, adversarial, production holdout) and the
+deployment candidate is the best one that passes every reward-hacking guard,
+or the one human evaluators rate highest when their judgements exist.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from rlhfspec.common.errors import RunError
+from rlhfspec.common.fileio import atomic_write_text
+from rlhfspec.common.hashing import sha256_file
+from rlhfspec.runtime.prompts.check import load_prompt_pool
+from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
+
+CHECKPOINT_INDEX = "models/policy/checkpoints.json"
+PROMPT_SETS = "eval/prompt_sets.json"
+
+
+def evaluation_prompts(ctx: StageContext) -> dict[str, list[dict[str, str]]]:
+    """Seeded evaluation sets, disjoint from the prompts the policy trains on."""
+    pool = load_prompt_pool(ctx.project)
+    size = int(ctx.spec["evaluation"]["prompts_per_set"])
+    rng = random.Random(f"evaluation-prompts:{ctx.spec['seed']}")
+    available = pool.available
+    adversarial = [p for p in available if p.kind == "adversarial"]
+    regular = [p for p in available if p.kind != "adversarial"]
+    holdout = [p for p in pool.prompts if p.id in pool.holdout_ids]
+    sets: dict[str, list[dict[str, str]]] = {}
+    wanted = ctx.spec["evaluation"]["prompt_sets"]
+    for name, candidates in (
+        ("validation", regular),
+        ("adversarial", adversarial),
+        ("production_holdout", holdout),
+    ):
+        if name in wanted and candidates:
+            chosen = rng.sample(candidates, min(size, len(candidates)))
+            sets[name] = [{"id": p.id, "text": p.text} for p in chosen]
+    return sets
+
+
+def training_prompts(ctx: StageContext, eval_sets: dict[str, list[dict[str, str]]]) -> list[str]:
+    """Prompts for PPO rollouts: available prompts minus every evaluation prompt."""
+    held = {p["id"] for rows in eval_sets.values() for p in rows}
+    pool = load_prompt_pool(ctx.project)
+    return [p.text for p in pool.available if p.id not in held]
+
+
+def start_model(ctx: StageContext) -> Path:
+    """The policy's starting point, which is also its KL reference."""
+    if ctx.spec["policy"]["start_from_sft"]:
+        return ctx.upstream("models/sft")
+    from rlhfspec.runtime.train.common import resolve
+
+    resolved = resolve(ctx, ctx.spec["policy"]["base_model"])
+    return Path(resolved) if not isinstance(resolved, Path) else resolved
+
+
+def reward_model_version(ctx: StageContext) -> dict[str, Any]:
+    folder = ctx.upstream("models/reward_model")
+    meta = json.loads((folder / "rlhfspec_reward_model.json").read_text(encoding="utf-8"))
+    return {
+        "path": "models/reward_model",
+        "sha256": sha256_file(folder / "model.safetensors"),
+        "criteria_version": meta["criteria_version"],
+        "annotation_batches": meta["annotation_batches"],
+    }
+
+
+def policy_stage(ctx: StageContext) -> StageOutcome:
+    from rlhfspec.runtime.train.common import quiet_transformers
+
+    quiet_transformers()
+    spec = ctx.spec
+    policy = spec["policy"]
+    eval_sets = evaluation_prompts(ctx)
+    atomic_write_text(
+        ctx.path(PROMPT_SETS), json.dumps(eval_sets, indent=2, ensure_ascii=False) + "\n"
+    )
+    start = start_model(ctx)
+    out_dir = ctx.path("models/policy")
+    metadata: dict[str, Any] = {
+        "kl": policy["kl"],
+        "method": policy["method"],
+        "start": "sft" if policy["start_from_sft"] else policy["base_model"],
+        "plan_fingerprint": ctx.plan["fingerprint"],
+    }
+    if policy["method"] == "ppo":
+        metadata["reward_model"] = reward_model_version(ctx)
+    result = train_policy(ctx, eval_sets, start, metadata)
+    if policy["method"] == "ppo":
+        checkpoints = [
+            {"label": c.name, "step": step, "path": f"models/policy/checkpoints/{c.name}/policy"}
+            for step, c in _ppo_checkpoints(out_dir)
+        ]
+        summary = f"{result.updates} PPO updates, {len(checkpoints)} checkpoints"
+        metrics: dict[str, Any] = {"updates": result.updates, "final": result.final_metrics}
+    else:
+        checkpoints = [
+            {
+                "label": c.name,
+                "step": int(c.name.split("-")[1]),
+                "path": f"models/policy/checkpoints/{c.name}",
+            }
+            for c in sorted((out_dir / "checkpoints").glob("step-*"))
+        ]
+        summary = f"{result['steps']} DPO steps, {len(checkpoints)} checkpoints"
+        metrics = {k: result[k] for k in ("steps", "final_loss") if k in result}
+    index = {"start": str(start), "checkpoints": checkpoints, "metadata": metadata}
+    atomic_write_text(ctx.path(CHECKPOINT_INDEX), json.dumps(index, indent=2) + "\n")
+    return StageOutcome(["models/policy", PROMPT_SETS], metrics, summary=summary)
+
+
+def train_policy(
+    ctx: StageContext,
+    eval_sets: dict[str, list[dict[str, str]]],
+    start: Path,
+    metadata: dict[str, Any],
+) -> Any:
+    """Train PPO or DPO from `start`; the one call every process of the stage makes."""
+    spec = ctx.spec
+    policy = spec["policy"]
+    out_dir = ctx.path("models/policy")
+    if policy["method"] == "ppo":
+        from rlhfspec.runtime.policy.ppo import PPOSettings, train_ppo
+
+        device = spec["compute"]["device"]
+        settings = PPOSettings.from_spec(
+            policy, int(spec["seed"]), cpu=True if device == "cpu" else None
+        )
+        return train_ppo(
+            start,
+            start,
+            ctx.upstream("models/reward_model"),
+            training_prompts(ctx, eval_sets),
+            settings,
+            out_dir,
+            resume=ctx.resume,
+            log=ctx.log,
+            metadata=metadata,
+        )
+    from rlhfspec.runtime.policy.dpo import train_dpo
+    from rlhfspec.runtime.train.common import read_pairs
+
+    pairs = [
+        {"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
+        for p in read_pairs(ctx)
+    ]
+    return train_dpo(
+        start,
+        start,
+        pairs,
+        policy,
+        seed=int(spec["seed"]),
+        out_dir=out_dir,
+        resume=ctx.resume,
+        log=ctx.log,
+        metadata=metadata,
+        compute=spec["compute"],
+    )
+
+
+def _ppo_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for folder in sorted((out_dir / "checkpoints").glob("update-*")):
+        info = json.loads((folder / "checkpoint.json").read_text(encoding="utf-8"))
+        found.append((int(info["update"]), folder))
+    return found
+
+
+def evaluate_stage(ctx: StageContext) -> StageOutcome:
+    from rlhfspec.runtime.evaluation.evaluate import (
+        EvalSettings,
+        evaluate_checkpoint,
+        trajectory_svg,
+        write_eval,
+    )
+    from rlhfspec.runtime.evaluation.selection import export_human_eval
+    from rlhfspec.runtime.train.common import quiet_transformers, seed_everything
+
+    quiet_transformers()
+    seed_everything(int(ctx.spec["seed"]))
+    spec = ctx.spec
+    index = json.loads(ctx.upstream(CHECKPOINT_INDEX).read_text(encoding="utf-8"))
+    eval_sets = json.loads(ctx.upstream(PROMPT_SETS).read_text(encoding="utf-8"))
+    prompt_sets = {name: [p["text"] for p in rows] for name, rows in eval_sets.items()}
+    evaluation = spec["evaluation"]
+    settings = EvalSettings(
+        seed=int(spec["seed"]),
+        max_new_tokens=int(evaluation["max_new_tokens"]),
+        temperature=float(evaluation["temperature"]),
+        samples_shown=int(evaluation["samples_shown"]),
+        kl_estimator=spec["policy"]["kl"]["estimator"],
+        disqualifiers=tuple(
+            (d["id"], d["detect"]["regex"])
+            for d in spec["criteria"]["disqualifiers"]
+            if "detect" in d
+        ),
+    )
+    reward_model = ctx.upstream("models/reward_model")
+    reference = Path(index["start"])
+    targets = [{"label": "start", "step": 0, "path": str(reference)}] + [
+        {**c, "path": str(ctx.path(c["path"]))} for c in index["checkpoints"]
+    ]
+    results = []
+    start_responses = None
+    for target in targets:
+        ctx.log(f"evaluating {target['label']} (step {target['step']})")
+        result = evaluate_checkpoint(
+            target["path"],
+            reference,
+            reward_model,
+            prompt_sets,
+            settings,
+            start_responses=start_responses,
+            step=target["step"],
+            label=target["label"],
+        )
+        if start_responses is None:
+            start_responses = result["responses"]
+        write_eval(result, ctx.path(f"eval/{target['label']}.json"))
+        overall = result["overall"]
+        ctx.log(
+            f"{target['label']}: reward {overall['reward']['mean']}, KL {overall['kl']['mean']}, "
+            f"words {overall['length']['words_mean']}, win rate {overall.get('win_rate_vs_start')}"
+        )
+        results.append(result)
+    guards = evaluation["select"]["guards"]
+    atomic_write_text(ctx.path("eval/trajectory.svg"), trajectory_svg(results, guards=guards))
+    outputs = [f"eval/{t['label']}.json" for t in targets] + ["eval/trajectory.svg"]
+    if evaluation["human_eval"]["enabled"]:
+        baseline = [
+            (p, r)
+            for name in prompt_sets
+            for p, r in zip(prompt_sets[name], results[0]["responses"][name], strict=True)
+        ]
+        by_label = {
+            res["label"]: [
+                (p, r)
+                for name in prompt_sets
+                for p, r in zip(prompt_sets[name], res["responses"][name], strict=True)
+            ]
+            for res in results[1:]
+        }
+        written = export_human_eval(
+            by_label,
+            baseline,
+            ctx.path("eval"),
+            seed=int(spec["seed"]),
+            per_checkpoint=int(evaluation["human_eval"]["per_checkpoint"]),
+            criteria_version=ctx.plan["criteria"]["version"],
+        )
+        outputs += [str(p.relative_to(ctx.run_dir)) for p in written]
+    table = [
+        {
+            "label": r["label"],
+            "step": r["step"],
+            "reward_mean": r["overall"]["reward"]["mean"],
+            "kl_mean": r["overall"]["kl"]["mean"],
+            "words_mean": r["overall"]["length"]["words_mean"],
+            "length_reward_correlation": r["overall"]["length_reward_correlation"],
+            "disqualifier_rate": r["overall"]["disqualifier_rate"],
+            "win_rate_vs_start": r["overall"].get("win_rate_vs_start"),
+        }
+        for r in results
+    ]
+    atomic_write_text(ctx.path("eval/summary.json"), json.dumps(table, indent=2) + "\n")
+    return StageOutcome(
+        outputs + ["eval/summary.json"],
+        {"checkpoints": table},
+        summary=f"{len(results)} checkpoints evaluated on {', '.join(prompt_sets)}",
+    )
+
+
+HUMAN_JUDGEMENTS = "eval/human_eval/judgements.jsonl"
+
+
+def select_stage(ctx: StageContext) -> StageOutcome:
+    from rlhfspec.runtime.evaluation.selection import import_human_eval, select_checkpoint
+
+    summary = json.loads(ctx.upstream("eval/summary.json").read_text(encoding="utf-8"))
+    evals = [
+        json.loads(ctx.upstream(f"eval/{row['label']}.json").read_text(encoding="utf-8"))
+        for row in summary
+    ]
+    select = ctx.spec["evaluation"]["select"]
+    human = None
+    judgements = ctx.path(HUMAN_JUDGEMENTS)
+    if judgements.exists():
+        human = import_human_eval(judgements, ctx.path("eval/human_eval/key.json"))
+        ctx.log(f"human judgements found for {len(human)} checkpoint(s)")
+    candidates = [e for e in evals if e["label"] != "start"]
+    if not candidates:
+        raise RunError("the policy stage produced no checkpoints to select from")
+    decision = select_checkpoint(
+        candidates,
+        maximize=select["maximize"],
+        guards=select["guards"],
+        human=human,
+        prefer_human=select["prefer_human_eval"],
+    )
+    atomic_write_text(ctx.path("selection.json"), json.dumps(decision, indent=2) + "\n")
+    chosen = decision.get("chosen")
+    gate = Gate(
+        "deployment_candidate",
+        chosen is not None,
+        None,
+        None,
+        decision.get("reason")
+        or (f"selected {chosen['label']}" if chosen else "no checkpoint passes"),
+    )
+    label = chosen["label"] if chosen else None
+    outcome = StageOutcome(
+        ["selection.json"],
+        {"chosen": label, "rule": decision.get("rule")},
+        [gate],
+        summary=f"deployment candidate: {label} (evidence: selection.json, eval/{label}.json)"
+        if label
+        else "no checkpoint passes every guard",
+    )
+    return apply_gates(ctx, outcome)

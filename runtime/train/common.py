@@ -1,0 +1,230 @@
+"""What every training stage shares: threads, seeds, model resolution, progress, checkpoints.
+
+CPU runs must reproduce exactly, so the thread count is fixed (bits change
+with it) and OpenMP threads do not spin (a spinning pool slows training by
+an order of magnitude when another process holds a core). Training
+checkpoints go to the stage's folder in the run directory, so a killed
+stage continues from its last one on `--resume`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+
+from rlhfspec.common.errors import RunError  # noqa: E402
+from rlhfspec.runtime.annotation.aggregate import read_jsonl_rows  # noqa: E402
+from rlhfspec.runtime.stage_api import StageContext  # noqa: E402
+from rlhfspec.runtime.train.models import resolve_model  # noqa: E402
+
+
+def threads() -> int:
+    """Training threads: RLHFSPEC_THREADS, else up to 2 shared by the local processes.
+
+    Fixed (not left to torch) so CPU runs reproduce; divided among the processes
+    a launcher started on this machine so they do not oversubscribe the cores.
+    """
+    value = os.environ.get("RLHFSPEC_THREADS")
+    if value:
+        return max(1, int(value))
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(2, os.cpu_count() or 1) // local)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch, and pin the thread count."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads())
+
+
+def cache_dir() -> Path:
+    """Where builtin models are cached: RLHFSPEC_CACHE, else the user's cache folder."""
+    if os.environ.get("RLHFSPEC_CACHE"):
+        return Path(os.environ["RLHFSPEC_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "rlhfspec"
+
+
+def corpus_texts(ctx: StageContext) -> Iterator[str]:
+    """The project's own texts, in a fixed order: what builtin:tiny's tokenizer learns from."""
+    spec = ctx.spec
+    for source in spec["prompts"]["sources"]:
+        for row in read_jsonl_rows(
+            ctx.project.path(source["path"]), source["path"], ("id", "text")
+        ):
+            yield row["text"]
+    responses = spec["annotation"].get("responses")
+    if responses:
+        for row in read_jsonl_rows(ctx.project.path(responses), responses, ("id", "text")):
+            yield row["text"]
+    sft = spec["sft"]
+    if sft["enabled"] and "data" in sft:
+        for row in read_jsonl_rows(
+            ctx.project.path(sft["data"]), sft["data"], ("prompt", "response")
+        ):
+            yield row["response"]
+
+
+def resolve(ctx: StageContext, ref: str) -> Path | str:
+    return resolve_model(
+        ref,
+        texts_for_builtin=lambda: corpus_texts(ctx),
+        seed=int(ctx.spec["seed"]),
+        cache_dir=cache_dir(),
+    )
+
+
+def use_cpu(ctx: StageContext) -> bool:
+    device = ctx.spec["compute"]["device"]
+    return device == "cpu" or not torch.cuda.is_available()
+
+
+def trainer_args(
+    ctx: StageContext, train: dict[str, Any], checkpoints: Path, steps_hint: int
+) -> dict[str, Any]:
+    """Arguments common to TRL's configs, from the spec's training block."""
+    cpu = use_cpu(ctx)
+    precision = ctx.spec["compute"]["mixed_precision"]
+    save_steps = max(1, steps_hint // 4)
+    return {
+        "output_dir": str(checkpoints),
+        "num_train_epochs": float(train["epochs"]),
+        "per_device_train_batch_size": int(train["batch_size"]),
+        "gradient_accumulation_steps": int(train["gradient_accumulation_steps"]),
+        "learning_rate": float(train["learning_rate"]),
+        "weight_decay": float(train["weight_decay"]),
+        # transformers 5 reads a float below 1 as a share of the total steps
+        "warmup_steps": float(train["warmup_ratio"]) if train["warmup_ratio"] < 1 else steps_hint,
+        "max_length": int(train["max_length"]),
+        "seed": int(ctx.spec["seed"]),
+        "data_seed": int(ctx.spec["seed"]),
+        "use_cpu": cpu,
+        "bf16": precision == "bf16" and not cpu,
+        "fp16": precision == "fp16" and not cpu,
+        "activation_checkpointing": False,
+        "report_to": [],
+        "save_strategy": "steps",
+        "save_steps": save_steps,
+        "save_total_limit": 2,
+        "logging_steps": max(1, steps_hint // 10),
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+
+
+def steps_for(rows: int, train: dict[str, Any], processes: int = 1) -> int:
+    per_step = int(train["batch_size"]) * int(train["gradient_accumulation_steps"]) * processes
+    return max(1, int(-(-rows // per_step) * float(train["epochs"])))
+
+
+class ProgressLines(TrainerCallback):  # type: ignore[misc]
+    """Concise progress lines (no bars): readable in CI logs and on a terminal alike."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+
+    def on_log(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not logs or "loss" not in logs:
+            return
+        self.log(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}")
+
+
+def resume_checkpoint(ctx: StageContext, checkpoints: Path) -> str | None:
+    """The last training checkpoint of an interrupted stage, when resuming."""
+    if not ctx.resume or not checkpoints.is_dir():
+        return None
+    last = get_last_checkpoint(str(checkpoints))
+    if last:
+        ctx.log(f"continuing from {Path(last).name}")
+    return last
+
+
+def fresh_checkpoints(ctx: StageContext, checkpoints: Path) -> None:
+    """A stage that starts over must not resume from a stale checkpoint."""
+    if not ctx.resume and checkpoints.exists():
+        shutil.rmtree(checkpoints)
+
+
+def save_model(
+    model: Any, tokenizer: Any, target: Path, metadata: dict[str, Any], meta_name: str
+) -> None:
+    """Write weights (safetensors), tokenizer and metadata to a temp folder, then swap it in."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / meta_name).write_text(
+        json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def read_pairs(ctx: StageContext) -> list[dict[str, Any]]:
+    """Preference pairs joined with their provenance (the two files are aligned by line)."""
+    pairs_path = ctx.upstream("preferences/pairs.jsonl")
+    prov_path = ctx.upstream("preferences/provenance.jsonl")
+    pairs = [
+        json.loads(line)
+        for line in pairs_path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    prov = [
+        json.loads(line)
+        for line in prov_path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    if len(pairs) != len(prov):
+        raise RunError(
+            "preferences/pairs.jsonl and provenance.jsonl differ in length; rerun the aggregate stage"
+        )
+    if not pairs:
+        raise RunError(
+            "no preference pairs to train on; check the annotation QC and aggregation reports"
+        )
+    return [{**p, **q} for p, q in zip(pairs, prov, strict=True)]
+
+
+def quiet_transformers() -> None:
+    """Keep library chatter (load reports, shard bars) out of the run's output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def without_printer(trainer: Any) -> Any:
+    """Trainer prints raw log dicts when tqdm is off; ProgressLines says it better."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer

@@ -1,0 +1,142 @@
+"""Scoring texts with a trained reward model, and the evaluation-only `rlhfspec score`.
+
+Teams that reach a model only through an API cannot run PPO, but they can
+still use the reward model to score that model's outputs and track quality
+over time: `score` writes per-row scores, a per-system summary, and can
+append the summary to a history file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlhfspec.common.errors import RunError
+from rlhfspec.common.fileio import atomic_write_text
+from rlhfspec.common.hashing import sha256_file
+from rlhfspec.runtime.train.formatting import full_text, word_count
+from rlhfspec.runtime.train.reward_eval import pearson
+
+REWARD_META = "rlhfspec_reward_model.json"
+
+
+def score_texts(
+    model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32, max_length: int = 512
+) -> list[float]:
+    """One scalar per text, read at the last real token (EOS is appended as in training)."""
+    import torch
+
+    model.eval()
+    tokenizer.padding_side = "right"
+    eos = tokenizer.eos_token or ""
+    scores: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            chunk = [t if t.endswith(eos) else t + eos for t in texts[start : start + batch_size]]
+            enc = tokenizer(
+                chunk,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                add_special_tokens=True,
+            )
+            out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+            scores.extend(float(v) for v in out.logits[:, 0].float().tolist())
+    return scores
+
+
+def _summary(values: np.ndarray, lengths: np.ndarray) -> dict[str, Any]:
+    return {
+        "n": int(values.size),
+        "mean": round(float(values.mean()), 6),
+        "std": round(float(values.std()), 6),
+        "p10": round(float(np.quantile(values, 0.1)), 6),
+        "p50": round(float(np.quantile(values, 0.5)), 6),
+        "p90": round(float(np.quantile(values, 0.9)), 6),
+        "mean_words": round(float(lengths.mean()), 3),
+        "length_correlation": None if (c := pearson(values, lengths)) is None else round(c, 6),
+    }
+
+
+def score_file(
+    model_dir: Path,
+    input_path: Path,
+    output: Path,
+    *,
+    history: Path | None = None,
+    input_display: str,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Score a JSONL of {prompt, response, system?}; write scores and return the summary."""
+    from rlhfspec.runtime.train.models import load_reward_model, load_tokenizer
+
+    if not (model_dir / REWARD_META).is_file():
+        raise RunError(
+            f"{model_dir} is not an rlhfspec reward model (no {REWARD_META}); "
+            "point --model at runs/<name>/<run-id>/models/reward_model"
+        )
+    meta = json.loads((model_dir / REWARD_META).read_text(encoding="utf-8"))
+    rows = []
+    with input_path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RunError(
+                    f"{input_display}: line {number}: not valid JSON: {exc.msg}"
+                ) from None
+            for field in ("prompt", "response"):
+                if not isinstance(row.get(field), str):
+                    raise RunError(
+                        f"{input_display}: line {number}: field '{field}' must be a string"
+                    )
+            if "system" in row and not isinstance(row["system"], str):
+                raise RunError(f"{input_display}: line {number}: field 'system' must be a string")
+            rows.append(row)
+    if not rows:
+        raise RunError(f"{input_display}: no rows to score")
+    tokenizer = load_tokenizer(model_dir)
+    model = load_reward_model(model_dir, tokenizer=tokenizer)
+    scores = score_texts(
+        model,
+        tokenizer,
+        [full_text(r["prompt"], r["response"]) for r in rows],
+        batch_size=batch_size,
+        max_length=int(meta.get("max_length", 512)),
+    )
+    lines = []
+    for row, score in zip(rows, scores, strict=True):
+        lines.append(json.dumps({**row, "score": round(score, 6)}, ensure_ascii=False))
+    atomic_write_text(output, "".join(line + "\n" for line in lines))
+    values = np.array(scores)
+    lengths = np.array([word_count(r["response"]) for r in rows], dtype=float)
+    systems = sorted({r.get("system", "(none)") for r in rows})
+    per_system = {}
+    for system in systems:
+        mask = np.array([r.get("system", "(none)") == system for r in rows])
+        per_system[system] = _summary(values[mask], lengths[mask])
+    summary = {
+        "scored_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": {
+            "path": str(model_dir),
+            "sha256": sha256_file(model_dir / "model.safetensors"),
+            "criteria_version": meta.get("criteria_version"),
+            "annotation_batches": meta.get("annotation_batches"),
+        },
+        "input": {"path": input_display, "sha256": sha256_file(input_path), "rows": len(rows)},
+        "overall": _summary(values, lengths),
+        "systems": per_system,
+    }
+    atomic_write_text(output.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
+    if history is not None:
+        previous = history.read_text(encoding="utf-8") if history.exists() else ""
+        atomic_write_text(history, previous + json.dumps(summary, ensure_ascii=False) + "\n")
+    return summary

@@ -1,0 +1,316 @@
+"""The training stages: SFT and the reward model (TRL trainers on accelerate).
+
+Both run through TRL so that a team gets the maintained implementations;
+what rlhfspec adds is around them: deterministic data and splits, the
+holdout by prompt, checkpoints in the run directory for resume, the reward
+model's evaluation and gates, and metadata that ties every checkpoint to its
+annotation batches, criteria version and data hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from rlhfspec.common.errors import RunError
+from rlhfspec.common.fileio import atomic_write_text
+from rlhfspec.common.hashing import sha256_file
+from rlhfspec.runtime.annotation.aggregate import read_jsonl_rows
+from rlhfspec.runtime.prompts.check import production_holdout
+from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
+from rlhfspec.runtime.train.common import (
+    ProgressLines,
+    fresh_checkpoints,
+    quiet_transformers,
+    read_pairs,
+    resolve,
+    resume_checkpoint,
+    save_model,
+    seed_everything,
+    steps_for,
+    threads,
+    trainer_args,
+    without_printer,
+)
+from rlhfspec.runtime.train.formatting import format_prompt, format_response, full_text, word_count
+from rlhfspec.runtime.train.models import load_causal_lm, load_reward_model, load_tokenizer
+from rlhfspec.runtime.train.reward_eval import check_gates, evaluate_pairs
+from rlhfspec.runtime.train.scoring import REWARD_META, score_texts
+
+SFT_META = "rlhfspec_sft.json"
+
+
+def sft_stage(ctx: StageContext) -> StageOutcome:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    quiet_transformers()
+    cfg = ctx.spec["sft"]
+    seed_everything(int(ctx.spec["seed"]))
+    holdout = {row["id"] for row in production_holdout(ctx.project)}
+    rows = [
+        r
+        for r in read_jsonl_rows(ctx.project.path(cfg["data"]), cfg["data"], ("prompt", "response"))
+        if r.get("prompt_id") not in holdout
+    ]
+    if not rows:
+        raise RunError(f"{cfg['data']}: no demonstrations left to train on")
+    base = resolve(ctx, cfg["base_model"])
+    tokenizer = load_tokenizer(base, trust_remote_code=cfg["trust_remote_code"])
+    model = load_causal_lm(base, trust_remote_code=cfg["trust_remote_code"], tokenizer=tokenizer)
+    dataset = Dataset.from_list(
+        [
+            {"prompt": format_prompt(r["prompt"]), "completion": format_response(r["response"])}
+            for r in rows
+        ]
+    )
+    checkpoints = ctx.path("sft/checkpoints")
+    fresh_checkpoints(ctx, checkpoints)
+    steps = steps_for(len(rows), cfg["train"])
+    ctx.log(f"{len(rows)} demonstrations, about {steps} steps, {threads()} thread(s)")
+    trainer = without_printer(
+        SFTTrainer(
+            model=model,
+            processing_class=tokenizer,
+            train_dataset=dataset,
+            args=SFTConfig(**trainer_args(ctx, cfg["train"], checkpoints, steps)),
+            callbacks=[ProgressLines(ctx.log)],
+        )
+    )
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(ctx, checkpoints))
+    metadata = {
+        "stage": "sft",
+        "base_model": cfg["base_model"],
+        "resolved_base_model": str(base),
+        "data": {
+            "path": cfg["data"],
+            "sha256": sha256_file(ctx.project.path(cfg["data"])),
+            "rows": len(rows),
+        },
+        "train": cfg["train"],
+        "seed": ctx.spec["seed"],
+        "threads": threads(),
+        "plan_fingerprint": ctx.plan["fingerprint"],
+        "train_loss": round(float(result.training_loss), 6),
+    }
+    save_model(trainer.model, tokenizer, ctx.path("models/sft"), metadata, SFT_META)
+    return StageOutcome(
+        ["models/sft"],
+        {k: metadata[k] for k in ("data", "train_loss", "threads")},
+        summary=f"train loss {metadata['train_loss']:.4f} on {len(rows)} demonstrations",
+    )
+
+
+def split_by_prompt(
+    pairs: list[dict[str, Any]], share: float, seed: int
+) -> tuple[list[Any], list[Any]]:
+    """Holdout by prompt: no prompt has pairs on both sides. Deterministic for the seed."""
+    prompts = sorted({p["prompt_id"] for p in pairs})
+    random.Random(f"reward-model-holdout:{seed}").shuffle(prompts)
+    n_val = max(1, round(share * len(prompts))) if len(prompts) > 1 else 0
+    held = set(prompts[:n_val])
+    train = [p for p in pairs if p["prompt_id"] not in held]
+    validation = [p for p in pairs if p["prompt_id"] in held]
+    return train, validation
+
+
+def reward_model_stage(ctx: StageContext) -> StageOutcome:
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    quiet_transformers()
+    cfg = ctx.spec["reward_model"]
+    seed = int(ctx.spec["seed"])
+    seed_everything(seed)
+    pairs = read_pairs(ctx)
+    train, validation = split_by_prompt(pairs, cfg["validation_share"], seed)
+    if not train or not validation:
+        raise RunError(
+            f"{len(pairs)} preference pairs cannot be split into training and validation by prompt"
+        )
+    base = ctx.upstream("models/sft") if cfg["start_from_sft"] else resolve(ctx, cfg["base_model"])
+    tokenizer = load_tokenizer(base, trust_remote_code=cfg["trust_remote_code"])
+    model = load_reward_model(
+        base, trust_remote_code=cfg["trust_remote_code"], tokenizer=tokenizer, seed=seed
+    )
+    max_length = int(cfg["train"]["max_length"])
+    # TRL drops pairs longer than max_length silently; drop them here and say how many
+    kept, too_long = [], 0
+    formatted = [
+        (format_prompt(p["prompt"]), format_response(p["chosen"]), format_response(p["rejected"]))
+        for p in train
+    ]
+    # one batched call of the fast tokenizer; +1 for the EOS the trainer appends
+    lengths = [
+        len(ids) + 1
+        for ids in tokenizer([q + t for q, c, r in formatted for t in (c, r)])["input_ids"]
+    ]
+    for index, (prompt, chosen, rejected) in enumerate(formatted):
+        if max(lengths[2 * index], lengths[2 * index + 1]) > max_length:
+            too_long += 1
+        else:
+            kept.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    if too_long:
+        ctx.log(f"{too_long} training pair(s) longer than max_length {max_length} tokens left out")
+    checkpoints = ctx.path("reward_model/checkpoints")
+    fresh_checkpoints(ctx, checkpoints)
+    steps = steps_for(len(kept), cfg["train"])
+    ctx.log(
+        f"{len(kept)} training pairs, {len(validation)} validation pairs "
+        f"({len({p['prompt_id'] for p in validation})} prompts), about {steps} steps, {threads()} thread(s)"
+    )
+    args = trainer_args(ctx, cfg["train"], checkpoints, steps)
+    trainer = without_printer(
+        RewardTrainer(
+            model=model,
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_list(kept),
+            args=RewardConfig(**args),
+            callbacks=[ProgressLines(ctx.log)],
+        )
+    )
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(ctx, checkpoints))
+
+    metrics, holdout_scores = evaluate_holdout(trainer.model, tokenizer, validation, max_length)
+    gate_results = check_gates(metrics, cfg["gates"])
+    gates = [
+        Gate(g["name"], g["passed"], g["value"], g["threshold"], g["message"]) for g in gate_results
+    ]
+    for gate in gates:
+        gate.overridden = not gate.passed and gate.name in ctx.overrides
+    pairs_file = ctx.upstream("preferences/pairs.jsonl")
+    metadata = {
+        "stage": "reward_model",
+        "base_model": "sft" if cfg["start_from_sft"] else cfg["base_model"],
+        "resolved_base_model": str(base),
+        "criteria_version": ctx.plan["criteria"]["version"],
+        "criteria_sha256": ctx.plan["criteria"]["sha256"],
+        "annotation_batches": sorted({b for p in pairs for b in p["batches"]}),
+        "data": {
+            "pairs_sha256": sha256_file(pairs_file),
+            "pairs": len(pairs),
+            "train_pairs": len(kept),
+            "train_pairs_over_max_length": too_long,
+            "validation_pairs": len(validation),
+            "validation_prompts": len({p["prompt_id"] for p in validation}),
+        },
+        "train": cfg["train"],
+        "max_length": max_length,
+        "seed": seed,
+        "threads": threads(),
+        "plan_fingerprint": ctx.plan["fingerprint"],
+        "train_loss": round(float(result.training_loss), 6),
+        "gates": [g.to_dict() for g in gates],
+        "holdout": {k: metrics[k] for k in ("accuracy", "pairs")},
+    }
+    save_model(trainer.model, tokenizer, ctx.path("models/reward_model"), metadata, REWARD_META)
+    report = {"metadata": metadata, "holdout": metrics}
+    atomic_write_text(ctx.path("reward_model/eval.json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(ctx.path("reward_model/eval.md"), eval_markdown(metadata, metrics))
+    atomic_write_text(
+        ctx.path("reward_model/holdout_scores.jsonl"),
+        "".join(json.dumps(row) + "\n" for row in holdout_scores),
+    )
+    length = metrics["length"]
+    outcome = StageOutcome(
+        [
+            "models/reward_model",
+            "reward_model/eval.json",
+            "reward_model/eval.md",
+            "reward_model/holdout_scores.jsonl",
+        ],
+        {
+            "train_loss": metadata["train_loss"],
+            "holdout_accuracy": metrics["accuracy"],
+            "pearson_reward_length": length["pearson_reward_length"],
+            "preferred_shorter_accuracy": length["preferred_shorter"]["accuracy"],
+            "data": metadata["data"],
+        },
+        gates,
+        f"holdout accuracy {metrics['accuracy']:.3f} on {metrics['pairs']} pairs; "
+        f"reward-length correlation {length['pearson_reward_length']}",
+    )
+    return apply_gates(ctx, outcome)
+
+
+def evaluate_holdout(
+    model: Any, tokenizer: Any, validation: list[dict[str, Any]], max_length: int
+) -> dict[str, Any]:
+    chosen = score_texts(
+        model,
+        tokenizer,
+        [full_text(p["prompt"], p["chosen"]) for p in validation],
+        max_length=max_length,
+    )
+    rejected = score_texts(
+        model,
+        tokenizer,
+        [full_text(p["prompt"], p["rejected"]) for p in validation],
+        max_length=max_length,
+    )
+    scores = [
+        {
+            "item_id": p["item_id"],
+            "prompt_id": p["prompt_id"],
+            "chosen_id": p["chosen_id"],
+            "rejected_id": p["rejected_id"],
+            "chosen_score": round(c, 6),
+            "rejected_score": round(r, 6),
+        }
+        for p, c, r in zip(validation, chosen, rejected, strict=True)
+    ]
+    return evaluate_pairs(
+        chosen,
+        rejected,
+        [word_count(p["chosen"]) for p in validation],
+        [word_count(p["rejected"]) for p in validation],
+        [p.get("dimensions", {}) for p in validation],
+    ), scores
+
+
+def eval_markdown(metadata: dict[str, Any], metrics: dict[str, Any]) -> str:
+    length = metrics["length"]
+    lines = [
+        "# Reward model evaluation",
+        "",
+        f"Criteria version {metadata['criteria_version']}; annotation batches "
+        f"{', '.join(metadata['annotation_batches'])}; base model `{metadata['base_model']}`.",
+        "",
+        f"Holdout: {metrics['pairs']} pairs from {metadata['data']['validation_prompts']} prompts "
+        "(split by prompt: no prompt is on both sides).",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| accuracy | {metrics['accuracy']} |",
+        f"| accuracy where the preferred response is shorter | {length['preferred_shorter']['accuracy']} "
+        f"({length['preferred_shorter']['pairs']} pairs) |",
+        f"| accuracy where the preferred response is longer | {length['preferred_longer']['accuracy']} "
+        f"({length['preferred_longer']['pairs']} pairs) |",
+        f"| Pearson(reward, length in words) | {length['pearson_reward_length']} |",
+        f"| Spearman(reward, length in words) | {length['spearman_reward_length']} |",
+        f"| reward mean / std | {metrics['reward_distribution']['mean']} / {metrics['reward_distribution']['std']} |",
+        "",
+        "## Accuracy per dimension",
+        "",
+        "| dimension | accuracy | pairs |",
+        "| --- | --- | --- |",
+    ]
+    for name, value in metrics["per_dimension"].items():
+        lines.append(f"| {name} | {value['accuracy']} | {value['pairs']} |")
+    lines += [
+        "",
+        "## Gates",
+        "",
+        "| gate | value | threshold | passed |",
+        "| --- | --- | --- | --- |",
+    ]
+    for gate in metadata["gates"]:
+        state = "yes" if gate["passed"] else ("overridden" if gate["overridden"] else "no")
+        lines.append(f"| {gate['name']} | {gate['value']} | {gate['threshold']} | {state} |")
+    return "\n".join(lines) + "\n"
+
+
+def trained_model_path(run_dir: Path) -> Path:
+    return run_dir / "models" / "reward_model"

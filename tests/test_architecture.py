@@ -1,0 +1,59 @@
+"""The dependency direction between packages, checked on the source (AST, every import).
+
+common <- compiler <- runtime <- cli: the compiler imports nothing of the
+runtime or the CLI (so `validate` and `compile` stay light), the runtime
+never imports the CLI, and the common helpers import none of them.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = {
+    "common": ("rlhfspec.compiler", "rlhfspec.runtime", "rlhfspec.cli"),
+    "compiler": ("rlhfspec.runtime", "rlhfspec.cli"),
+    "runtime": ("rlhfspec.cli",),
+}
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                found.append((node.lineno, "." * node.level + (node.module or "")))
+            else:
+                found.append((node.lineno, node.module or ""))
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_dependency_direction(package: str) -> None:
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for line, module in imported_modules(path):
+            if module.startswith(".."):
+                bad.append(
+                    f"{path.relative_to(ROOT)}:{line}: relative import {module} leaves the package"
+                )
+            if any(module == f or module.startswith(f + ".") for f in FORBIDDEN[package]):
+                bad.append(f"{path.relative_to(ROOT)}:{line}: imports {module}")
+    assert not bad, "\n".join(bad)
+
+
+def test_light_commands_never_import_heavy_libraries() -> None:
+    heavy = ("torch", "transformers", "trl", "accelerate", "peft", "datasets")
+    bad = []
+    for package in ("common", "compiler"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for line, module in imported_modules(path):
+                if module.split(".")[0] in heavy:
+                    bad.append(f"{path.relative_to(ROOT)}:{line}: imports {module}")
+    assert not bad, "\n".join(bad)
