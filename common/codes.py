@@ -50,6 +50,7 @@ GROUPS: tuple[Group, ...] = (
     Group("R", "Reward-model settings", "`rlhfspec validate` / `compile`"),
     Group("O", "Policy settings", "`rlhfspec validate` / `compile`"),
     Group("E", "Evaluation settings", "`rlhfspec validate` / `compile`"),
+    Group("X", "Export targets", "`rlhfspec compile SPEC --target verl`"),
     Group("F", "Files", "`rlhfspec validate` / `compile`"),
     Group("PR", "Prompt distribution", "`rlhfspec prompts`, the `prompts` stage"),
     Group("Q", "Annotation QC", "`rlhfspec qc`, the `annotation_qc` stage"),
@@ -200,6 +201,17 @@ REGISTRY: tuple[Code, ...] = (
     Code("E001", _ERR, "prompt-set-without-source",
          "An evaluation prompt set has no prompts to draw from.",
          "Add a prompt source of the set's kind or drop the set."),
+    # Export targets (`rlhfspec compile SPEC --target verl`)
+    Code("X001", _ERR, "export-refused-setting",
+         "A setting the target engine cannot express, not acknowledged under "
+         "export.<target>.acknowledge.",
+         "Change the setting, or acknowledge the difference under export.<target>.acknowledge."),
+    Code("X002", _ERR, "export-stale-acknowledgement",
+         "An acknowledgement names a setting that maps after all, or no setting of the spec.",
+         "Remove the acknowledgement."),
+    Code("X003", _ERR, "export-unsupported",
+         "The target engine cannot run this stage at all (for example DPO on verl's main_ppo).",
+         "Run this stage with `rlhfspec run`, or choose a method the target supports."),
     # Files
     Code("F001", _ERR, "file-not-found", "A referenced file does not exist.",
          "Fix the path (relative to the spec's folder) or add the file."),
