@@ -82,7 +82,10 @@ def compile_spec(
     documents = render_all(document_context(spec, spec_path, inputs), templates)
     plan = build_plan(spec, spec_path, out_dir, inputs, documents)
     files = {name: text.encode("utf-8") for name, text in sorted(documents.items())}
-    files[PLAN_FILE] = (json.dumps(plan, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    # allow_nan=False: plan.json is strict JSON (no NaN or Infinity literals)
+    files[PLAN_FILE] = (
+        json.dumps(plan, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    ).encode("utf-8")
     return CompileResult(result.diagnostics, files, plan)
 
 
