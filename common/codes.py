@@ -80,6 +80,10 @@ REGISTRY: tuple[Code, ...] = (
          "Remove the `---` separators: one spec per file."),
     Code("Y007", _ERR, "not-a-mapping", "The spec is empty or its top level is not a mapping.",
          "Start from `rlhfspec init` or specs/minimal.yaml."),
+    Code("Y008", _ERR, "non-finite-number",
+         "A number is NaN or infinite (`.nan`, `.inf`, `1e400`); every comparison with NaN is "
+         "false, so it would switch a check off.",
+         "Write a finite number."),
     # JSON Schema
     Code("S001", _ERR, "unknown-key",
          "A key the schema does not define (typos are caught, never dropped).",
@@ -169,10 +173,23 @@ REGISTRY: tuple[Code, ...] = (
     Code("A007", _WARN, "order-not-randomized",
          "Output order is not randomised, so position bias goes unchecked.",
          "Set `annotation.randomize_order: true`."),
+    Code("A008", _WARN, "agreement-below-guidance",
+         "The agreement target is below 0.6 or the floor below 0.4, weaker than the seed's "
+         "guidance (kappa above 0.6 is a reasonable target; below 0.4 the criteria are "
+         "ambiguous).",
+         "Raise `annotation.agreement.target` to 0.6 and the floor to 0.4, or say why not."),
+    Code("A009", _WARN, "check-cannot-fail",
+         "An annotation threshold is set so that its QC check can never fire "
+         "(gold min_accuracy 0, max_first_share 1, fatigue max_drop 1, max_split_vote_share 1).",
+         "Tighten the threshold, or leave it at its default."),
     # Reward model (stage 4)
     Code("R001", _WARN, "validation-share-outside-recommended",
          "Reward-model holdout outside the recommended 10-15%.",
          "Set `reward_model.validation_share` within [0.10, 0.15]."),
+    Code("R002", _WARN, "gate-cannot-fail",
+         "A reward-model gate is set so loosely it cannot fail (accuracy at or below chance, "
+         "a length correlation limit of 0.9 or more).",
+         "Tighten the gate under `reward_model.gates`."),
     # Policy (stage 5)
     Code("O001", _ERR, "checkpoint-interval-too-large",
          "The checkpoint interval exceeds the number of updates, so no checkpoint is evaluated.",
@@ -201,6 +218,14 @@ REGISTRY: tuple[Code, ...] = (
     Code("E001", _ERR, "prompt-set-without-source",
          "An evaluation prompt set has no prompts to draw from.",
          "Add a prompt source of the set's kind or drop the set."),
+    Code("E002", _WARN, "guard-cannot-fail",
+         "A selection guard is set so loosely it cannot fail (max_length_correlation of 0.9 or "
+         "more, max_disqualifier_rate 1).",
+         "Tighten the guard under `evaluation.select.guards`."),
+    Code("E003", _WARN, "adversarial-not-evaluated",
+         "An adversarial prompt source exists but evaluation leaves the adversarial set out, "
+         "where reward hacking shows first.",
+         "Add `adversarial` to `evaluation.prompt_sets`."),
     # Export targets (`rlhfspec compile SPEC --target verl`)
     Code("X001", _ERR, "export-refused-setting",
          "A setting the target engine cannot express, not acknowledged under "
