@@ -159,8 +159,10 @@ def prompt_tokens(model_dir: Path, prompts: list[str], trust_remote_code: bool) 
 
 
 def stage_context(plan: dict[str, Any], project: Project, run_dir: Path) -> StageContext:
+    """The policy stage's context on the run: the job reads what our PPO would read."""
     policy = next(s for s in plan["stages"] if s["name"] == "policy")
-    return StageContext(plan, project, run_dir, policy, False, frozenset(), lambda m: None)
+    scoped = Project(policy["settings"], project.spec_path, project.display)
+    return StageContext(plan, scoped, run_dir, policy, False, frozenset(), lambda m: None)
 
 
 def prepare_job(
@@ -175,6 +177,7 @@ def prepare_job(
     from rlhfspec.runtime.policy.stages import (
         PROMPT_SETS,
         evaluation_prompts,
+        prompt_pool,
         start_model,
         training_prompts,
     )
@@ -184,8 +187,9 @@ def prepare_job(
     needed = ["reward_model"] + (["sft"] if spec["policy"]["start_from_sft"] else [])
     info = need_stages(run_dir, needed)
     ctx = stage_context(plan, project, run_dir)
-    eval_sets = evaluation_prompts(ctx)
-    train = training_prompts(ctx, eval_sets)
+    pool = prompt_pool(ctx)
+    eval_sets = evaluation_prompts(ctx, pool)
+    train = training_prompts(pool, eval_sets)
     validation = [p["text"] for p in eval_sets.get("validation", [])]
     atomic_write_text(
         job_dir / PROMPT_SETS, json.dumps(eval_sets, indent=2, ensure_ascii=False) + "\n"
