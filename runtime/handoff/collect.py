@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from rlhfspec.compiler.lockfile import criteria_hash
 from rlhfspec.runtime.handoff.facts import Facts, RunDir, checkpoint_meta_path
 from rlhfspec.runtime.handoff.layout import (
     HANDOFF_STAGE,
+    PARTS,
     PLAN_STAGE,
     REFERENCE_FILE,
     REFERENCE_FORMAT,
@@ -72,129 +73,174 @@ def _weight_files(run_dir: Path, rel: str) -> list[Path]:
     return files
 
 
-def collect_entries(run: RunDir, facts: Facts, parts: Sequence[str], weights: str) -> list[Entry]:
-    """Every file of the package except the generated index, card, manifest and checksums."""
-    entries: list[Entry] = []
-    documents = {d["file"]: d["sha256"] for d in run.plan.get("documents", [])}
+class _Collector:
+    """The entries gathered so far, and the two ways a file gets in: copied or made here."""
 
-    def copy(rel: str, dest: str, part: str, about: str, stage: str | None = None) -> None:
-        path = run.checked(rel)
-        producer = stage or run.producer(rel)
+    def __init__(self, run: RunDir, facts: Facts, weights: str) -> None:
+        self.run = run
+        self.facts = facts
+        self.weights = weights
+        self.entries: list[Entry] = []
+        self.documents = {d["file"]: d["sha256"] for d in run.plan.get("documents", [])}
+
+    def copy(self, rel: str, dest: str, part: str, about: str, stage: str | None = None) -> None:
+        """A run file, checked against lineage (and plan documents against the plan)."""
+        path = self.run.checked(rel)
+        producer = stage or self.run.producer(rel)
         if rel.startswith("plan/"):
             name = rel.split("/", 1)[1]
-            if name in documents and sha256_file(path) != documents[name]:
+            if name in self.documents and sha256_file(path) != self.documents[name]:
                 raise RunError(f"{rel} differs from the document the plan recorded; recompile")
             producer = PLAN_STAGE
         if producer is None:
             raise RunError(f"{rel}: lineage.json does not say which stage wrote it")
-        entries.append(Entry(dest, part, about, facts.provenance(producer), rel, file=path))
+        self.entries.append(
+            Entry(dest, part, about, self.facts.provenance(producer), rel, file=path)
+        )
 
-    def make(dest: str, part: str, about: str, data: bytes, stage: str = HANDOFF_STAGE) -> None:
-        entries.append(Entry(dest, part, about, facts.provenance(stage), None, data=data))
+    def make(
+        self, dest: str, part: str, about: str, data: bytes, stage: str = HANDOFF_STAGE
+    ) -> None:
+        """Bytes made here."""
+        self.entries.append(Entry(dest, part, about, self.facts.provenance(stage), None, data=data))
 
-    if "criteria" in parts:
-        copy("plan/criteria.md", "criteria/criteria.md", "criteria", "The criteria document")
-        copy("plan/criteria.html", "criteria/criteria.html", "criteria", "The criteria document")
-        make(
-            "criteria/history.json",
-            "criteria",
-            "Criteria version history from the lock file, with each version's content",
-            json_bytes(_history(run, facts)),
-        )
-    if "sampling_procedure" in parts:
-        about = "The prompt sampling procedure"
-        copy("plan/sampling.md", "sampling/sampling.md", "sampling_procedure", about)
-        copy("plan/sampling.html", "sampling/sampling.html", "sampling_procedure", about)
-        check = "The check of the actual prompt mix, strata and holdout against the spec"
-        copy("prompts/report.json", "sampling/prompt_check.json", "sampling_procedure", check)
-        copy("prompts/report.md", "sampling/prompt_check.md", "sampling_procedure", check)
-    if "playbook" in parts:
-        about = "The annotator playbook"
-        copy("plan/playbook.md", "playbook/playbook.md", "playbook", about)
-        copy("plan/playbook.html", "playbook/playbook.html", "playbook", about)
-        make(
-            "playbook/worked_examples.json",
-            "playbook",
-            "Worked examples from the criteria: prompt, two responses, the preferred one and why",
-            json_bytes(facts.criteria["content"].get("examples", [])),
-            PLAN_STAGE,
-        )
-        gold = run.spec["annotation"].get("gold")
-        if gold:
-            source = run.spec_file(gold["path"], "annotation.gold.path")
-            entries.append(
-                Entry(
-                    "playbook/gold_items.jsonl",
-                    "playbook",
-                    "Gold items with known answers and their rationales (annotator training)",
-                    facts.provenance("spec"),
-                    f"spec:{gold['path']}",
-                    file=source,
-                )
+
+def collect_entries(run: RunDir, facts: Facts, parts: Sequence[str], weights: str) -> list[Entry]:
+    """Every file of the package except the generated index, card, manifest and checksums."""
+    c = _Collector(run, facts, weights)
+    for part in PARTS:
+        if part in parts and part in _PART_FILES:
+            _PART_FILES[part](c)
+    return c.entries
+
+
+def _criteria(c: _Collector) -> None:
+    c.copy("plan/criteria.md", "criteria/criteria.md", "criteria", "The criteria document")
+    c.copy("plan/criteria.html", "criteria/criteria.html", "criteria", "The criteria document")
+    c.make(
+        "criteria/history.json",
+        "criteria",
+        "Criteria version history from the lock file, with each version's content",
+        json_bytes(_history(c.run, c.facts)),
+    )
+
+
+def _sampling(c: _Collector) -> None:
+    about = "The prompt sampling procedure"
+    c.copy("plan/sampling.md", "sampling/sampling.md", "sampling_procedure", about)
+    c.copy("plan/sampling.html", "sampling/sampling.html", "sampling_procedure", about)
+    check = "The check of the actual prompt mix, strata and holdout against the spec"
+    c.copy("prompts/report.json", "sampling/prompt_check.json", "sampling_procedure", check)
+    c.copy("prompts/report.md", "sampling/prompt_check.md", "sampling_procedure", check)
+
+
+def _playbook(c: _Collector) -> None:
+    about = "The annotator playbook"
+    c.copy("plan/playbook.md", "playbook/playbook.md", "playbook", about)
+    c.copy("plan/playbook.html", "playbook/playbook.html", "playbook", about)
+    c.make(
+        "playbook/worked_examples.json",
+        "playbook",
+        "Worked examples from the criteria: prompt, two responses, the preferred one and why",
+        json_bytes(c.facts.criteria["content"].get("examples", [])),
+        PLAN_STAGE,
+    )
+    gold = c.run.spec["annotation"].get("gold")
+    if gold:
+        source = c.run.spec_file(gold["path"], "annotation.gold.path")
+        c.entries.append(
+            Entry(
+                "playbook/gold_items.jsonl",
+                "playbook",
+                "Gold items with known answers and their rationales (annotator training)",
+                c.facts.provenance("spec"),
+                f"spec:{gold['path']}",
+                file=source,
             )
-    if "annotation_qc" in parts:
-        for name in ("report.html", "report.md", "report.json"):
-            copy(f"qc/{name}", f"annotation_qc/{name}", "annotation_qc", "The annotation QC audit")
-        copy(
-            "preferences/summary.json",
-            "annotation_qc/aggregation_summary.json",
-            "annotation_qc",
-            "How the votes became preference pairs: items, split votes, ties, excluded votes",
         )
-    if "reward_model_eval" in parts:
-        about = "Reward-model evaluation: per dimension, length analysis, gates"
-        copy("reward_model/eval.json", "reward_model/eval.json", "reward_model_eval", about)
-        copy("reward_model/eval.md", "reward_model/eval.md", "reward_model_eval", about)
-    if "deployment_checkpoint" in parts:
-        part = "deployment_checkpoint"
-        for row in facts.summary:
-            copy(
-                f"eval/{row['label']}.json",
-                f"evidence/{row['label']}.json",
-                part,
-                f"Evaluation of checkpoint {row['label']} (step {row['step']}) with samples",
-            )
-        copy("eval/summary.json", "evidence/summary.json", part, "Per-checkpoint table")
-        copy("eval/prompt_sets.json", "evidence/prompt_sets.json", part, "Evaluation prompts")
-        copy("eval/trajectory.svg", "evidence/trajectory.svg", part, "Trajectory plots")
-        copy("selection.json", "evidence/selection.json", part, "The selection decision")
-        copy(
-            "models/policy/checkpoints.json",
-            "evidence/checkpoints.json",
+
+
+def _annotation_qc(c: _Collector) -> None:
+    for name in ("report.html", "report.md", "report.json"):
+        c.copy(f"qc/{name}", f"annotation_qc/{name}", "annotation_qc", "The annotation QC audit")
+    c.copy(
+        "preferences/summary.json",
+        "annotation_qc/aggregation_summary.json",
+        "annotation_qc",
+        "How the votes became preference pairs: items, split votes, ties, excluded votes",
+    )
+
+
+def _reward_model_eval(c: _Collector) -> None:
+    about = "Reward-model evaluation: per dimension, length analysis, gates"
+    c.copy("reward_model/eval.json", "reward_model/eval.json", "reward_model_eval", about)
+    c.copy("reward_model/eval.md", "reward_model/eval.md", "reward_model_eval", about)
+
+
+def _deployment_checkpoint(c: _Collector) -> None:
+    """The evidence for the chosen checkpoint, then its weights (or a reference to them)."""
+    part = "deployment_checkpoint"
+    for row in c.facts.summary:
+        c.copy(
+            f"eval/{row['label']}.json",
+            f"evidence/{row['label']}.json",
             part,
-            "The checkpoint index with the KL settings and the reward-model version",
+            f"Evaluation of checkpoint {row['label']} (step {row['step']}) with samples",
         )
-        if (run.dir / "models/policy/metrics.jsonl").is_file():
-            copy(
-                "models/policy/metrics.jsonl",
-                "evidence/training_metrics.jsonl",
-                part,
-                "Training metrics per update or step (score, KL, kl_coef, length, ...)",
-            )
-        if facts.human is not None:
-            for name in ("judgements.jsonl", "key.json", "tasks.jsonl"):
-                rel = f"eval/human_eval/{name}"
-                if (run.dir / rel).is_file():
-                    stage = "human_eval" if name == "judgements.jsonl" else None
-                    copy(rel, f"evidence/human_eval/{name}", part, "Human evaluation", stage)
-            make(
-                "evidence/human_eval/results.json",
-                part,
-                "Human win rate of each checkpoint against the start",
-                json_bytes(facts.human),
-            )
-        _add_weights(run, facts, entries, weights)
-    if "lineage" in parts:
-        doc = dict(run.lineage)
-        doc["stages"] = run.stages
-        make(
-            "lineage/lineage.json",
-            "lineage",
-            "The run's lineage record (without the handoff stage's own entry)",
-            (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+    c.copy("eval/summary.json", "evidence/summary.json", part, "Per-checkpoint table")
+    c.copy("eval/prompt_sets.json", "evidence/prompt_sets.json", part, "Evaluation prompts")
+    c.copy("eval/trajectory.svg", "evidence/trajectory.svg", part, "Trajectory plots")
+    c.copy("selection.json", "evidence/selection.json", part, "The selection decision")
+    c.copy(
+        "models/policy/checkpoints.json",
+        "evidence/checkpoints.json",
+        part,
+        "The checkpoint index with the KL settings and the reward-model version",
+    )
+    if (c.run.dir / "models/policy/metrics.jsonl").is_file():
+        c.copy(
+            "models/policy/metrics.jsonl",
+            "evidence/training_metrics.jsonl",
+            part,
+            "Training metrics per update or step (score, KL, kl_coef, length, ...)",
         )
-        copy("plan/plan.json", "lineage/plan.json", "lineage", "The compiled plan the run executed")
-    return entries
+    if c.facts.human is not None:
+        for name in ("judgements.jsonl", "key.json", "tasks.jsonl"):
+            rel = f"eval/human_eval/{name}"
+            if (c.run.dir / rel).is_file():
+                stage = "human_eval" if name == "judgements.jsonl" else None
+                c.copy(rel, f"evidence/human_eval/{name}", part, "Human evaluation", stage)
+        c.make(
+            "evidence/human_eval/results.json",
+            part,
+            "Human win rate of each checkpoint against the start",
+            json_bytes(c.facts.human),
+        )
+    add_weights(c.run, c.facts, c.entries, c.weights)
+
+
+def _lineage(c: _Collector) -> None:
+    doc = dict(c.run.lineage)
+    doc["stages"] = c.run.stages
+    c.make(
+        "lineage/lineage.json",
+        "lineage",
+        "The run's lineage record (without the handoff stage's own entry)",
+        (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+    )
+    c.copy("plan/plan.json", "lineage/plan.json", "lineage", "The compiled plan the run executed")
+
+
+_PART_FILES: dict[str, Callable[[_Collector], None]] = {
+    "criteria": _criteria,
+    "sampling_procedure": _sampling,
+    "playbook": _playbook,
+    "annotation_qc": _annotation_qc,
+    "reward_model_eval": _reward_model_eval,
+    "deployment_checkpoint": _deployment_checkpoint,
+    "lineage": _lineage,
+}
+"""Each part's files, added in PARTS order (the model card is rendered with the index)."""
 
 
 def _history(run: RunDir, facts: Facts) -> dict[str, Any]:
@@ -231,7 +277,7 @@ def _history(run: RunDir, facts: Facts) -> dict[str, Any]:
     }
 
 
-def _add_weights(run: RunDir, facts: Facts, entries: list[Entry], weights: str) -> None:
+def add_weights(run: RunDir, facts: Facts, entries: list[Entry], weights: str) -> None:
     rel = facts.chosen["path"]
     files = _weight_files(run.dir, rel)
     producer = run.producer(rel) or "policy"

@@ -22,7 +22,7 @@ from rlhfspec.runtime.handoff.facts import Facts, RunDir
 from rlhfspec.runtime.handoff.layout import PARTS, human_size
 
 # where each part's files come from, for the index and the manifest
-_PART_TITLES = {
+PART_TITLES = {
     "criteria": "Preference criteria",
     "sampling_procedure": "Prompt sampling procedure",
     "playbook": "Annotator playbook and training materials",
@@ -35,7 +35,7 @@ _PART_TITLES = {
 }
 
 
-_PART_ABOUT = {
+PART_ABOUT = {
     "criteria": "What “better” means: ranked dimensions, disqualifiers, tie-breaking and scope, "
     "with the criteria version history from the lock file.",
     "sampling_procedure": "Where prompts come from and in what mix, the strata they must cover, "
@@ -167,24 +167,65 @@ def template_context(
     listing: list[tuple[str, str, str, int | None]],
 ) -> dict[str, Any]:
     """What the index and the model card templates see; numbers formatted once, here."""
-    spec = run.spec
-    criteria = facts.criteria["content"]
     selection = facts.selection
-    candidates = {c["label"]: c for c in selection.get("candidates", [])}
-    chosen = facts.chosen
-    rm_eval = facts.reward["eval"]
-    holdout = rm_eval.get("holdout", {})
-    rank = {d["id"]: i for i, d in enumerate(criteria["dimensions"])}
-    per_dim = sorted(
-        holdout.get("per_dimension", {}).items(), key=lambda kv: (rank.get(kv[0], 1 << 30), kv[0])
-    )
-    length = holdout.get("length", {})
-    gates = facts.reward["metadata"].get("gates", [])
-    checkpoints = []
+    return {
+        "meta": {
+            "generator": f"rlhfspec {rlhfspec_version}",
+            "name": run.name,
+            "criteria_version": facts.criteria["version"],
+            "criteria_sha256": facts.criteria["sha256"],
+            "spec_file": run.plan["spec"]["file"],
+        },
+        "run": {
+            "id": str(run.lineage.get("run_id", run.dir.name)),
+            "finished": run.time,
+            "fingerprint": run.plan["fingerprint"],
+            "seed": _num(run.spec["seed"]),
+        },
+        "parts": list(parts),
+        "weights": weights,
+        "summary": _summary_rows(facts),
+        "contents": _contents(parts, listing),
+        "batches": facts.batches,
+        "checkpoints": _checkpoint_rows(facts),
+        "guards": _chosen_guards(facts),
+        "selection": {
+            "rule": str(selection.get("rule")),
+            "reason": str(selection.get("reason", "")),
+            "tie_break": str(selection.get("tie_break", "")),
+            "notes": [str(n) for n in selection.get("notes", [])],
+            "ranking": ", ".join(str(r) for r in selection.get("ranking", [])),
+            "human_present": bool(selection.get("human_present")),
+        },
+        "chosen": {**facts.chosen, "folder": facts.chosen["path"]},
+        "sets": _sets_table(facts.chosen_eval),
+        "samples": _samples(facts),
+        "svg": _trajectory_svg(run, facts) if "deployment_checkpoint" in parts else None,
+        "human": [
+            {"label": label, **{k: _num(v) for k, v in result.items()}}
+            for label, result in sorted((facts.human or {}).items())
+        ],
+        "reward": _reward_view(facts),
+        "policy": _policy_view(facts),
+        "sft": _sft_view(run.spec["sft"]),
+        "criteria": _criteria_view(facts.criteria["content"]),
+        "evaluation": _evaluation_view(facts),
+        "warnings": facts.warnings,
+    }
+
+
+def _candidates(facts: Facts) -> dict[str, dict[str, Any]]:
+    return {c["label"]: c for c in facts.selection.get("candidates", [])}
+
+
+def _checkpoint_rows(facts: Facts) -> list[dict[str, Any]]:
+    """One row per evaluated checkpoint: its numbers and the selection's verdict."""
+    candidates = _candidates(facts)
+    rows = []
     for row in facts.summary:
         cand = candidates.get(row["label"])
         human = (facts.human or {}).get(row["label"])
-        checkpoints.append(
+        rows.append(
             {
                 "label": row["label"],
                 "step": _num(row["step"]),
@@ -198,19 +239,28 @@ def template_context(
                 "verdict": "start"
                 if cand is None
                 else ("passes" if cand["passed"] else "fails " + ", ".join(cand["failed_guards"])),
-                "chosen": row["label"] == chosen["label"],
+                "chosen": row["label"] == facts.chosen["label"],
             }
         )
-    chosen_guards = [
+    return rows
+
+
+def _chosen_guards(facts: Facts) -> list[dict[str, Any]]:
+    guards = _candidates(facts).get(facts.chosen["label"], {}).get("guards", {})
+    return [
         {
             "name": name,
             "value": _num(check["value"]),
             "threshold": _num(check["threshold"]),
             "passed": check["passed"],
         }
-        for name, check in candidates.get(chosen["label"], {}).get("guards", {}).items()
+        for name, check in guards.items()
     ]
-    samples = [
+
+
+def _samples(facts: Facts) -> list[dict[str, str]]:
+    """The chosen checkpoint's samples, as text (never markup: a policy wrote them)."""
+    return [
         {
             "set": name,
             "prompt": str(s.get("prompt", "")),
@@ -221,17 +271,24 @@ def template_context(
         for name, block in facts.chosen_eval.get("sets", {}).items()
         for s in block.get("samples", [])
     ]
-    svg = None
-    if "deployment_checkpoint" in parts:
-        svg = inline_svg((run.dir / "eval/trajectory.svg").read_text(encoding="utf-8"))
-        if svg is None:
-            facts.warnings.append(
-                "eval/trajectory.svg is not a plain rlhfspec plot; it is linked, not shown inline"
-            )
-    kl = facts.policy["kl"]
-    kl_text = ", ".join(f"{k} {_num(v)}" for k, v in sorted(kl.items()))
+
+
+def _trajectory_svg(run: RunDir, facts: Facts) -> Markup | None:
+    svg = inline_svg((run.dir / "eval/trajectory.svg").read_text(encoding="utf-8"))
+    if svg is None:
+        facts.warnings.append(
+            "eval/trajectory.svg is not a plain rlhfspec plot; it is linked, not shown inline"
+        )
+    return svg
+
+
+def _summary_rows(facts: Facts) -> list[tuple[str, str]]:
+    """The index's summary table: criteria, batches, reward model, policy, selection."""
+    holdout = facts.reward["eval"].get("holdout", {})
+    chosen, selection = facts.chosen, facts.selection
+    kl_text = ", ".join(f"{k} {_num(v)}" for k, v in sorted(facts.policy["kl"].items()))
     batch_text = ", ".join(f"{b['id']} (criteria {b['criteria_version']})" for b in facts.batches)
-    summary_rows = [
+    return [
         ("Criteria version", f"{facts.criteria['version']} (sha256 {facts.criteria['sha256'][:12]})"),
         ("Annotation batches", batch_text or "none"),
         ("Reward-model holdout accuracy",
@@ -241,7 +298,13 @@ def template_context(
         ("Selected checkpoint", f"{chosen['label']} (step {chosen['step']}), rule: {selection.get('rule')}"),
         ("Why", str(selection.get("reason", ""))),
     ]  # fmt: skip
-    parts_view = []
+
+
+def _contents(
+    parts: Sequence[str], listing: list[tuple[str, str, str, int | None]]
+) -> list[dict[str, Any]]:
+    """The package's parts in PARTS order, each with its files."""
+    view = []
     for part in [*[p for p in PARTS if p in parts], "index"]:
         files = [
             {"path": path, "about": about, "size": human_size(size) if size is not None else ""}
@@ -249,129 +312,115 @@ def template_context(
             if owner == part
         ]
         if files:
-            parts_view.append(
+            view.append(
                 {
                     "id": part,
-                    "title": _PART_TITLES[part],
-                    "about": _PART_ABOUT[part],
+                    "title": PART_TITLES[part],
+                    "about": PART_ABOUT[part],
                     "files": files,
                 }
             )
-    eval_settings = facts.chosen_eval.get("settings", {})
-    dims = [
-        {"rank": i + 1, "id": d["id"], "name": d.get("name", d["id"]), "description": d["description"]}
-        for i, d in enumerate(criteria["dimensions"])
-    ]  # fmt: skip
+    return view
+
+
+def _reward_view(facts: Facts) -> dict[str, Any]:
+    """Holdout accuracy overall, per dimension (in criteria rank) and by length; the gates."""
+    holdout = facts.reward["eval"].get("holdout", {})
+    rank = {d["id"]: i for i, d in enumerate(facts.criteria["content"]["dimensions"])}
+    per_dim = sorted(
+        holdout.get("per_dimension", {}).items(), key=lambda kv: (rank.get(kv[0], 1 << 30), kv[0])
+    )
+    length = holdout.get("length", {})
     weakest = min(per_dim, key=lambda kv: kv[1]["accuracy"]) if per_dim else None
+    metadata = facts.reward["metadata"]
     return {
-        "meta": {
-            "generator": f"rlhfspec {rlhfspec_version}",
-            "name": run.name,
-            "criteria_version": facts.criteria["version"],
-            "criteria_sha256": facts.criteria["sha256"],
-            "spec_file": run.plan["spec"]["file"],
-        },
-        "run": {
-            "id": str(run.lineage.get("run_id", run.dir.name)),
-            "finished": run.time,
-            "fingerprint": run.plan["fingerprint"],
-            "seed": _num(spec["seed"]),
-        },
-        "parts": list(parts),
-        "weights": weights,
-        "summary": summary_rows,
-        "contents": parts_view,
-        "batches": facts.batches,
-        "checkpoints": checkpoints,
-        "guards": chosen_guards,
-        "selection": {
-            "rule": str(selection.get("rule")),
-            "reason": str(selection.get("reason", "")),
-            "tie_break": str(selection.get("tie_break", "")),
-            "notes": [str(n) for n in selection.get("notes", [])],
-            "ranking": ", ".join(str(r) for r in selection.get("ranking", [])),
-            "human_present": bool(selection.get("human_present")),
-        },
-        "chosen": {**chosen, "folder": chosen["path"]},
-        "sets": _sets_table(facts.chosen_eval),
-        "samples": samples,
-        "svg": svg,
-        "human": [
-            {"label": label, **{k: _num(v) for k, v in result.items()}}
-            for label, result in sorted((facts.human or {}).items())
+        "version": facts.reward["version"],
+        "accuracy": _num(holdout.get("accuracy")),
+        "pairs": _num(holdout.get("pairs")),
+        "per_dimension": [
+            {"id": k, "accuracy": _num(v.get("accuracy")), "pairs": _num(v.get("pairs"))}
+            for k, v in per_dim
         ],
-        "reward": {
-            "version": facts.reward["version"],
-            "accuracy": _num(holdout.get("accuracy")),
-            "pairs": _num(holdout.get("pairs")),
-            "per_dimension": [
-                {"id": k, "accuracy": _num(v.get("accuracy")), "pairs": _num(v.get("pairs"))}
-                for k, v in per_dim
-            ],
-            "shorter": _num(length.get("preferred_shorter", {}).get("accuracy")),
-            "shorter_pairs": _num(length.get("preferred_shorter", {}).get("pairs")),
-            "longer": _num(length.get("preferred_longer", {}).get("accuracy")),
-            "longer_pairs": _num(length.get("preferred_longer", {}).get("pairs")),
-            "pearson": _num(length.get("pearson_reward_length")),
-            "gates": [
-                {
-                    "name": g["name"],
-                    "value": _num(g.get("value")),
-                    "threshold": _num(g.get("threshold")),
-                    "passed": bool(g.get("passed")),
-                    "overridden": bool(g.get("overridden")),
-                }
-                for g in gates
-            ],
-            "weakest": (
-                {"id": weakest[0], "accuracy": _num(weakest[1].get("accuracy"))}
-                if weakest
-                else None
-            ),
-            "batches": ", ".join(facts.reward["metadata"].get("annotation_batches", [])),
-            "base_model": str(facts.reward["metadata"].get("base_model", "")),
-        },
-        "policy": {
-            "method": facts.policy["method"],
-            "method_name": "PPO" if facts.policy["method"] == "ppo" else "DPO",
-            "start": str(facts.policy["start"]),
-            "base_model": str(facts.policy["base_model"]),
-            "kl": [(k, _num(v)) for k, v in sorted(kl.items())],
-            "final_kl_coef": _num(facts.policy["final_kl_coef"]),
-            "settings": [
-                (k, _num(v))
-                for k, v in sorted(facts.policy["settings"].items())
-                if not isinstance(v, dict)
-            ],
-            "checkpoint_every": _num(facts.policy["checkpoint_every"]),
-        },  # fmt: skip
-        "sft": {
-            "enabled": bool(spec["sft"]["enabled"]),
-            "base_model": str(spec["sft"]["base_model"]),
-            "epochs": _num(spec["sft"]["train"]["epochs"]),
-            "learning_rate": _num(spec["sft"]["train"]["learning_rate"]),
-            "data": str(spec["sft"].get("data", "")),
-        },
-        "criteria": {
-            "summary": str(criteria.get("summary", "")),
-            "dimensions": dims,
-            "disqualifiers": [
-                {"id": q["id"], "description": q["description"], "detected": "detect" in q}
-                for q in criteria.get("disqualifiers", [])
-            ],
-            "tie_rule": str(criteria["tie_breaking"]["rule"]),
-            "tie_then": str(criteria["tie_breaking"]["then"]),
-            "in_scope": list(criteria["scope"]["in_scope"]),
-            "out_of_scope": list(criteria["scope"]["out_of_scope"]),
-        },
-        "evaluation": {
-            "prompt_sets": ", ".join(facts.chosen_eval.get("sets", {})),
-            "temperature": _num(eval_settings.get("temperature")),
-            "max_new_tokens": _num(eval_settings.get("max_new_tokens")),
-            "kl_method": str(facts.chosen_eval.get("kl_method", "")),
-            "guards": [(k, _num(v)) for k, v in selection.get("guards", {}).items()],
-        },
-        "warnings": facts.warnings,
+        "shorter": _num(length.get("preferred_shorter", {}).get("accuracy")),
+        "shorter_pairs": _num(length.get("preferred_shorter", {}).get("pairs")),
+        "longer": _num(length.get("preferred_longer", {}).get("accuracy")),
+        "longer_pairs": _num(length.get("preferred_longer", {}).get("pairs")),
+        "pearson": _num(length.get("pearson_reward_length")),
+        "gates": [
+            {
+                "name": g["name"],
+                "value": _num(g.get("value")),
+                "threshold": _num(g.get("threshold")),
+                "passed": bool(g.get("passed")),
+                "overridden": bool(g.get("overridden")),
+            }
+            for g in metadata.get("gates", [])
+        ],
+        "weakest": (
+            {"id": weakest[0], "accuracy": _num(weakest[1].get("accuracy"))} if weakest else None
+        ),
+        "batches": ", ".join(metadata.get("annotation_batches", [])),
+        "base_model": str(metadata.get("base_model", "")),
+    }
+
+
+def _policy_view(facts: Facts) -> dict[str, Any]:
+    policy = facts.policy
+    return {
+        "method": policy["method"],
+        "method_name": "PPO" if policy["method"] == "ppo" else "DPO",
+        "start": str(policy["start"]),
+        "base_model": str(policy["base_model"]),
+        "kl": [(k, _num(v)) for k, v in sorted(policy["kl"].items())],
+        "final_kl_coef": _num(policy["final_kl_coef"]),
+        "settings": [
+            (k, _num(v)) for k, v in sorted(policy["settings"].items()) if not isinstance(v, dict)
+        ],
+        "checkpoint_every": _num(policy["checkpoint_every"]),
+    }
+
+
+def _sft_view(sft: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "enabled": bool(sft["enabled"]),
+        "base_model": str(sft["base_model"]),
+        "epochs": _num(sft["train"]["epochs"]),
+        "learning_rate": _num(sft["train"]["learning_rate"]),
+        "data": str(sft.get("data", "")),
+    }
+
+
+def _criteria_view(criteria: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "summary": str(criteria.get("summary", "")),
+        "dimensions": [
+            {
+                "rank": i + 1,
+                "id": d["id"],
+                "name": d.get("name", d["id"]),
+                "description": d["description"],
+            }
+            for i, d in enumerate(criteria["dimensions"])
+        ],  # fmt: skip
+        "disqualifiers": [
+            {"id": q["id"], "description": q["description"], "detected": "detect" in q}
+            for q in criteria.get("disqualifiers", [])
+        ],
+        "tie_rule": str(criteria["tie_breaking"]["rule"]),
+        "tie_then": str(criteria["tie_breaking"]["then"]),
+        "in_scope": list(criteria["scope"]["in_scope"]),
+        "out_of_scope": list(criteria["scope"]["out_of_scope"]),
+    }
+
+
+def _evaluation_view(facts: Facts) -> dict[str, Any]:
+    settings = facts.chosen_eval.get("settings", {})
+    return {
+        "prompt_sets": ", ".join(facts.chosen_eval.get("sets", {})),
+        "temperature": _num(settings.get("temperature")),
+        "max_new_tokens": _num(settings.get("max_new_tokens")),
+        "kl_method": str(facts.chosen_eval.get("kl_method", "")),
+        "guards": [(k, _num(v)) for k, v in facts.selection.get("guards", {}).items()],
     }
 
 

@@ -186,7 +186,58 @@ def gather_facts(run: RunDir) -> Facts:
     run.need("annotation_qc", "aggregate", "reward_model", "policy", "evaluate", "select")
     spec = run.spec
     warnings: list[str] = []
-    inputs = {i["path"]: i for i in run.plan["inputs"]}
+    reward = _reward_model(run)
+    batches = _batches(run, set(reward["metadata"].get("annotation_batches", [])))
+    index = run.json("models/policy/checkpoints.json")
+    metadata = index.get("metadata", {})
+    policy = spec["policy"]
+    kl = dict(metadata.get("kl") or policy["kl"])
+    if policy["method"] == "dpo":
+        kl["dpo_beta"] = policy["dpo"]["beta"]
+    rm_used = metadata.get("reward_model")
+    if rm_used and rm_used.get("sha256") != reward["version"]:
+        warnings.append(
+            f"the policy was trained against reward model {str(rm_used.get('sha256'))[:12]}, "
+            f"but models/reward_model is now {reward['version'][:12]}"
+        )
+    selection = run.json("selection.json")
+    chosen = _chosen(run, selection, index)
+    summary = run.json("eval/summary.json")
+    chosen_eval = run.json(f"eval/{chosen['label']}.json")
+    meta_path = checkpoint_meta_path(run.dir, chosen["path"])
+    checkpoint_meta = _read_json(meta_path, str(meta_path)) if meta_path else None
+    start_from_sft = bool(policy["start_from_sft"])
+    return Facts(
+        criteria={
+            "version": run.plan["criteria"]["version"],
+            "sha256": run.plan["criteria"]["sha256"],
+            "lock_file": run.plan["criteria"].get("lock_file"),
+            "history": run.plan["criteria"].get("history", []),
+            "content": spec["criteria"],
+        },
+        batches=batches,
+        reward=reward,
+        policy={
+            "method": policy["method"],
+            "kl": kl,
+            "start": "sft" if start_from_sft else policy["base_model"],
+            "base_model": spec["sft"]["base_model"] if start_from_sft else policy["base_model"],
+            "settings": policy[policy["method"]],
+            "checkpoint_every": policy["checkpoint_every"],
+            "final_kl_coef": (checkpoint_meta or {}).get("kl_coef"),
+        },
+        selection=selection,
+        chosen=chosen,
+        chosen_eval=chosen_eval,
+        summary=summary,
+        checkpoint_meta=checkpoint_meta,
+        human=_human_eval(run),
+        warnings=warnings,
+    )
+
+
+def _reward_model(run: RunDir) -> dict[str, Any]:
+    """The reward model's version (sha256 of its weights), evaluation and metadata."""
     rm_meta = _read_json(
         run.dir / "models/reward_model/rlhfspec_reward_model.json",
         "models/reward_model/rlhfspec_reward_model.json",
@@ -194,9 +245,14 @@ def gather_facts(run: RunDir) -> Facts:
     rm_weights = run.dir / "models/reward_model/model.safetensors"
     if not rm_weights.is_file():
         raise RunError(f"models/reward_model/model.safetensors is missing from {run.dir}")
-    rm_version = sha256_file(rm_weights)
-    used = set(rm_meta.get("annotation_batches", []))
-    batches = [
+    version = sha256_file(rm_weights)
+    return {"version": version, "eval": run.json("reward_model/eval.json"), "metadata": rm_meta}
+
+
+def _batches(run: RunDir, used: set[str]) -> list[dict[str, Any]]:
+    """The spec's annotation batches with their input hashes, marked when the RM used them."""
+    inputs = {i["path"]: i for i in run.plan["inputs"]}
+    return [
         {
             "id": b["id"],
             "criteria_version": b["criteria_version"],
@@ -207,22 +263,12 @@ def gather_facts(run: RunDir) -> Facts:
             "rows": inputs.get(b["path"], {}).get("rows"),
             "used_by_reward_model": b["id"] in used,
         }
-        for b in spec["annotation"]["batches"]
+        for b in run.spec["annotation"]["batches"]
     ]
-    rm_eval = run.json("reward_model/eval.json")
-    index = run.json("models/policy/checkpoints.json")
-    metadata = index.get("metadata", {})
-    policy = spec["policy"]
-    kl = dict(metadata.get("kl") or policy["kl"])
-    if policy["method"] == "dpo":
-        kl["dpo_beta"] = policy["dpo"]["beta"]
-    rm_used = metadata.get("reward_model")
-    if rm_used and rm_used.get("sha256") != rm_version:
-        warnings.append(
-            f"the policy was trained against reward model {str(rm_used.get('sha256'))[:12]}, "
-            f"but models/reward_model is now {rm_version[:12]}"
-        )
-    selection = run.json("selection.json")
+
+
+def _chosen(run: RunDir, selection: dict[str, Any], index: dict[str, Any]) -> dict[str, Any]:
+    """The selected checkpoint: label, step and folder; refused when none was selected."""
     chosen_row = selection.get("chosen")
     if not chosen_row:
         raise RunError(
@@ -233,50 +279,17 @@ def gather_facts(run: RunDir) -> Facts:
     entry = next((c for c in index.get("checkpoints", []) if c["label"] == label), None)
     if entry is None:
         raise RunError(f"the selected checkpoint {label} is not in models/policy/checkpoints.json")
-    chosen: dict[str, Any] = {
-        "label": label,
-        "step": int(chosen_row["step"]),
-        "path": str(entry["path"]),
-    }
-    summary = run.json("eval/summary.json")
-    chosen_eval = run.json(f"eval/{label}.json")
-    meta_path = checkpoint_meta_path(run.dir, chosen["path"])
-    checkpoint_meta = _read_json(meta_path, str(meta_path)) if meta_path else None
-    human = None
-    judgements = run.dir / "eval/human_eval/judgements.jsonl"
-    if judgements.is_file():
-        from rlhfspec.runtime.evaluation.selection import import_human_eval
+    return {"label": label, "step": int(chosen_row["step"]), "path": str(entry["path"])}
 
-        human = import_human_eval(judgements, run.dir / "eval/human_eval/key.json")
-    start_from_sft = bool(policy["start_from_sft"])
-    base_model = spec["sft"]["base_model"] if start_from_sft else policy["base_model"]
-    return Facts(
-        criteria={
-            "version": run.plan["criteria"]["version"],
-            "sha256": run.plan["criteria"]["sha256"],
-            "lock_file": run.plan["criteria"].get("lock_file"),
-            "history": run.plan["criteria"].get("history", []),
-            "content": spec["criteria"],
-        },
-        batches=batches,
-        reward={"version": rm_version, "eval": rm_eval, "metadata": rm_meta},
-        policy={
-            "method": policy["method"],
-            "kl": kl,
-            "start": "sft" if start_from_sft else policy["base_model"],
-            "base_model": base_model,
-            "settings": policy[policy["method"]],
-            "checkpoint_every": policy["checkpoint_every"],
-            "final_kl_coef": (checkpoint_meta or {}).get("kl_coef"),
-        },
-        selection=selection,
-        chosen=chosen,
-        chosen_eval=chosen_eval,
-        summary=summary,
-        checkpoint_meta=checkpoint_meta,
-        human=human,
-        warnings=warnings,
-    )
+
+def _human_eval(run: RunDir) -> dict[str, Any] | None:
+    """Human win rates per checkpoint, when judgements were put in the run."""
+    judgements = run.dir / "eval/human_eval/judgements.jsonl"
+    if not judgements.is_file():
+        return None
+    from rlhfspec.runtime.evaluation.selection import import_human_eval
+
+    return import_human_eval(judgements, run.dir / "eval/human_eval/key.json")
 
 
 def checkpoint_meta_path(run_dir: Path, rel: str) -> Path | None:

@@ -165,8 +165,56 @@ def _build(
 ) -> PackageResult:
     facts = gather_facts(run)
     entries = collect_entries(run, facts, parts, weights)
+    planned = _planned(entries, parts)
+    descriptions = {path: description for path, _, description, _ in planned}
 
-    # the generated files, named before they are rendered so that the index can list them
+    def generated(path: str, part: str, data: bytes) -> Entry:
+        return Entry(path, part, descriptions[path], facts.provenance(HANDOFF_STAGE), data=data)
+
+    context = template_context(run, facts, parts, weights, planned)
+    if "model_card" in parts:
+        values = {**context, "front_matter": front_matter(run, facts)}
+        card = render_template("model_card.md.j2", values)
+        entries.append(generated(MODEL_CARD_FILE, "model_card", card.encode("utf-8")))
+    for name, template in (
+        ("index.html", "handoff_index.html.j2"),
+        ("index.md", "handoff_index.md.j2"),
+    ):
+        entries.append(generated(name, "index", render_template(template, context).encode()))
+    hashes = {e.path: e.sha256() for e in entries}
+    if "lineage" in parts:
+        data = json_bytes(_manifest(run, facts, parts, weights, entries, hashes))
+        entries.append(generated(MANIFEST_FILE, "lineage", data))
+        hashes[MANIFEST_FILE] = sha256_bytes(data)
+    bad = [e.path for e in entries if not safe_name(e.path)]
+    if bad:
+        raise RunError(f"cannot package file name(s) {bad!r}")
+    checksums = Entry(
+        CHECKSUMS_FILE,
+        "index",
+        descriptions[CHECKSUMS_FILE],
+        {"stage": HANDOFF_STAGE},
+        data=_checksums(hashes),
+    )
+    entries.append(checksums)
+    top = f"{run.name}-handoff"
+    written = _write(out, entries, tarball, top, epoch(run.time))
+    return PackageResult(
+        path=out,
+        format="tar.gz" if tarball else "directory",
+        files=len(entries),
+        total_bytes=written,
+        weights=weights,
+        parts=parts,
+        checkpoint=facts.chosen["label"],
+        root=top if tarball else "",
+        warnings=tuple(facts.warnings),
+    )
+
+
+def _planned(entries: list[Entry], parts: Sequence[str]) -> list[tuple[str, str, str, int | None]]:
+    """Every file of the package, generated ones included, named before they are rendered
+    so that the index can list them: (path, part, description, size or None), sorted."""
     planned: list[tuple[str, str, str, int | None]] = [
         (e.path, e.part, e.description, e.size()) for e in entries
     ]
@@ -181,74 +229,7 @@ def _build(
         (CHECKSUMS_FILE, "index", "sha256 of every file (sha256sum format)", None),
     ]
     planned.sort()
-    descriptions = {path: description for path, _, description, _ in planned}
-    context = template_context(run, facts, parts, weights, planned)
-    if "model_card" in parts:
-        card = render_template(
-            "model_card.md.j2", {**context, "front_matter": front_matter(run, facts)}
-        )
-        entries.append(
-            Entry(
-                MODEL_CARD_FILE,
-                "model_card",
-                descriptions[MODEL_CARD_FILE],
-                facts.provenance(HANDOFF_STAGE),
-                data=card.encode("utf-8"),
-            )
-        )
-    for name, template in (
-        ("index.html", "handoff_index.html.j2"),
-        ("index.md", "handoff_index.md.j2"),
-    ):
-        text = render_template(template, context)
-        entries.append(
-            Entry(
-                name,
-                "index",
-                descriptions[name],
-                facts.provenance(HANDOFF_STAGE),
-                data=text.encode(),
-            )
-        )
-    hashes = {e.path: e.sha256() for e in entries}
-    if "lineage" in parts:
-        manifest = _manifest(run, facts, parts, weights, entries, hashes)
-        data = json_bytes(manifest)
-        entries.append(
-            Entry(
-                MANIFEST_FILE,
-                "lineage",
-                descriptions[MANIFEST_FILE],
-                facts.provenance(HANDOFF_STAGE),
-                data=data,
-            )
-        )
-        hashes[MANIFEST_FILE] = sha256_bytes(data)
-    bad = [e.path for e in entries if not safe_name(e.path)]
-    if bad:
-        raise RunError(f"cannot package file name(s) {bad!r}")
-    entries.append(
-        Entry(
-            CHECKSUMS_FILE,
-            "index",
-            descriptions[CHECKSUMS_FILE],
-            {"stage": HANDOFF_STAGE},
-            data=_checksums(hashes),
-        )
-    )
-    top = f"{run.name}-handoff"
-    written = _write(out, entries, tarball, top, epoch(run.time))
-    return PackageResult(
-        path=out,
-        format="tar.gz" if tarball else "directory",
-        files=len(entries),
-        total_bytes=written,
-        weights=weights,
-        parts=parts,
-        checkpoint=facts.chosen["label"],
-        root=top if tarball else "",
-        warnings=tuple(facts.warnings),
-    )
+    return planned
 
 
 def _manifest(
