@@ -221,7 +221,7 @@ class QcSettings:
     target: float = default_of("annotation.agreement.target")
     floor: float = default_of("annotation.agreement.floor")
     has_gold: bool = True
-    gold_share: tuple[float, float] = tuple(default_of("annotation.gold.share"))  # type: ignore[assignment]
+    gold_share: tuple[float, float] = tuple(default_of("annotation.gold.share"))
     min_accuracy: float = default_of("annotation.gold.min_accuracy")
     max_first_share: float = default_of("annotation.position_bias.max_first_share")
     significance: float = default_of("annotation.position_bias.significance")
