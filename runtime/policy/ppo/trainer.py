@@ -182,7 +182,7 @@ def _train_ppo(
     torch.set_num_threads(settings.threads)
     cpu = settings.cpu if settings.cpu is not None else not torch.cuda.is_available()
     # with several processes this joins their process group (gloo on CPU, NCCL on CUDA)
-    accelerator = Accelerator(cpu=cpu)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=settings.mixed_precision)
     # accelerate may pick its own CPU thread count for several processes; ours decides results
     torch.set_num_threads(settings.threads)
     group = Group.current() if accelerator.num_processes > 1 else SINGLE
