@@ -12,6 +12,7 @@ from rlhfspec.runtime.policy.distributed import SINGLE, Group
 from rlhfspec.runtime.policy.ppo.rollout import Rollout
 from rlhfspec.runtime.policy.ppo.settings import PPOSettings, minibatch_order
 from rlhfspec.runtime.policy.ppo_math import policy_loss, response_logprobs, value_loss
+from rlhfspec.runtime.train.precision import autocast
 
 
 def ppo_update(
@@ -23,6 +24,7 @@ def ppo_update(
     settings: PPOSettings,
     update: int,
     group: Group = SINGLE,
+    scaler: Any = None,
 ) -> tuple[dict[str, float], int]:
     """``ppo_epochs`` passes of minibatch PPO over one rollout; returns (mean stats, steps).
 
@@ -41,8 +43,12 @@ def ppo_update(
     multiplied by N to make the synchronised gradient the sum of the processes' shares. The
     statistics returned are this process's shares times N, so that their mean over processes
     (the caller's `Group.mean_of`) is the global minibatch mean, averaged over minibatches.
+
+    Forward passes run under autocast in ``settings.mixed_precision``; `scaler` (a
+    ``torch.amp.GradScaler``, for fp16) scales the loss and unscales before clipping.
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
+    device = rollout.input_ids.device
     sums: dict[str, float] = {}
     grad_norms: list[float] = []
     batch = rollout.input_ids.shape[0]  # rollout_batch_size with one process
@@ -64,14 +70,22 @@ def ppo_update(
                     else accelerator.no_sync(model)
                 )
                 with sync:  # forward and backward both: DDP decides at forward time
-                    shares = _micro_batch_losses(model, rollout, rows, tokens, settings)
+                    with autocast(settings.mixed_precision, device):
+                        shares = _micro_batch_losses(model, rollout, rows, tokens, settings)
                     loss = shares["policy_loss"] + settings.vf_coef * shares["value_loss"]
-                    accelerator.backward(loss * group.world)
+                    loss = loss * group.world
+                    accelerator.backward(loss if scaler is None else scaler.scale(loss))
                 for key, value in shares.items():
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
+            if scaler is not None:
+                scaler.unscale_(optimizer)
             norm = accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
             grad_norms.append(float(norm))
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             optimizer.zero_grad(set_to_none=True)
     steps = settings.ppo_epochs * settings.mini_batches
     stats = {key: total * group.world / steps for key, total in sums.items()}
