@@ -60,7 +60,23 @@ Q019  warning   under_covered                 items with fewer annotators than
                                               `annotators_per_item`
 Q020  warning   agreement_undefined           agreement could not be computed (no overlap)
 Q021  warning   empty_batch                   a batch the spec lists has no records
+J001  error     judge_agreement_low           AI judge's kappa with the human majority on
+                                              the review sample below `judge.gate.min_kappa`
+J002  error     judge_review_too_small        fewer reviewed pairs than
+                                              `judge.gate.min_reviewed_pairs`
+J003  error     judge_position_bias           AI judge's first-shown share departs from 0.5
+                                              by more than `judge.gate.max_position_bias`
+J004  error     judge_length_bias             AI judge picks the longer response more often
+                                              than humans by over `judge.gate.max_length_bias`
+J005  error     judge_gold_accuracy_low       AI judge's gold accuracy below
+                                              `judge.gate.min_gold_accuracy`
+J006  error     judge_order_disagreement      AI judge's two orders agree on fewer pairs
+                                              than `judge.gate.min_order_agreement`
 ====  ========  ============================  ===========================================
+
+Records of an AI judge (annotator `ai:<model>`) are kept out of every Q check, which measures
+people, and measured against the human review sample instead (J001-J006,
+`runtime/annotation/judge/review.py`); a J error fails the `ai_judge_agreement` gate.
 
 (*) An error with one of these codes puts the annotator in `QcReport.excluded_annotators`:
 their labels are unreliable, so the aggregation step leaves their votes out when
@@ -91,7 +107,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -201,6 +217,27 @@ QC_CODES: dict[str, QcCode] = {
     "Q020": QcCode("warning", "agreement_undefined", "Agreement could not be computed."),
     "Q021": QcCode("warning", "empty_batch", "A batch listed in the spec has no records."),
 }
+# The AI judge against its human review sample (runtime/annotation/judge/review.py).
+QC_CODES.update(
+    {
+        "J001": QcCode(
+            "error", "judge_agreement_low", "AI judge's kappa with humans below the gate."
+        ),
+        "J002": QcCode(
+            "error", "judge_review_too_small", "Too few reviewed pairs to gate the AI judge."
+        ),
+        "J003": QcCode("error", "judge_position_bias", "AI judge favours one shown position."),
+        "J004": QcCode(
+            "error", "judge_length_bias", "AI judge prefers longer responses than humans do."
+        ),
+        "J005": QcCode(
+            "error", "judge_gold_accuracy_low", "AI judge's gold accuracy below the minimum."
+        ),
+        "J006": QcCode(
+            "error", "judge_order_disagreement", "AI judge's two orders disagree too often."
+        ),
+    }
+)
 _SEVERITY_RANK = {"error": 0, "warning": 1}
 _LABELS = len(CHOICES)  # 0 = canonical first, 1 = canonical second, 2 = tie
 
@@ -1355,6 +1392,11 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
     if not records:
         raise RunError(f"{project.display}: the annotation batches hold no records")
 
+    from rlhfspec.runtime.annotation.judge.review import review_judges, split_ai
+
+    records, ai_records = split_ai(records)  # the AI judge is measured against humans, apart
+    if not records:
+        raise RunError(f"{project.display}: the annotation batches hold no human records")
     table = AnnotationTable.from_records(records)
     meta = {
         "name": project.name,
@@ -1366,7 +1408,22 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
     inputs = QcInputs(
         meta=meta, files=files, cancelled=cancelled, skipped=skipped, gold_items=len(gold)
     )
-    report = analyse(table, gold, QcSettings.from_spec(spec), inputs=inputs)
+    settings = QcSettings.from_spec(spec)
+    human_batches = {r["batch"] for r in records}
+    settings = replace(
+        settings,
+        batches=tuple(
+            b
+            for b in settings.batches
+            if b[0] in human_batches or b[0] not in {r["batch"] for r in ai_records}
+        ),
+    )
+    report = analyse(table, gold, settings, inputs=inputs)
+    if ai_records:
+        report.metrics["ai_judge"], found = review_judges(
+            spec, ai_records, records, gold, report.excluded_annotators
+        )
+        report.findings.extend(found)
     report.samples = _samples(report, table, records, gold)
     return report
 
