@@ -9,7 +9,7 @@ import click
 from rlhfspec.cli.main import _project, guarded, spec_argument
 
 
-@click.command()
+@click.command("judge")
 @spec_argument
 @click.option(
     "--items",
@@ -37,7 +37,9 @@ from rlhfspec.cli.main import _project, guarded, spec_argument
     help="Output folder; rerun with the same folder to resume a stopped run.",
 )
 @guarded
-def judge(spec: Path, items_from: str, limit: int | None, reviewers: str, out_dir: Path) -> None:
+def judge_cmd(
+    spec: Path, items_from: str, limit: int | None, reviewers: str, out_dir: Path
+) -> None:
     """Label pairs with the spec's AI judge, both orders; records, review sample, usage."""
     from rlhfspec.runtime.annotation.judge.output import run_judge
 
@@ -52,3 +54,6 @@ def judge(spec: Path, items_from: str, limit: int | None, reviewers: str, out_di
         log=lambda line: click.echo(line, err=True),
     )  # fmt: skip
     click.echo(result.format_text(), nl=False)
+
+
+judge: click.Command = judge_cmd  # a declared type: main.py imports this module last

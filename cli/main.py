@@ -368,10 +368,9 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
     """Turn votes into preference pairs (TRL format) with provenance; QC failures left out."""
     from rlhfspec.runtime.annotation.aggregate import aggregate as run_aggregate
     from rlhfspec.runtime.annotation.aggregate import compare_with_truth, load_records, write_pairs
+    from rlhfspec.runtime.annotation.judge.use import gate_state, records_for_aggregation
     from rlhfspec.runtime.annotation.qc import run_qc
     from rlhfspec.runtime.prompts.check import production_holdout
-
-    from rlhfspec.runtime.annotation.judge.use import gate_state, records_for_aggregation
 
     project = _project(spec)
     report = run_qc(project, skip_bad_rows=skip_bad_rows)
@@ -561,9 +560,9 @@ def verify(package: Path) -> None:
     sys.exit(result.exit_code)
 
 
-from rlhfspec.cli.judge import judge  # noqa: E402 - registered last: it imports this module
+from rlhfspec.cli import judge as judge_command  # noqa: E402 - last: it imports this module
 
-main.add_command(judge)
+main.add_command(judge_command.judge)
 
 if __name__ == "__main__":
     main()

@@ -11,10 +11,12 @@ dimensions, then the shorter response, then tie), degraded as configured:
 * `position_bias`: per request, answer "A" (the first shown) with this
   probability;
 * `length_bias`: per pair, prefer the longer response with this probability;
-* `faults`: per request body, a list of faults for its successive attempts:
-  `timeout` (answer later than the client waits), `429`, `500`,
-  `malformed` (prose instead of the JSON object), `garbage` (a body that is
-  not a chat completion).
+* `faults`: per request body, a list of faults for its successive attempts;
+  `fault_rate`: a seeded share of request bodies fails on its first attempt;
+  `persistent_rate`: ... on every attempt. Faults: `timeout` (answer later
+  than the client waits), `429` (with Retry-After), `500`, `malformed`
+  (prose instead of the JSON object), `garbage` (a body that is not a chat
+  completion).
 
 Only the standard library; it binds 127.0.0.1 and nothing else.
 """
@@ -31,6 +33,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from rlhfspec.common.hashing import canonical_json, sha256_text
 
 DATA = Path(__file__).resolve().parents[2] / "specs" / "support-assistant" / "data"
 DIMENSIONS = ("accuracy", "helpfulness", "tone", "conciseness")
@@ -78,13 +82,14 @@ class Behaviour:
     position_bias: float = 0.0
     length_bias: float = 0.0
     faults: dict[str, list[str]] = field(default_factory=dict)  # request sha -> faults by attempt
-    fault_rate: dict[str, float] = field(default_factory=dict)  # fault -> share of request bodies
+    fault_rate: dict[str, float] = field(default_factory=dict)  # fault -> share of bodies, 1st try
+    persistent_rate: dict[str, float] = field(default_factory=dict)  # ... on every attempt
     delay: float = 5.0  # how long a "timeout" answer takes
     seed: int = 7
 
 
-class JudgeServer:
-    """Start with `with JudgeServer(Behaviour(...)) as server:`; `server.base_url` ends in /v1."""
+class Simulator:
+    """The judge behind the server; also usable without HTTP as a backend in fast tests."""
 
     def __init__(self, behaviour: Behaviour) -> None:
         self.behaviour = behaviour
@@ -93,48 +98,17 @@ class JudgeServer:
         self.attempts: dict[str, int] = {}
         self.log: list[dict[str, Any]] = []
         self.auth_seen: set[str] = set()
-        server = self
+        self.identity = {"backend": "openai_chat", "model": "sim-judge"}
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
+    def complete(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> Any:
+        """The Backend protocol, for tests that need no server."""
+        from rlhfspec.runtime.annotation.judge.backends import Completion
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                length = int(self.headers.get("Content-Length", 0))
-                body = self.rfile.read(length)
-                server.auth_seen.add(self.headers.get("Authorization", ""))
-                status, payload, headers = server.answer(self.path, body)
-                if status == -1:  # timeout: answer too late
-                    time.sleep(server.behaviour.delay)
-                    status = 200
-                data = payload.encode("utf-8")
-                try:
-                    self.send_response(status)
-                    for key, value in headers.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> JudgeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        request = {"model": "sim-judge", "messages": messages}
+        content = self.judge(request)
+        return Completion(
+            content, sum(len(m["content"].split()) for m in messages), len(content.split())
+        )
 
     def _rng(self, *parts: str) -> random.Random:
         return random.Random("\x1f".join([str(self.behaviour.seed), *parts]))
@@ -143,6 +117,9 @@ class JudgeServer:
         plan = self.behaviour.faults.get(key)
         if plan is not None:
             return plan[attempt] if attempt < len(plan) else None
+        for fault, rate in sorted(self.behaviour.persistent_rate.items()):
+            if self._rng("persistent", fault, key).random() < rate:
+                return fault
         for fault, rate in sorted(self.behaviour.fault_rate.items()):
             if attempt == 0 and self._rng("fault", fault, key).random() < rate:
                 return fault
@@ -157,7 +134,11 @@ class JudgeServer:
             self.attempts[key] = attempt + 1
         request = json.loads(body)
         fault = self._fault(key, attempt)
-        self.log.append({"key": key, "attempt": attempt, "fault": fault})
+        messages_sha = sha256_text(canonical_json(request["messages"]))
+        with self.lock:
+            self.log.append(
+                {"key": key, "messages": messages_sha, "attempt": attempt, "fault": fault}
+            )
         if fault == "429":
             return 429, json.dumps({"error": "rate limited"}), {"Retry-After": "0"}
         if fault == "500":
@@ -204,3 +185,52 @@ class JudgeServer:
         return json.dumps(
             {"choice": choice, "dimensions": dims, "confidence": confidence, "reason": "simulated"}
         )
+
+
+class JudgeServer:
+    """`with JudgeServer(Behaviour(...)) as server:`; `server.base_url` ends in /v1."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.sim = Simulator(behaviour)
+        sim = self.sim
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                sim.auth_seen.add(self.headers.get("Authorization", ""))
+                status, payload, headers = sim.answer(self.path, body)
+                if status == -1:  # timeout: answer too late
+                    time.sleep(sim.behaviour.delay)
+                    status = 200
+                data = payload.encode("utf-8")
+                try:
+                    self.send_response(status)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> JudgeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
