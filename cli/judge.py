@@ -1,4 +1,8 @@
-"""`rlhfspec judge SPEC -o DIR`: label the spec's pairs with its AI judge (see docs/judge.md)."""
+"""`rlhfspec judge SPEC -o DIR`: label the spec's pairs with its AI judge (see docs/judge.md).
+
+It imports `cli.main` only when it runs: main.py registers this command, so
+a module-level import would be circular.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,9 @@ from pathlib import Path
 
 import click
 
-from rlhfspec.cli.main import _project, guarded, spec_argument
-
 
 @click.command("judge")
-@spec_argument
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--items",
     "items_from",
@@ -36,17 +38,21 @@ from rlhfspec.cli.main import _project, guarded, spec_argument
     required=True,
     help="Output folder; rerun with the same folder to resume a stopped run.",
 )
-@guarded
-def judge_cmd(
-    spec: Path, items_from: str, limit: int | None, reviewers: str, out_dir: Path
-) -> None:
+def judge(spec: Path, items_from: str, limit: int | None, reviewers: str, out_dir: Path) -> None:
     """Label pairs with the spec's AI judge, both orders; records, review sample, usage."""
-    from rlhfspec.runtime.annotation.judge.output import run_judge
+    from rlhfspec.cli.main import guarded
 
     if items_from not in ("tasks", "batches") and not Path(items_from).is_file():
         raise click.BadParameter(
             f"'{items_from}' is neither tasks, batches nor a file", param_hint="--items"
         )
+    guarded(_judge)(spec, items_from, limit, reviewers, out_dir)
+
+
+def _judge(spec: Path, items_from: str, limit: int | None, reviewers: str, out_dir: Path) -> None:
+    from rlhfspec.cli.main import _project
+    from rlhfspec.runtime.annotation.judge.output import run_judge
+
     project = _project(spec)
     names = [r.strip() for r in reviewers.split(",") if r.strip()]
     result = run_judge(
@@ -54,6 +60,3 @@ def judge_cmd(
         log=lambda line: click.echo(line, err=True),
     )  # fmt: skip
     click.echo(result.format_text(), nl=False)
-
-
-judge: click.Command = judge_cmd  # a declared type: main.py imports this module last

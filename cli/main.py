@@ -560,9 +560,9 @@ def verify(package: Path) -> None:
     sys.exit(result.exit_code)
 
 
-from rlhfspec.cli import judge as judge_command  # noqa: E402 - last: it imports this module
+from rlhfspec.cli.judge import judge  # noqa: E402
 
-main.add_command(judge_command.judge)
+main.add_command(judge)
 
 if __name__ == "__main__":
     main()

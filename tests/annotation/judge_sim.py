@@ -187,6 +187,11 @@ class Simulator:
         )
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the judge's concurrency plus retries, without refused connections
+    daemon_threads = True
+
+
 class JudgeServer:
     """`with JudgeServer(Behaviour(...)) as server:`; `server.base_url` ends in /v1."""
 
@@ -218,8 +223,7 @@ class JudgeServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property

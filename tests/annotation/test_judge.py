@@ -461,3 +461,33 @@ def test_aggregation_uses_ai_labels_only_after_the_gate() -> None:
     kept, info = records_for_aggregation(ai + humans, "passed")
     assert [r["item_id"] for r in kept if r["annotator"] == "ai:m"] == ["i2", "i3"]
     assert info["ai_labels_left_to_humans"] == 2 and info["judges"]["ai:m"]["used"] == 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kappa_interval_matches_statsmodels(seed: int) -> None:
+    inter_rater = pytest.importorskip("statsmodels.stats.inter_rater")
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 400))
+    a = rng.choice(["A", "B", "tie"], size=n, p=[0.45, 0.45, 0.1])
+    b = np.where(rng.random(n) < rng.uniform(0.3, 0.95), a, rng.choice(["A", "B", "tie"], size=n))
+    labels = sorted(set(a) | set(b))
+    table = np.zeros((len(labels), len(labels)))
+    for x, y in zip(a, b, strict=True):
+        table[labels.index(x), labels.index(y)] += 1
+    reference = inter_rater.cohens_kappa(table)  # its interval: 95% (alpha 0.025 per side)
+    ours = cohen_kappa_interval(a, b, confidence=0.95)
+    assert ours.kappa == pytest.approx(reference.kappa, abs=1e-12)
+    assert ours.se == pytest.approx(reference.std_kappa, abs=1e-12)
+    assert (ours.low, ours.high) == pytest.approx(
+        (reference.kappa_low, reference.kappa_upp), abs=1e-12
+    )
+    assert ours.n == n
+
+
+def test_kappa_interval_degenerate_and_bad_input() -> None:
+    same = cohen_kappa_interval(["A"] * 5, ["A"] * 5)
+    assert (same.kappa, same.low, same.high, same.se) == (1.0, 1.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="confidence"):
+        cohen_kappa_interval(["A", "B"], ["A", "B"], confidence=1.0)
+    with pytest.raises(ValueError, match="same items"):
+        cohen_kappa_interval(["A", "B"], ["A"])

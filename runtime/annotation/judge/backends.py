@@ -192,6 +192,13 @@ class HuggingFaceBackend:
     def complete(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> Completion:
         props = schema["properties"]
         prefix_ids = self.tokenizer(self._prefix(messages), add_special_tokens=False)["input_ids"]
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit is not None and len(prefix_ids) + 16 > limit:
+            raise Permanent(
+                "context",
+                f"the prompt is {len(prefix_ids)} tokens; the model takes at most {limit}: "
+                "use a model with a longer context or shorter judge templates (judge.templates)",
+            )
         answer: dict[str, Any] = {}
         tokens_out = 0
         confidence = 1.0

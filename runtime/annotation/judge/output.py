@@ -150,9 +150,13 @@ def run_judge(
         if c.label is not None
     ]  # fmt: skip
     if not records:
+        errors = Counter(str(r.get("error")) for r in done.values() if r["status"] != "ok")
+        why = (
+            "; ".join(f"{e} ({n}x)" for e, n in errors.most_common(3))
+            or "every pair's orders disagree"
+        )
         raise RunError(
-            f"the judge labelled none of {len(items)} pairs (see {out_dir / JOURNAL}); "
-            "check the endpoint, the model and the answers it gives"
+            f"the judge labelled none of {len(items)} pairs (see {out_dir / JOURNAL}): {why}"
         )
     paths = [out_dir / "records.jsonl"]
     atomic_write_text(paths[0], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
