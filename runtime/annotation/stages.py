@@ -8,7 +8,12 @@ from rlhfspec.runtime.annotation.aggregate import aggregate, load_records, write
 from rlhfspec.runtime.annotation.judge.review import ai_judge_gate, ai_judge_lineage
 from rlhfspec.runtime.annotation.judge.use import gate_state, records_for_aggregation
 from rlhfspec.runtime.annotation.qc import QcReport, run_qc
-from rlhfspec.runtime.prompts.check import check_prompts, production_holdout, write_prompt_report
+from rlhfspec.runtime.prompts.check import (
+    HOLDOUT_FILE,
+    check_prompts,
+    read_holdout,
+    write_prompt_report,
+)
 from rlhfspec.runtime.report.qc_report import write_qc_reports
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
 
@@ -57,7 +62,7 @@ def blocking_findings(report: QcReport, exclude_failed: bool) -> list[str]:
 def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
     report = run_qc(ctx.project)
     write_qc_reports(report, ctx.path("qc"))
-    exclude = ctx.spec["annotation"]["aggregation"]["exclude_failed_annotators"]
+    exclude = ctx.settings["annotation"]["aggregation"]["exclude_failed_annotators"]
     blocking = blocking_findings(report, exclude)
     excluded = report.excluded_annotators if exclude else []
     gate = Gate(
@@ -91,7 +96,7 @@ def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
 
 def aggregate_stage(ctx: StageContext) -> StageOutcome:
     qc = json.loads(ctx.upstream("qc/report.json").read_text(encoding="utf-8"))
-    holdout = [row["id"] for row in production_holdout(ctx.project)]
+    holdout = [row["id"] for row in read_holdout(ctx.upstream(HOLDOUT_FILE))]
     records, ai_use = records_for_aggregation(
         load_records(ctx.project), gate_state(qc, ctx.overrides)
     )
