@@ -74,7 +74,8 @@ def make_backend(project: Project) -> Backend:
                 f"judge.model: '{model}' must be a model folder inside the spec's folder"
             )
     else:
-        ctx = cast(Any, SimpleNamespace(spec=project.spec, project=project))
+        # corpus_texts reads a stage context's settings and folder; the judge has the whole spec
+        ctx = cast(Any, SimpleNamespace(settings=project.spec, spec=project.spec, project=project))
         ref = resolve_model(
             model, texts_for_builtin=lambda: corpus_texts(ctx), seed=project.seed,
             cache_dir=cache_dir(),
