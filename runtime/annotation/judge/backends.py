@@ -165,7 +165,7 @@ class HuggingFaceBackend:
         trust = bool(settings["trust_remote_code"])
         self.torch = torch
         self.tokenizer = load_tokenizer(ref, trust_remote_code=trust)
-        self.model = load_causal_lm(ref, trust_remote_code=trust, tokenizer=self.tokenizer)
+        self.model: Any = load_causal_lm(ref, trust_remote_code=trust, tokenizer=self.tokenizer)
         self.model.eval()
         self.identity = {"backend": "huggingface", "model": display}
 
