@@ -166,7 +166,7 @@ class HuggingFaceBackend:
         self.torch = torch
         self.tokenizer = load_tokenizer(ref, trust_remote_code=trust)
         self.model: Any = load_causal_lm(ref, trust_remote_code=trust, tokenizer=self.tokenizer)
-        self.model.eval()
+        self.model.train(False)  # inference mode
         self.identity = {"backend": "huggingface", "model": display}
 
     def _prefix(self, messages: list[dict[str, str]]) -> str:

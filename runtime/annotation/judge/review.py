@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from rlhfspec.common.findings import Finding
 from rlhfspec.runtime.annotation.agreement import (
     AgreementError,
     binomial_test_two_sided,
@@ -34,7 +35,6 @@ from rlhfspec.runtime.annotation.agreement import (
     wilson_interval,
 )
 from rlhfspec.runtime.annotation.judge.items import is_ai, pair_key
-from rlhfspec.runtime.annotation.qc import Finding, _finding
 from rlhfspec.runtime.stage_api import Gate
 
 LABELS = ("first", "second", "tie")
@@ -245,7 +245,9 @@ def review_judges(
         metrics["gate_passed"] = all(ok for _, _, _, ok, _ in checks)
         judges[name] = metrics
         findings += [
-            _finding(c, f"judge {name}", msg, v, t) for c, v, t, ok, msg in checks if not ok
+            Finding(c, msg, subject=f"judge {name}", value=v, threshold=t)
+            for c, v, t, ok, msg in checks
+            if not ok
         ]
     passed = all(j["gate_passed"] for j in judges.values())
     return {
