@@ -437,6 +437,11 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
     multiple=True,
     help="Proceed although this gate failed; recorded in lineage.json. Repeatable.",
 )
+@click.option(
+    "--policy-checkpoints",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Import the policy's checkpoints from a job exported with `compile --target verl`.",
+)
 @guarded
 def run_command(
     target: Path,
@@ -445,6 +450,7 @@ def run_command(
     until: str | None,
     resume: bool,
     overrides: tuple[str, ...],
+    policy_checkpoints: Path | None,
 ) -> None:
     """Run a spec's (or a compiled plan's) stages in a run directory with lineage."""
     from rlhfspec.runtime.run import run
@@ -461,6 +467,7 @@ def run_command(
         overrides=frozenset(overrides),
         log=lambda m: click.echo(m),
         on_stage_start=hooks.get("on_stage_start"),
+        policy_checkpoints=policy_checkpoints,
     )
     click.echo(f"run directory: {directory}")
     click.echo(f"lineage: {directory / 'lineage.json'}")
