@@ -199,6 +199,23 @@ CODES: dict[str, CodeInfo] = {
         "prompt-set-without-source",
         "An evaluation prompt set has no prompts to draw from.",
     ),
+    # Compute
+    "M001": CodeInfo(
+        "error",
+        "qlora-needs-cuda",
+        "LoRA with 4-bit quantisation (QLoRA, bitsandbytes) runs only on CUDA GPUs.",
+    ),
+    "M002": CodeInfo(
+        "warning",
+        "memory-over-device",
+        "A training stage's memory estimate per device exceeds compute.memory_per_device.",
+    ),
+    "M003": CodeInfo(
+        "warning",
+        "fsdp-on-cpu-runs-ddp",
+        "accelerate applies FSDP only on accelerators: on CPU the TRL stages (SFT, reward model, "
+        "DPO) run replicated (DDP); PPO shards with torch's fully_shard on CPU too.",
+    ),
     # Files
     "F001": CodeInfo("error", "file-not-found", "A referenced file does not exist."),
     "F002": CodeInfo(

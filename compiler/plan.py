@@ -9,27 +9,29 @@ runs is exactly what was reviewed.
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 from typing import Any
 
 from rlhfspec.common.hashing import canonical_json, file_fingerprint, sha256_bytes, sha256_text
 from rlhfspec.common.version import __version__
+from rlhfspec.compiler.compute import TRAINING_STAGES, launch_command, run_command, stage_compute
 from rlhfspec.compiler.diagnostics import json_path
 from rlhfspec.compiler.lockfile import criteria_hash, lock_path_for, read_lock
+from rlhfspec.compiler.memory import stage_memory
 from rlhfspec.compiler.schemas import PLAN_SCHEMA, SPEC_SCHEMA, load_schema
 from rlhfspec.compiler.semantic import iter_paths
 
 PLAN_VERSION = 1
-TRAINING_STAGES = {"sft", "reward_model", "policy"}
 
 
 def generator() -> str:
     return f"rlhfspec {__version__}"
 
 
-def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stages in run order, each with its dependencies, inputs and outputs."""
+def stage_graph(spec: dict[str, Any], spec_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The stages in run order, each with its dependencies, inputs and outputs; training
+    stages with their compute settings, launch command and memory plan (model configs are
+    read from `spec_dir`)."""
     method = spec["policy"]["method"]
     sft_on = spec["sft"]["enabled"]
     batches = [b["path"] for b in spec["annotation"]["batches"]]
@@ -137,27 +139,13 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             "outputs": ["handoff/"],
         }
     )
-    compute = spec["compute"]
-    for stage in stages:
+    for index, stage in enumerate(stages):
         stage["inputs"] = list(dict.fromkeys(stage["inputs"]))
-        argv = ["rlhfspec", "run", "plan.json", "--stage", stage["name"]]
-        stage["command"] = shlex.join(argv)
+        stage["command"] = run_command(stage["name"], first=index == 0)
         if stage["name"] in TRAINING_STAGES:
-            stage["launch"] = shlex.join(
-                [
-                    "accelerate",
-                    "launch",
-                    "--num_processes",
-                    str(compute["num_processes"]),
-                    "--mixed_precision",
-                    compute["mixed_precision"],
-                    "-m",
-                    "rlhfspec.cli.launch",
-                    "plan.json",
-                    "--stage",
-                    stage["name"],
-                ]
-            )
+            stage["compute"] = stage_compute(spec, stage["name"])
+            stage["launch"] = launch_command(stage["name"], stage["compute"])
+            stage["memory"] = stage_memory(spec, stage["name"], stage["compute"], spec_dir)
     return stages
 
 
@@ -209,7 +197,7 @@ def build_plan(
         },
         "inputs": inputs,
         "resolved": spec,
-        "stages": stage_graph(spec),
+        "stages": stage_graph(spec, spec_dir),
         "documents": [
             {"file": name, "sha256": sha256_text(text)} for name, text in sorted(documents.items())
         ],
