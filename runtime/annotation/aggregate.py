@@ -22,7 +22,7 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.jsonl import read_rows
-from rlhfspec.runtime.annotation.records import read_batch
+from rlhfspec.runtime.annotation.records import read_batches
 from rlhfspec.runtime.project import Project
 
 LO, HI, TIE = 0, 1, 2
@@ -70,15 +70,8 @@ def read_jsonl_rows(path: Path, display: str, required: Iterable[str]) -> list[d
 
 def load_records(project: Project, *, skip_bad_rows: bool = False) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
-    for batch in project.spec["annotation"]["batches"]:
-        read = read_batch(
-            project.path(batch["path"]),
-            batch=batch["id"],
-            fmt=batch["format"],
-            criteria_version=batch["criteria_version"],
-            display=batch["path"],
-            skip_bad=skip_bad_rows,
-        )
+    batches = project.spec["annotation"]["batches"]
+    for read in read_batches(batches, project.folder, skip_bad=skip_bad_rows):
         records.extend(read.records)
     return records
 

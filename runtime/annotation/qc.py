@@ -114,7 +114,7 @@ from rlhfspec.runtime.annotation.agreement import (
     pairwise_agreement,
     wilson_interval,
 )
-from rlhfspec.runtime.annotation.records import CHOICES, SKIP_HINT, AnnotationTable, read_batch
+from rlhfspec.runtime.annotation.records import CHOICES, SKIP_HINT, AnnotationTable, read_batches
 from rlhfspec.runtime.project import Project
 
 __all__ = [
@@ -1311,16 +1311,9 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
     files: list[dict[str, Any]] = []
     cancelled: dict[str, int] = {}
     skipped: dict[str, list[str]] = {}
-    for entry in batches:
+    reads = read_batches(batches, project.folder, skip_bad=skip_bad_rows)
+    for entry, read in zip(batches, reads, strict=True):
         path = project.path(entry["path"])
-        read = read_batch(
-            path,
-            batch=entry["id"],
-            fmt=entry.get("format", "jsonl"),
-            criteria_version=entry["criteria_version"],
-            display=entry["path"],
-            skip_bad=skip_bad_rows,
-        )
         records.extend(read.records)
         cancelled[entry["id"]] = read.cancelled
         if read.problems:
