@@ -478,8 +478,8 @@ def _strategy(setting: str, value: Any, s: dict[str, Any]) -> Row:
 @rule("compute.fsdp.cpu_offload")
 def _cpu_offload(setting: str, value: Any, s: dict[str, Any]) -> Row:
     keys = {
-        f"{role}.fsdp_config.{kind}_offload": bool(value)
-        for role in ("actor_rollout_ref.actor", "critic.model")
+        f"{section}.{kind}_offload": bool(value)
+        for section in ("actor_rollout_ref.actor.fsdp_config", "critic.fsdp")
         for kind in ("param", "optimizer")
     }
     return _exact(setting, value, keys, "parameters and optimizer state offloaded to CPU")
