@@ -19,50 +19,11 @@ The reference label of a record, used by the fatigue check and the per-record dr
 is the gold answer on a gold item and otherwise the strict majority of the *other* annotators
 of the item (leave-one-out consensus); records without either are left out of those checks.
 
-Codes (stable; a code never changes meaning or severity; `QC_CODES` holds this table):
+Codes are stable (a code never changes meaning or severity). They are registered in
+common/codes.py with every other family's and listed in docs/diagnostics.md; `QC_CODES` is
+QC's view of the registry.
 
-====  ========  ============================  ===========================================
-code  severity  name                          meaning
-====  ========  ============================  ===========================================
-Q001  error     agreement_below_floor         overall agreement below `agreement.floor`
-Q002  warning   agreement_below_target        overall agreement below `agreement.target`
-Q003  error     gold_accuracy_low             annotator's gold accuracy below
-                                              `gold.min_accuracy` (*)
-Q004  error     position_bias                 annotator's share of first-shown picks above
-                                              `position_bias.max_first_share` and binomial
-                                              p below `position_bias.significance` (*)
-Q005  error     fatigue                       annotator's agreement with the reference drops
-                                              by more than `fatigue.max_drop` after
-                                              `fatigue.late_after_minutes` (*)
-Q006  error     session_over_limit            annotator has sessions longer than
-                                              `session_max_minutes`
-Q007  error     consensus_below_floor         annotator's kappa with the leave-one-out
-                                              consensus below `agreement.floor` (*)
-Q008  warning   consensus_below_target        ... below `agreement.target`
-Q009  error     batch_agreement_below_floor   a batch's agreement below `agreement.floor`
-Q010  warning   batch_agreement_below_target  a batch's agreement below `agreement.target`
-                                              (only when the overall is at or above it)
-Q011  warning   batch_agreement_drift         a batch's agreement more than
-                                              `DRIFT_TOLERANCE` below the first batch's
-Q012  warning   batch_gold_accuracy_low       a batch's pooled gold accuracy below
-                                              `gold.min_accuracy`
-Q013  warning   split_votes                   share of items without a strict majority
-                                              above `max_split_vote_share`
-Q014  error     criteria_version_mismatch     records whose criteria_version differs from
-                                              their batch's tag in the spec
-Q015  warning   gold_share                    annotator's share of gold tasks outside
-                                              `gold.share`
-Q016  warning   justification_missing         `justification: required` but records lack one
-Q017  warning   rows_skipped                  bad rows skipped (`--skip-bad-rows`)
-Q018  warning   gold_without_key              records marked gold whose item is not in the
-                                              gold file
-Q019  warning   under_covered                 items with fewer annotators than
-                                              `annotators_per_item`
-Q020  warning   agreement_undefined           agreement could not be computed (no overlap)
-Q021  warning   empty_batch                   a batch the spec lists has no records
-====  ========  ============================  ===========================================
-
-(*) An error with one of these codes puts the annotator in `QcReport.excluded_annotators`:
+An error with a code marked `excludes` (Q003, Q004, Q005, Q007) puts the annotator in `QcReport.excluded_annotators`:
 their labels are unreliable, so the aggregation step leaves their votes out when
 `aggregation.exclude_failed_annotators` is on. Q006 (sessions over the limit) is an error
 because the session limit is a rule of the spec, not a measurement, but it does not exclude
@@ -93,13 +54,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from rlhfspec.common.codes import Code, family
 from rlhfspec.common.errors import RunError
-from rlhfspec.common.findings import FindingsReport
+from rlhfspec.common.findings import Finding, FindingsReport
 from rlhfspec.common.hashing import file_fingerprint
 from rlhfspec.common.jsonl import missing_strings, read_objects, refusal
 from rlhfspec.compiler.lockfile import criteria_hash
@@ -144,63 +106,12 @@ SAMPLE_CHARS = 240
 _NDIGITS = 6
 
 
-class QcCode(NamedTuple):
-    severity: str
-    name: str
-    meaning: str
-    excludes: bool = False
-
-
-QC_CODES: dict[str, QcCode] = {
-    "Q001": QcCode("error", "agreement_below_floor", "Overall agreement below the floor."),
-    "Q002": QcCode("warning", "agreement_below_target", "Overall agreement below the target."),
-    "Q003": QcCode(
-        "error", "gold_accuracy_low", "Annotator's gold accuracy below the minimum.", True
-    ),
-    "Q004": QcCode("error", "position_bias", "Annotator favours the first-shown response.", True),
-    "Q005": QcCode("error", "fatigue", "Annotator's agreement drops late in sessions.", True),
-    "Q006": QcCode("error", "session_over_limit", "Annotator's sessions exceed the session limit."),
-    "Q007": QcCode(
-        "error",
-        "consensus_below_floor",
-        "Annotator's kappa with the others' consensus below the floor.",
-        True,
-    ),
-    "Q008": QcCode(
-        "warning",
-        "consensus_below_target",
-        "Annotator's kappa with the others' consensus below the target.",
-    ),
-    "Q009": QcCode("error", "batch_agreement_below_floor", "A batch's agreement below the floor."),
-    "Q010": QcCode(
-        "warning", "batch_agreement_below_target", "A batch's agreement below the target."
-    ),
-    "Q011": QcCode(
-        "warning", "batch_agreement_drift", "A batch's agreement dropped versus the first batch."
-    ),
-    "Q012": QcCode(
-        "warning", "batch_gold_accuracy_low", "A batch's pooled gold accuracy below the minimum."
-    ),
-    "Q013": QcCode("warning", "split_votes", "Too many items without a strict majority vote."),
-    "Q014": QcCode(
-        "error",
-        "criteria_version_mismatch",
-        "Records follow another criteria version than their batch's tag.",
-    ),
-    "Q015": QcCode(
-        "warning", "gold_share", "Annotator's share of gold tasks outside the spec's range."
-    ),
-    "Q016": QcCode("warning", "justification_missing", "Required justifications are missing."),
-    "Q017": QcCode("warning", "rows_skipped", "Bad rows were skipped."),
-    "Q018": QcCode(
-        "warning", "gold_without_key", "Records marked gold have no answer in the gold file."
-    ),
-    "Q019": QcCode(
-        "warning", "under_covered", "Items with fewer annotators than annotators_per_item."
-    ),
-    "Q020": QcCode("warning", "agreement_undefined", "Agreement could not be computed."),
-    "Q021": QcCode("warning", "empty_batch", "A batch listed in the spec has no records."),
-}
+# QC's codes (registered in common/codes.py with every other family's); `excludes` marks the
+# (*) codes above.
+QC_CODES: dict[str, Code] = family("Q")
+QcCode = Code
+JSON_KEYS = ("code", "severity", "name", "subject", "message", "value", "threshold")
+"""The keys of one finding in qc/report.json, in order."""
 _SEVERITY_RANK = {"error": 0, "warning": 1}
 _LABELS = len(CHOICES)  # 0 = canonical first, 1 = canonical second, 2 = tie
 
@@ -266,41 +177,6 @@ class QcSettings:
         )
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One QC problem. `subject` is "overall", "annotator <id>" or "batch <id>"."""
-
-    code: str
-    severity: str
-    subject: str
-    message: str
-    value: float | None = None
-    threshold: float | None = None
-
-    @property
-    def name(self) -> str:
-        return QC_CODES[self.code].name
-
-    @property
-    def annotator(self) -> str | None:
-        return self.subject[len("annotator ") :] if self.subject.startswith("annotator ") else None
-
-    @property
-    def batch(self) -> str | None:
-        return self.subject[len("batch ") :] if self.subject.startswith("batch ") else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "severity": self.severity,
-            "name": self.name,
-            "subject": self.subject,
-            "message": self.message,
-            "value": _clean(self.value),
-            "threshold": _clean(self.threshold),
-        }
-
-
 def _finding(
     code: str,
     subject: str,
@@ -308,8 +184,8 @@ def _finding(
     value: float | None = None,
     threshold: float | None = None,
 ) -> Finding:
-    """A finding whose severity comes from the registry, so a code's severity never varies."""
-    return Finding(code, QC_CODES[code].severity, subject, message, value, threshold)
+    """A finding about `subject` ("overall", "annotator <id>", "batch <id>")."""
+    return Finding(code, message, subject=subject, value=value, threshold=threshold)
 
 
 @dataclass(frozen=True)
@@ -346,7 +222,7 @@ class QcReport(FindingsReport):
             "verdict": "pass" if self.ok else "fail",
             "summary": {"errors": len(self.errors), "warnings": len(self.warnings)},
             "excluded_annotators": list(self.excluded_annotators),
-            "findings": [f.to_dict() for f in self.findings],
+            "findings": [_clean(f.to_dict(JSON_KEYS)) for f in self.findings],
             "metrics": _clean(self.metrics),
             "samples": _clean(self.samples),
         }

@@ -61,6 +61,9 @@ class PPOSettings:
     """Everything that decides a PPO run's numbers: the spec's ``policy.kl`` and ``policy.ppo``
     blocks, the seed, the checkpoint interval and the thread count (CPU results change with it).
 
+    ``mixed_precision`` (``compute.mixed_precision``) is autocast only: the policy and value
+    model train in float32 (`rlhfspec.runtime.train.precision`).
+
     ``cpu=None`` means: on the CPU unless CUDA is available. It does not enter the comparison
     made on resume (`comparable`), and neither does ``threads``; both are recorded.
     """
@@ -91,11 +94,16 @@ class PPOSettings:
     seed: int = 0
     threads: int = dataclasses.field(default_factory=threads)
     cpu: bool | None = None
+    mixed_precision: str = "no"
 
     def __post_init__(self) -> None:
         problems = []
         if self.kl_estimator not in ("k1", "k2", "k3"):
             problems.append(f"kl.estimator must be k1, k2 or k3, not {self.kl_estimator!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            problems.append(
+                f"compute.mixed_precision must be no, bf16 or fp16, not {self.mixed_precision!r}"
+            )
         if self.kl_mode not in ("fixed", "adaptive"):
             problems.append(f"kl.mode must be fixed or adaptive, not {self.kl_mode!r}")
         if self.kl_mode == "adaptive" and (self.kl_target is None or self.kl_target <= 0):
@@ -137,6 +145,7 @@ class PPOSettings:
         *,
         threads: int | None = None,
         cpu: bool | None = None,
+        mixed_precision: str = "no",
     ) -> PPOSettings:
         """Settings from a spec's ``policy`` block (schema defaults for what it leaves out)."""
         kl = policy_block["kl"]
@@ -153,6 +162,7 @@ class PPOSettings:
             ),
             "seed": int(seed),
             "cpu": cpu,
+            "mixed_precision": mixed_precision,
         }
         for name in (
             "total_episodes",
