@@ -447,6 +447,11 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
     multiple=True,
     help="Proceed although this gate failed; recorded in lineage.json. Repeatable.",
 )
+@click.option(
+    "--policy-checkpoints",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Import the policy's checkpoints from a job exported with `compile --target verl`.",
+)
 @guarded
 def run_command(
     target: Path,
@@ -455,6 +460,7 @@ def run_command(
     until: str | None,
     resume: bool,
     overrides: tuple[str, ...],
+    policy_checkpoints: Path | None,
 ) -> None:
     """Run a spec's (or a compiled plan's) stages in a run directory with lineage."""
     from rlhfspec.runtime.run import run
@@ -471,6 +477,7 @@ def run_command(
         overrides=frozenset(overrides),
         log=lambda m: click.echo(m),
         on_stage_start=hooks.get("on_stage_start"),
+        policy_checkpoints=policy_checkpoints,
     )
     click.echo(f"run directory: {directory}")
     click.echo(f"lineage: {directory / 'lineage.json'}")
@@ -555,10 +562,7 @@ def handoff(run_dir: Path, out: Path, weights: str | None) -> None:
     """Assemble the handoff package of a finished run, with checksums and a model card."""
     from rlhfspec.runtime.handoff.package import build_package
 
-    if weights is None:
-        plan = json.loads((run_dir / "plan" / "plan.json").read_text(encoding="utf-8"))
-        weights = plan["resolved"]["handoff"]["weights"]
-    result = build_package(run_dir, out, weights=weights)
+    result = build_package(run_dir, out, weights=weights)  # None: the plan's handoff.weights
     click.echo(result.describe())
 
 

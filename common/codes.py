@@ -50,6 +50,7 @@ GROUPS: tuple[Group, ...] = (
     Group("R", "Reward-model settings", "`rlhfspec validate` / `compile`"),
     Group("O", "Policy settings", "`rlhfspec validate` / `compile`"),
     Group("E", "Evaluation settings", "`rlhfspec validate` / `compile`"),
+    Group("M", "Compute settings", "`rlhfspec validate` / `compile`"),
     Group("X", "Export targets", "`rlhfspec compile SPEC --target verl`"),
     Group("F", "Files", "`rlhfspec validate` / `compile`"),
     Group("PR", "Prompt distribution", "`rlhfspec prompts`, the `prompts` stage"),
@@ -229,6 +230,17 @@ REGISTRY: tuple[Code, ...] = (
          "An adversarial prompt source exists but evaluation leaves the adversarial set out, "
          "where reward hacking shows first.",
          "Add `adversarial` to `evaluation.prompt_sets`."),
+    # Compute
+    Code("M001", _ERR, "qlora-needs-cuda",
+         "LoRA with 4-bit quantisation (QLoRA, bitsandbytes) runs only on CUDA GPUs.",
+         "Use `lora.quantize: none` on CPU, or `compute.device: cuda`."),
+    Code("M002", _WARN, "memory-over-device",
+         "A training stage's memory estimate per device exceeds compute.memory_per_device.",
+         "Enable LoRA, gradient checkpointing or FSDP, add processes, or lower the batch size."),
+    Code("M003", _WARN, "fsdp-on-cpu-runs-ddp",
+         "accelerate applies FSDP only on accelerators: on CPU the TRL stages (SFT, reward "
+         "model, DPO) run replicated (DDP); PPO shards with torch's fully_shard on CPU too.",
+         "Use `compute.device: cuda` for FSDP, or `strategy: ddp` to say what runs."),
     # Export targets (`rlhfspec compile SPEC --target verl`)
     Code("X001", _ERR, "export-refused-setting",
          "A setting the target engine cannot express, not acknowledged under "

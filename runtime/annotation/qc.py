@@ -70,6 +70,7 @@ from rlhfspec.common.hashing import file_fingerprint
 from rlhfspec.common.jsonl import missing_strings, read_objects, refusal
 from rlhfspec.compiler.lockfile import criteria_hash
 from rlhfspec.compiler.plan import generator
+from rlhfspec.compiler.schemas import default_of
 from rlhfspec.runtime.annotation.agreement import (
     AgreementError,
     binomial_test_two_sided,
@@ -129,20 +130,22 @@ _LABELS = len(CHOICES)  # 0 = canonical first, 1 = canonical second, 2 = tie
 class QcSettings:
     """The thresholds QC applies; `from_spec` reads them from the resolved spec."""
 
-    metric: str = "cohen_kappa"
-    target: float = 0.6
-    floor: float = 0.4
+    # spec thresholds default to the schema's defaults (the single source); a resolved spec
+    # sets them all through `from_spec`
+    metric: str = default_of("annotation.agreement.metric")
+    target: float = default_of("annotation.agreement.target")
+    floor: float = default_of("annotation.agreement.floor")
     has_gold: bool = True
-    gold_share: tuple[float, float] = (0.05, 0.10)
-    min_accuracy: float = 0.8
-    max_first_share: float = 0.65
-    significance: float = 0.01
-    late_after_minutes: float = 60.0
-    max_drop: float = 0.15
-    session_max_minutes: float = 90.0
-    max_split_vote_share: float = 0.2
-    annotators_per_item: int = 3
-    justification: str = "optional"
+    gold_share: tuple[float, float] = tuple(default_of("annotation.gold.share"))
+    min_accuracy: float = default_of("annotation.gold.min_accuracy")
+    max_first_share: float = default_of("annotation.position_bias.max_first_share")
+    significance: float = default_of("annotation.position_bias.significance")
+    late_after_minutes: float = default_of("annotation.fatigue.late_after_minutes")
+    max_drop: float = default_of("annotation.fatigue.max_drop")
+    session_max_minutes: float = default_of("annotation.session_max_minutes")
+    max_split_vote_share: float = default_of("annotation.max_split_vote_share")
+    annotators_per_item: int = default_of("annotation.annotators_per_item")
+    justification: str = default_of("annotation.justification")
     batches: tuple[tuple[str, str], ...] = ()
     """(batch id, tagged criteria version), in spec order; the first is the drift baseline."""
     min_pair_overlap: int = MIN_PAIR_OVERLAP
@@ -153,31 +156,31 @@ class QcSettings:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> QcSettings:
-        """Thresholds from a resolved spec (defaults already written out by validation)."""
-        ann = spec.get("annotation", {})
-        agreement = ann.get("agreement", {})
+        """Thresholds from a resolved spec (defaults already written out by the compiler;
+        only `annotation.gold`, which has no default, may be absent)."""
+        ann = spec["annotation"]
+        agreement = ann["agreement"]
         gold = ann.get("gold")
-        bias = ann.get("position_bias", {})
-        fatigue = ann.get("fatigue", {})
-        share = (gold or {}).get("share", [0.05, 0.10])
+        bias = ann["position_bias"]
+        fatigue = ann["fatigue"]
         return cls(
-            metric=str(agreement.get("metric", "cohen_kappa")),
-            target=float(agreement.get("target", 0.6)),
-            floor=float(agreement.get("floor", 0.4)),
+            metric=str(agreement["metric"]),
+            target=float(agreement["target"]),
+            floor=float(agreement["floor"]),
             has_gold=gold is not None,
-            gold_share=(float(share[0]), float(share[1])),
-            min_accuracy=float((gold or {}).get("min_accuracy", 0.8)),
-            max_first_share=float(bias.get("max_first_share", 0.65)),
-            significance=float(bias.get("significance", 0.01)),
-            late_after_minutes=float(fatigue.get("late_after_minutes", 60)),
-            max_drop=float(fatigue.get("max_drop", 0.15)),
-            session_max_minutes=float(ann.get("session_max_minutes", 90)),
-            max_split_vote_share=float(ann.get("max_split_vote_share", 0.2)),
-            annotators_per_item=int(ann.get("annotators_per_item", 3)),
-            justification=str(ann.get("justification", "optional")),
-            batches=tuple(
-                (str(b["id"]), str(b["criteria_version"])) for b in ann.get("batches", [])
-            ),
+            gold_share=(float(gold["share"][0]), float(gold["share"][1]))
+            if gold
+            else cls.gold_share,
+            min_accuracy=float(gold["min_accuracy"]) if gold else cls.min_accuracy,
+            max_first_share=float(bias["max_first_share"]),
+            significance=float(bias["significance"]),
+            late_after_minutes=float(fatigue["late_after_minutes"]),
+            max_drop=float(fatigue["max_drop"]),
+            session_max_minutes=float(ann["session_max_minutes"]),
+            max_split_vote_share=float(ann["max_split_vote_share"]),
+            annotators_per_item=int(ann["annotators_per_item"]),
+            justification=str(ann["justification"]),
+            batches=tuple((str(b["id"]), str(b["criteria_version"])) for b in ann["batches"]),
         )
 
 
@@ -1183,8 +1186,8 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
     `skip_bad_rows` they are skipped and reported as Q017 warnings instead.
     """
     spec = project.spec
-    ann_spec = spec.get("annotation", {})
-    batches = ann_spec.get("batches", [])
+    ann_spec = spec["annotation"]
+    batches = ann_spec["batches"]
     if not batches:
         raise RunError(f"{project.display}: annotation.batches is empty; there is nothing to check")
     records: list[dict[str, Any]] = []
@@ -1198,7 +1201,7 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
         cancelled[entry["id"]] = read.cancelled
         if read.problems:
             skipped[entry["id"]] = [str(p) for p in read.problems]
-        files.append({"batch": entry["id"], "path": entry["path"], "format": entry.get("format", "jsonl"),
+        files.append({"batch": entry["id"], "path": entry["path"], "format": entry["format"],
                       **file_fingerprint(path)})  # fmt: skip
 
     gold: dict[str, int] = {}

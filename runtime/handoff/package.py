@@ -444,8 +444,8 @@ def _facts(run: _Run) -> _Facts:
             "id": b["id"],
             "criteria_version": b["criteria_version"],
             "path": b["path"],
-            "format": b.get("format", "jsonl"),
-            "notes": b.get("notes", ""),
+            "format": b["format"],
+            "notes": b["notes"],
             "sha256": inputs.get(b["path"], {}).get("sha256"),
             "rows": inputs.get(b["path"], {}).get("rows"),
             "used_by_reward_model": b["id"] in used,
@@ -511,6 +511,8 @@ def _facts(run: _Run) -> _Facts:
             "settings": policy[policy["method"]],
             "checkpoint_every": policy["checkpoint_every"],
             "final_kl_coef": (checkpoint_meta or {}).get("kl_coef"),
+            # who trained it: rlhfspec itself, or an external engine's imported checkpoints
+            "engine": metadata.get("engine"),
         },
         selection=selection,
         chosen=chosen,
@@ -520,6 +522,30 @@ def _facts(run: _Run) -> _Facts:
         human=human,
         warnings=warnings,
     )
+
+
+ENGINE_FILES = {
+    "overrides.txt": "config as exported (Hydra overrides of verl's main_ppo)",
+    "MAPPING.md": "mapping of every spec setting to the engine's keys",
+    "rlhfspec_export.json": "export manifest",
+    "config.yaml": "own composed config (Hydra)",
+    "overrides.yaml": "command-line overrides (Hydra)",
+    "launch.json": "launch record (engine version)",
+}
+
+
+def _engine(engine: dict[str, Any] | None) -> dict[str, Any]:
+    """Who trained the policy, for the model card: rlhfspec, or the engine of an imported job."""
+    if not engine:
+        return {"external": False, "name": "rlhfspec"}
+    return {
+        "external": True,
+        "name": str(engine.get("name")),
+        "version": str(engine.get("version") or "not recorded"),
+        "config_sha256": str(engine.get("exported_config_sha256")),
+        "job_config": sorted(engine.get("job_config") or {}),
+        "acknowledged": sorted((engine.get("acknowledged") or {}).items()),
+    }
 
 
 def _checkpoint_meta_path(run_dir: Path, rel: str) -> Path | None:
@@ -645,6 +671,15 @@ def _collect(run: _Run, facts: _Facts, parts: Sequence[str], weights: str) -> li
             part,
             "The checkpoint index with the KL settings and the reward-model version",
         )
+        engine = run.dir / "models/policy/engine"
+        for name in sorted(p.name for p in engine.iterdir()) if engine.is_dir() else []:
+            copy(
+                f"models/policy/engine/{name}",
+                f"evidence/engine/{name}",
+                part,
+                f"The external training job's {ENGINE_FILES.get(name, name)}",
+                "policy",
+            )
         if (run.dir / "models/policy/metrics.jsonl").is_file():
             copy(
                 "models/policy/metrics.jsonl",
@@ -1048,6 +1083,7 @@ def _context(
                 if not isinstance(v, dict)
             ],
             "checkpoint_every": _num(facts.policy["checkpoint_every"]),
+            "engine": _engine(facts.policy["engine"]),
         },  # fmt: skip
         "sft": {
             "enabled": bool(spec["sft"]["enabled"]),
@@ -1202,23 +1238,25 @@ def build_package(
     run_dir: Path,
     out: Path,
     *,
-    weights: str = "reference",
+    weights: str | None = None,
     spec_dir: Path | None = None,
     include: Sequence[str] | None = None,
 ) -> PackageResult:
     """Build the handoff package of a finished run into `out` (a directory, or `.tar.gz`).
 
     `weights` is `include` (copy the deployment checkpoint's model files) or `reference`
-    (record their paths, relative to the run directory, and sha256). `spec_dir` is the spec's
+    (record their paths, relative to the run directory, and sha256); by default the plan's
+    `handoff.weights`. `spec_dir` is the spec's
     folder, where the gold items are read from (checked against the plan's sha256); by default
     the folder the plan names. `include` lists the parts (default: the plan's
     `handoff.include`). The package is written to a temporary sibling of `out` and renamed
     into place, so a failure never leaves a half-written package; an existing package at
     `out` is replaced, anything else there is refused.
     """
+    run = _Run(run_dir, spec_dir)
+    weights = str(run.spec["handoff"]["weights"]) if weights is None else weights
     if weights not in WEIGHTS_MODES:
         raise RunError(f"weights must be one of {', '.join(WEIGHTS_MODES)}, got {weights!r}")
-    run = _Run(run_dir, spec_dir)
     parts = tuple(include if include is not None else run.spec["handoff"]["include"])
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
