@@ -73,6 +73,16 @@ def _weight_files(run_dir: Path, rel: str) -> list[Path]:
     return files
 
 
+ENGINE_FILES = {
+    "overrides.txt": "config as exported (Hydra overrides of verl's main_ppo)",
+    "MAPPING.md": "mapping of every spec setting to the engine's keys",
+    "rlhfspec_export.json": "export manifest",
+    "config.yaml": "own composed config (Hydra)",
+    "overrides.yaml": "command-line overrides (Hydra)",
+    "launch.json": "launch record (engine version)",
+}
+
+
 class _Collector:
     """The entries gathered so far, and the two ways a file gets in: copied or made here."""
 
@@ -197,6 +207,15 @@ def _deployment_checkpoint(c: _Collector) -> None:
         part,
         "The checkpoint index with the KL settings and the reward-model version",
     )
+    engine = c.run.dir / "models/policy/engine"
+    for name in sorted(p.name for p in engine.iterdir()) if engine.is_dir() else []:
+        c.copy(
+            f"models/policy/engine/{name}",
+            f"evidence/engine/{name}",
+            part,
+            f"The external training job's {ENGINE_FILES.get(name, name)}",
+            "policy",
+        )
     if (c.run.dir / "models/policy/metrics.jsonl").is_file():
         c.copy(
             "models/policy/metrics.jsonl",

@@ -377,6 +377,21 @@ def _policy_view(facts: Facts) -> dict[str, Any]:
             (k, _num(v)) for k, v in sorted(policy["settings"].items()) if not isinstance(v, dict)
         ],
         "checkpoint_every": _num(policy["checkpoint_every"]),
+        "engine": _engine(policy["engine"]),
+    }
+
+
+def _engine(engine: dict[str, Any] | None) -> dict[str, Any]:
+    """Who trained the policy, for the model card: rlhfspec, or the engine of an imported job."""
+    if not engine:
+        return {"external": False, "name": "rlhfspec"}
+    return {
+        "external": True,
+        "name": str(engine.get("name")),
+        "version": str(engine.get("version") or "not recorded"),
+        "config_sha256": str(engine.get("exported_config_sha256")),
+        "job_config": sorted(engine.get("job_config") or {}),
+        "acknowledged": sorted((engine.get("acknowledged") or {}).items()),
     }
 
 

@@ -225,6 +225,8 @@ def gather_facts(run: RunDir) -> Facts:
             "settings": policy[policy["method"]],
             "checkpoint_every": policy["checkpoint_every"],
             "final_kl_coef": (checkpoint_meta or {}).get("kl_coef"),
+            # who trained it: rlhfspec itself, or an external engine's imported checkpoints
+            "engine": metadata.get("engine"),
         },
         selection=selection,
         chosen=chosen,
