@@ -259,6 +259,11 @@ CODES: dict[str, CodeInfo] = {
         "A referenced path leaves the spec's folder (`../`, absolute, or a symlink out).",
     ),
     "F003": CodeInfo("error", "missing-data-path", "A stage is enabled without the data it needs."),
+    "F004": CodeInfo(
+        "error",
+        "unusable-path",
+        "The operating system refuses the path (a NUL byte, a name too long, no permission).",
+    ),
 }
 
 
