@@ -23,11 +23,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rlhfspec.common.errors import RunError
-from rlhfspec.common.hashing import canonical_json, sha256_file, sha256_text
+from rlhfspec.common.errors import CompilerError, RunError
+from rlhfspec.common.hashing import sha256_file
 from rlhfspec.common.version import __version__ as rlhfspec_version
 from rlhfspec.compiler.compile import CompileResult, compile_spec, write_outputs
 from rlhfspec.compiler.diagnostics import format_text
+from rlhfspec.compiler.plan_check import load_compiled_plan
 from rlhfspec.runtime.lineage import LINEAGE_FILE, Lineage, describe, signature
 from rlhfspec.runtime.project import Project
 from rlhfspec.runtime.stage_api import GateFailure, StageContext, StageOutcome, covers
@@ -88,30 +89,14 @@ class LoadedPlan:
 
 
 def load_plan(path: Path, display: str, plan_dir: Path = Path("plan")) -> LoadedPlan:
-    """A spec is compiled in memory; a plan.json is checked against its fingerprint and inputs."""
+    """A spec is compiled in memory; a plan.json is re-validated as the compiler would
+    (compiler/plan_check.py), since anyone can write a plan with a matching fingerprint."""
     if path.suffix == ".json":
         try:
-            plan = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RunError(f"{display}: not a readable plan: {exc}") from None
-        if not isinstance(plan, dict) or plan.get("plan_version") != 1 or "fingerprint" not in plan:
-            raise RunError(
-                f"{display}: not an rlhfspec plan (compile a spec with `rlhfspec compile`)"
-            )
-        body = {k: v for k, v in plan.items() if k != "fingerprint"}
-        if sha256_text(canonical_json(body)) != plan["fingerprint"]:
-            raise RunError(
-                f"{display}: the plan was edited after compiling (fingerprint mismatch); recompile it"
-            )
-        spec_dir = (path.parent / plan["spec"]["dir"]).resolve()
-        for item in plan["inputs"]:
-            file = spec_dir / item["path"]
-            if not file.is_file() or sha256_file(file) != item["sha256"]:
-                raise RunError(
-                    f"input {item['path']} ({item['field']}) changed since {display} was compiled; "
-                    "recompile the spec"
-                )
-        return LoadedPlan(plan, spec_dir, {"plan.json": path.read_bytes()})
+            plan, spec_path = load_compiled_plan(path, display)
+        except CompilerError as exc:
+            raise RunError(exc.message) from None
+        return LoadedPlan(plan, spec_path.parent, {"plan.json": path.read_bytes()})
     # plan_dir is where plan.json will live: its `spec.dir` is relative to it
     result = compile_spec(path, plan_dir, display=display)
     if result.plan is None:
