@@ -10,6 +10,7 @@ run directory at a time (`run.lock`); a second is refused.
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import os
@@ -125,37 +126,72 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _owner(fd: int) -> dict[str, Any]:
+    """What the lock file says about its owner ({} when unreadable)."""
+    try:
+        owner = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _busy(run_dir: Path, lock: Path, owner: dict[str, Any]) -> RunError:
+    return RunError(
+        f"{run_dir} is in use by another run (pid {owner.get('pid', '?')} on "
+        f"{owner.get('host', '?')}, since {owner.get('since', '?')}); wait for it, or remove "
+        f"{lock} if that run is gone",
+        exit_code=EXIT_BUSY,
+    )
+
+
+def _acquire(run_dir: Path, lock: Path, log: Callable[[str], None]) -> int:
+    """An fd holding an exclusive flock on the lock file that is at `lock` right now.
+
+    The kernel drops a flock when its process dies, so a dead run's lock is
+    taken over by whoever locks first, atomically: no check-then-unlink race
+    (two of four runners used to become owners at once). The owner unlinks
+    the file before releasing it, so a runner that locked an unlinked file
+    (the inode check) starts again.
+    """
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _owner(fd)
+            os.close(fd)
+            raise _busy(run_dir, lock, owner) from None
+        try:
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if not current:
+            os.close(fd)
+            continue
+        owner = _owner(fd)
+        pid = owner.get("pid")
+        if isinstance(pid, int):
+            if owner.get("host") == socket.gethostname() and _pid_alive(pid):
+                os.close(fd)  # a live owner from a version that did not flock
+                raise _busy(run_dir, lock, owner)
+            log(f"taking over the lock of a run that died (pid {pid})")
+        mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": now()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, mine.encode("utf-8"), 0)
+        return fd
+
+
 @contextmanager
 def run_lock(run_dir: Path, log: Callable[[str], None]) -> Iterator[None]:
     """Exclusive ownership of a run directory; a lock left by a dead process is taken over."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                owner = {}
-            pid = owner.get("pid")
-            same_host = owner.get("host") == socket.gethostname()
-            if isinstance(pid, int) and same_host and not _pid_alive(pid):
-                log(f"taking over the lock of a run that died (pid {pid})")
-                lock.unlink(missing_ok=True)
-                continue
-            raise RunError(
-                f"{run_dir} is in use by another run (pid {pid} on {owner.get('host', '?')}, "
-                f"since {owner.get('since', '?')}); wait for it, or remove {lock} if that run is gone",
-                exit_code=EXIT_BUSY,
-            ) from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}, handle)
-        break
+    fd = _acquire(run_dir, lock, log)
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)  # still holding the flock: see _acquire
+        os.close(fd)
 
 
 def read_outputs(stage: dict[str, Any], lineage: Lineage) -> list[dict[str, Any]]:
