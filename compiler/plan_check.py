@@ -103,7 +103,7 @@ def _differences(fresh: Any, given: Any, path: tuple[str | int, ...] = ()) -> li
 
 def spec_of_plan(path: Path, plan: dict[str, Any], display: str) -> Path:
     """The spec file the plan was compiled from; its bytes must be the recorded ones."""
-    name = plan["spec"]["file"]
+    name = str(plan["spec"]["file"])
     if not SPEC_FILE.fullmatch(name) or name in (".", ".."):
         raise _refuse(display, [f"at spec.file: {name[:80]!r} is not a spec file name"])
     try:
