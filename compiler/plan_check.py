@@ -107,7 +107,7 @@ def spec_of_plan(path: Path, plan: dict[str, Any], display: str) -> Path:
     if not SPEC_FILE.fullmatch(name) or name in (".", ".."):
         raise _refuse(display, [f"at spec.file: {name[:80]!r} is not a spec file name"])
     try:
-        spec_dir = (path.parent / plan["spec"]["dir"]).resolve()
+        spec_dir = (path.parent / str(plan["spec"]["dir"])).resolve()
         spec_path = spec_dir / name
         found = spec_path.is_file()
         data = spec_path.read_bytes() if found else b""
