@@ -19,50 +19,11 @@ The reference label of a record, used by the fatigue check and the per-record dr
 is the gold answer on a gold item and otherwise the strict majority of the *other* annotators
 of the item (leave-one-out consensus); records without either are left out of those checks.
 
-Codes (stable; a code never changes meaning or severity; `QC_CODES` holds this table):
+Codes are stable (a code never changes meaning or severity). They are registered in
+common/codes.py with every other family's and listed in docs/diagnostics.md; `QC_CODES` is
+QC's view of the registry.
 
-====  ========  ============================  ===========================================
-code  severity  name                          meaning
-====  ========  ============================  ===========================================
-Q001  error     agreement_below_floor         overall agreement below `agreement.floor`
-Q002  warning   agreement_below_target        overall agreement below `agreement.target`
-Q003  error     gold_accuracy_low             annotator's gold accuracy below
-                                              `gold.min_accuracy` (*)
-Q004  error     position_bias                 annotator's share of first-shown picks above
-                                              `position_bias.max_first_share` and binomial
-                                              p below `position_bias.significance` (*)
-Q005  error     fatigue                       annotator's agreement with the reference drops
-                                              by more than `fatigue.max_drop` after
-                                              `fatigue.late_after_minutes` (*)
-Q006  error     session_over_limit            annotator has sessions longer than
-                                              `session_max_minutes`
-Q007  error     consensus_below_floor         annotator's kappa with the leave-one-out
-                                              consensus below `agreement.floor` (*)
-Q008  warning   consensus_below_target        ... below `agreement.target`
-Q009  error     batch_agreement_below_floor   a batch's agreement below `agreement.floor`
-Q010  warning   batch_agreement_below_target  a batch's agreement below `agreement.target`
-                                              (only when the overall is at or above it)
-Q011  warning   batch_agreement_drift         a batch's agreement more than
-                                              `DRIFT_TOLERANCE` below the first batch's
-Q012  warning   batch_gold_accuracy_low       a batch's pooled gold accuracy below
-                                              `gold.min_accuracy`
-Q013  warning   split_votes                   share of items without a strict majority
-                                              above `max_split_vote_share`
-Q014  error     criteria_version_mismatch     records whose criteria_version differs from
-                                              their batch's tag in the spec
-Q015  warning   gold_share                    annotator's share of gold tasks outside
-                                              `gold.share`
-Q016  warning   justification_missing         `justification: required` but records lack one
-Q017  warning   rows_skipped                  bad rows skipped (`--skip-bad-rows`)
-Q018  warning   gold_without_key              records marked gold whose item is not in the
-                                              gold file
-Q019  warning   under_covered                 items with fewer annotators than
-                                              `annotators_per_item`
-Q020  warning   agreement_undefined           agreement could not be computed (no overlap)
-Q021  warning   empty_batch                   a batch the spec lists has no records
-====  ========  ============================  ===========================================
-
-(*) An error with one of these codes puts the annotator in `QcReport.excluded_annotators`:
+An error with a code marked `excludes` (Q003, Q004, Q005, Q007) puts the annotator in `QcReport.excluded_annotators`:
 their labels are unreliable, so the aggregation step leaves their votes out when
 `aggregation.exclude_failed_annotators` is on. Q006 (sessions over the limit) is an error
 because the session limit is a rule of the spec, not a measurement, but it does not exclude
@@ -93,17 +54,19 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from rlhfspec.common.codes import Code, family
 from rlhfspec.common.errors import RunError
-from rlhfspec.common.findings import FindingsReport
+from rlhfspec.common.findings import Finding, FindingsReport
 from rlhfspec.common.hashing import file_fingerprint
 from rlhfspec.common.jsonl import missing_strings, read_objects, refusal
 from rlhfspec.compiler.lockfile import criteria_hash
 from rlhfspec.compiler.plan import generator
+from rlhfspec.compiler.schemas import default_of
 from rlhfspec.runtime.annotation.agreement import (
     AgreementError,
     binomial_test_two_sided,
@@ -144,63 +107,12 @@ SAMPLE_CHARS = 240
 _NDIGITS = 6
 
 
-class QcCode(NamedTuple):
-    severity: str
-    name: str
-    meaning: str
-    excludes: bool = False
-
-
-QC_CODES: dict[str, QcCode] = {
-    "Q001": QcCode("error", "agreement_below_floor", "Overall agreement below the floor."),
-    "Q002": QcCode("warning", "agreement_below_target", "Overall agreement below the target."),
-    "Q003": QcCode(
-        "error", "gold_accuracy_low", "Annotator's gold accuracy below the minimum.", True
-    ),
-    "Q004": QcCode("error", "position_bias", "Annotator favours the first-shown response.", True),
-    "Q005": QcCode("error", "fatigue", "Annotator's agreement drops late in sessions.", True),
-    "Q006": QcCode("error", "session_over_limit", "Annotator's sessions exceed the session limit."),
-    "Q007": QcCode(
-        "error",
-        "consensus_below_floor",
-        "Annotator's kappa with the others' consensus below the floor.",
-        True,
-    ),
-    "Q008": QcCode(
-        "warning",
-        "consensus_below_target",
-        "Annotator's kappa with the others' consensus below the target.",
-    ),
-    "Q009": QcCode("error", "batch_agreement_below_floor", "A batch's agreement below the floor."),
-    "Q010": QcCode(
-        "warning", "batch_agreement_below_target", "A batch's agreement below the target."
-    ),
-    "Q011": QcCode(
-        "warning", "batch_agreement_drift", "A batch's agreement dropped versus the first batch."
-    ),
-    "Q012": QcCode(
-        "warning", "batch_gold_accuracy_low", "A batch's pooled gold accuracy below the minimum."
-    ),
-    "Q013": QcCode("warning", "split_votes", "Too many items without a strict majority vote."),
-    "Q014": QcCode(
-        "error",
-        "criteria_version_mismatch",
-        "Records follow another criteria version than their batch's tag.",
-    ),
-    "Q015": QcCode(
-        "warning", "gold_share", "Annotator's share of gold tasks outside the spec's range."
-    ),
-    "Q016": QcCode("warning", "justification_missing", "Required justifications are missing."),
-    "Q017": QcCode("warning", "rows_skipped", "Bad rows were skipped."),
-    "Q018": QcCode(
-        "warning", "gold_without_key", "Records marked gold have no answer in the gold file."
-    ),
-    "Q019": QcCode(
-        "warning", "under_covered", "Items with fewer annotators than annotators_per_item."
-    ),
-    "Q020": QcCode("warning", "agreement_undefined", "Agreement could not be computed."),
-    "Q021": QcCode("warning", "empty_batch", "A batch listed in the spec has no records."),
-}
+# QC's codes (registered in common/codes.py with every other family's); `excludes` marks the
+# (*) codes above.
+QC_CODES: dict[str, Code] = family("Q")
+QcCode = Code
+JSON_KEYS = ("code", "severity", "name", "subject", "message", "value", "threshold")
+"""The keys of one finding in qc/report.json, in order."""
 _SEVERITY_RANK = {"error": 0, "warning": 1}
 _LABELS = len(CHOICES)  # 0 = canonical first, 1 = canonical second, 2 = tie
 
@@ -214,20 +126,22 @@ _LABELS = len(CHOICES)  # 0 = canonical first, 1 = canonical second, 2 = tie
 class QcSettings:
     """The thresholds QC applies; `from_spec` reads them from the resolved spec."""
 
-    metric: str = "cohen_kappa"
-    target: float = 0.6
-    floor: float = 0.4
+    # spec thresholds default to the schema's defaults (the single source); a resolved spec
+    # sets them all through `from_spec`
+    metric: str = default_of("annotation.agreement.metric")
+    target: float = default_of("annotation.agreement.target")
+    floor: float = default_of("annotation.agreement.floor")
     has_gold: bool = True
-    gold_share: tuple[float, float] = (0.05, 0.10)
-    min_accuracy: float = 0.8
-    max_first_share: float = 0.65
-    significance: float = 0.01
-    late_after_minutes: float = 60.0
-    max_drop: float = 0.15
-    session_max_minutes: float = 90.0
-    max_split_vote_share: float = 0.2
-    annotators_per_item: int = 3
-    justification: str = "optional"
+    gold_share: tuple[float, float] = tuple(default_of("annotation.gold.share"))
+    min_accuracy: float = default_of("annotation.gold.min_accuracy")
+    max_first_share: float = default_of("annotation.position_bias.max_first_share")
+    significance: float = default_of("annotation.position_bias.significance")
+    late_after_minutes: float = default_of("annotation.fatigue.late_after_minutes")
+    max_drop: float = default_of("annotation.fatigue.max_drop")
+    session_max_minutes: float = default_of("annotation.session_max_minutes")
+    max_split_vote_share: float = default_of("annotation.max_split_vote_share")
+    annotators_per_item: int = default_of("annotation.annotators_per_item")
+    justification: str = default_of("annotation.justification")
     batches: tuple[tuple[str, str], ...] = ()
     """(batch id, tagged criteria version), in spec order; the first is the drift baseline."""
     min_pair_overlap: int = MIN_PAIR_OVERLAP
@@ -238,67 +152,32 @@ class QcSettings:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> QcSettings:
-        """Thresholds from a resolved spec (defaults already written out by validation)."""
-        ann = spec.get("annotation", {})
-        agreement = ann.get("agreement", {})
+        """Thresholds from a resolved spec (defaults already written out by the compiler;
+        only `annotation.gold`, which has no default, may be absent)."""
+        ann = spec["annotation"]
+        agreement = ann["agreement"]
         gold = ann.get("gold")
-        bias = ann.get("position_bias", {})
-        fatigue = ann.get("fatigue", {})
-        share = (gold or {}).get("share", [0.05, 0.10])
+        bias = ann["position_bias"]
+        fatigue = ann["fatigue"]
         return cls(
-            metric=str(agreement.get("metric", "cohen_kappa")),
-            target=float(agreement.get("target", 0.6)),
-            floor=float(agreement.get("floor", 0.4)),
+            metric=str(agreement["metric"]),
+            target=float(agreement["target"]),
+            floor=float(agreement["floor"]),
             has_gold=gold is not None,
-            gold_share=(float(share[0]), float(share[1])),
-            min_accuracy=float((gold or {}).get("min_accuracy", 0.8)),
-            max_first_share=float(bias.get("max_first_share", 0.65)),
-            significance=float(bias.get("significance", 0.01)),
-            late_after_minutes=float(fatigue.get("late_after_minutes", 60)),
-            max_drop=float(fatigue.get("max_drop", 0.15)),
-            session_max_minutes=float(ann.get("session_max_minutes", 90)),
-            max_split_vote_share=float(ann.get("max_split_vote_share", 0.2)),
-            annotators_per_item=int(ann.get("annotators_per_item", 3)),
-            justification=str(ann.get("justification", "optional")),
-            batches=tuple(
-                (str(b["id"]), str(b["criteria_version"])) for b in ann.get("batches", [])
-            ),
+            gold_share=(float(gold["share"][0]), float(gold["share"][1]))
+            if gold
+            else cls.gold_share,
+            min_accuracy=float(gold["min_accuracy"]) if gold else cls.min_accuracy,
+            max_first_share=float(bias["max_first_share"]),
+            significance=float(bias["significance"]),
+            late_after_minutes=float(fatigue["late_after_minutes"]),
+            max_drop=float(fatigue["max_drop"]),
+            session_max_minutes=float(ann["session_max_minutes"]),
+            max_split_vote_share=float(ann["max_split_vote_share"]),
+            annotators_per_item=int(ann["annotators_per_item"]),
+            justification=str(ann["justification"]),
+            batches=tuple((str(b["id"]), str(b["criteria_version"])) for b in ann["batches"]),
         )
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One QC problem. `subject` is "overall", "annotator <id>" or "batch <id>"."""
-
-    code: str
-    severity: str
-    subject: str
-    message: str
-    value: float | None = None
-    threshold: float | None = None
-
-    @property
-    def name(self) -> str:
-        return QC_CODES[self.code].name
-
-    @property
-    def annotator(self) -> str | None:
-        return self.subject[len("annotator ") :] if self.subject.startswith("annotator ") else None
-
-    @property
-    def batch(self) -> str | None:
-        return self.subject[len("batch ") :] if self.subject.startswith("batch ") else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "severity": self.severity,
-            "name": self.name,
-            "subject": self.subject,
-            "message": self.message,
-            "value": _clean(self.value),
-            "threshold": _clean(self.threshold),
-        }
 
 
 def _finding(
@@ -308,8 +187,8 @@ def _finding(
     value: float | None = None,
     threshold: float | None = None,
 ) -> Finding:
-    """A finding whose severity comes from the registry, so a code's severity never varies."""
-    return Finding(code, QC_CODES[code].severity, subject, message, value, threshold)
+    """A finding about `subject` ("overall", "annotator <id>", "batch <id>")."""
+    return Finding(code, message, subject=subject, value=value, threshold=threshold)
 
 
 @dataclass(frozen=True)
@@ -346,7 +225,7 @@ class QcReport(FindingsReport):
             "verdict": "pass" if self.ok else "fail",
             "summary": {"errors": len(self.errors), "warnings": len(self.warnings)},
             "excluded_annotators": list(self.excluded_annotators),
-            "findings": [f.to_dict() for f in self.findings],
+            "findings": [_clean(f.to_dict(JSON_KEYS)) for f in self.findings],
             "metrics": _clean(self.metrics),
             "samples": _clean(self.samples),
         }
@@ -1303,8 +1182,8 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
     `skip_bad_rows` they are skipped and reported as Q017 warnings instead.
     """
     spec = project.spec
-    ann_spec = spec.get("annotation", {})
-    batches = ann_spec.get("batches", [])
+    ann_spec = spec["annotation"]
+    batches = ann_spec["batches"]
     if not batches:
         raise RunError(f"{project.display}: annotation.batches is empty; there is nothing to check")
     records: list[dict[str, Any]] = []
@@ -1318,7 +1197,7 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
         cancelled[entry["id"]] = read.cancelled
         if read.problems:
             skipped[entry["id"]] = [str(p) for p in read.problems]
-        files.append({"batch": entry["id"], "path": entry["path"], "format": entry.get("format", "jsonl"),
+        files.append({"batch": entry["id"], "path": entry["path"], "format": entry["format"],
                       **file_fingerprint(path)})  # fmt: skip
 
     gold: dict[str, int] = {}
