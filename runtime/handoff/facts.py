@@ -4,7 +4,6 @@ checked against lineage.json and the plan, and everything the generated files sa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,18 +11,24 @@ from typing import Any
 
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.hashing import canonical_json, sha256_file, sha256_text
-from rlhfspec.runtime.handoff.layout import HANDOFF_STAGE, PLAN_STAGE
+from rlhfspec.common.jsonl import JsonProblem, parse_json
+from rlhfspec.runtime.handoff.layout import HANDOFF_STAGE, MAX_METADATA_BYTES, PLAN_STAGE
 from rlhfspec.runtime.lineage import LINEAGE_FILE
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def _read_json(path: Path, shown: str) -> Any:
+    """A metadata file of the run, read whole: bounded in size, strict JSON."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            data = handle.read(MAX_METADATA_BYTES + 1)
+        if len(data) > MAX_METADATA_BYTES:
+            raise RunError(f"{shown}: larger than {MAX_METADATA_BYTES // 2**20} MiB")
+        return parse_json(data)
     except FileNotFoundError:
         raise RunError(f"{shown} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, JsonProblem) as exc:
         raise RunError(f"{shown}: cannot read it: {exc}") from None
 
 

@@ -28,6 +28,8 @@ REFERENCE_FILE = "model/REFERENCE.json"
 REFERENCE_FORMAT = "rlhfspec.weights_reference/1"
 MODEL_CARD_FILE = "MODEL_CARD.md"
 HANDOFF_STAGE = "handoff"
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+"""The largest metadata file (run records, checksums, manifest) read whole."""
 PLAN_STAGE = "compile"
 """What the manifest names as the producer of the compiled plan and its documents."""
 
