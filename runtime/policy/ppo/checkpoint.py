@@ -26,7 +26,7 @@ from rlhfspec.common.hashing import sha256_file
 CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_META = "checkpoint.json"
-CHECKPOINT_FORMAT = "rlhfspec-ppo-checkpoint"
+CHECKPOINT_FORMAT = "rlhfspec.ppo_checkpoint/1"
 CHECKPOINT_VERSION = 1
 _CHECKPOINT_RE = re.compile(r"^update-(\d{6})$")
 
