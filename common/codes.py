@@ -55,6 +55,9 @@ GROUPS: tuple[Group, ...] = (
     Group("F", "Files", "`rlhfspec validate` / `compile`"),
     Group("PR", "Prompt distribution", "`rlhfspec prompts`, the `prompts` stage"),
     Group("Q", "Annotation QC", "`rlhfspec qc`, the `annotation_qc` stage"),
+    Group(
+        "J", "AI judge against its human review sample", "`rlhfspec qc`, the `annotation_qc` stage"
+    ),
 )
 
 _ERR: Severity = "error"
@@ -257,6 +260,9 @@ REGISTRY: tuple[Code, ...] = (
          "Move the data inside the spec's folder and use a relative path."),
     Code("F003", _ERR, "missing-data-path", "A stage is enabled without the data it needs.",
          "Give the stage its data path, or disable the stage."),
+    Code("F004", _ERR, "unusable-path",
+         "The operating system refuses the path (a NUL byte, a name too long, no permission).",
+         "Give a short relative path of ordinary characters to a readable file."),
     # Prompt distribution (`rlhfspec prompts`)
     Code("PR001", _ERR, "mix-out-of-range",
          "A source kind's share of the prompts available for annotation is outside its "
@@ -349,6 +355,25 @@ REGISTRY: tuple[Code, ...] = (
          "Assign some items to at least two annotators."),
     Code("Q021", _WARN, "empty_batch", "A batch listed in the spec has no records.",
          "Export the batch again or drop it from the spec."),
+    # AI judge (runtime/annotation/judge/review.py): each fails the ai_judge_agreement gate
+    Code("J001", _ERR, "judge_agreement_low",
+         "The AI judge's kappa with the human majority on its review sample is below judge.gate.min_kappa.",
+         "Improve the judge (model, templates) or the criteria' worked examples; do not train on its labels."),
+    Code("J002", _ERR, "judge_review_too_small",
+         "Fewer reviewed pairs with a human majority than judge.gate.min_reviewed_pairs.",
+         "Have people label more of the review sample (rlhfspec judge --reviewers)."),
+    Code("J003", _ERR, "judge_position_bias",
+         "The AI judge's share of first-shown picks departs from 0.5 by more than judge.gate.max_position_bias.",
+         "Use a stronger judge or `order_disagreement: flag`; the labels follow the order, not the criteria."),
+    Code("J004", _ERR, "judge_length_bias",
+         "The AI judge picks the longer response more often than people by over judge.gate.max_length_bias.",
+         "Tell the judge conciseness counts (templates, worked examples) or use another model."),
+    Code("J005", _ERR, "judge_gold_accuracy_low",
+         "The AI judge's accuracy on gold items is below judge.gate.min_gold_accuracy.",
+         "Read the gold items it misses; fix the prompt or the criteria they expose."),
+    Code("J006", _ERR, "judge_order_disagreement",
+         "The AI judge's two orders agree on fewer pairs than judge.gate.min_order_agreement.",
+         "The judge is unstable under a swap of positions: use a stronger model."),
 )
 # fmt: on
 

@@ -47,6 +47,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "annotation.max_split_vote_share",
         "annotation.aggregation.exclude_failed_annotators",
         "annotation.batches",
+        "judge.gate",  # the AI judge's agreement gate (runtime/annotation/judge/review.py)
     ),
     "aggregate": (
         "criteria.tie_breaking",

@@ -23,6 +23,10 @@ Codes are stable (a code never changes meaning or severity). They are registered
 common/codes.py with every other family's and listed in docs/diagnostics.md; `QC_CODES` is
 QC's view of the registry.
 
+Records of an AI judge (annotator `ai:<model>`) are kept out of every Q check, which measures
+people, and measured against the human review sample instead (J001-J006,
+`runtime/annotation/judge/review.py`); a J error fails the `ai_judge_agreement` gate.
+
 An error with a code marked `excludes` (Q003, Q004, Q005, Q007) puts the annotator in `QcReport.excluded_annotators`:
 their labels are unreliable, so the aggregation step leaves their votes out when
 `aggregation.exclude_failed_annotators` is on. Q006 (sessions over the limit) is an error
@@ -52,7 +56,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -1227,6 +1231,11 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
     if not records:
         raise RunError(f"{project.display}: the annotation batches hold no records")
 
+    from rlhfspec.runtime.annotation.judge.review import review_judges, split_ai
+
+    records, ai_records = split_ai(records)  # the AI judge is measured against people, apart
+    if not records:
+        raise RunError(f"{project.display}: the annotation batches hold no human records")
     table = AnnotationTable.from_records(records)
     meta = {
         "name": project.name,
@@ -1238,7 +1247,15 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
     inputs = QcInputs(
         meta=meta, files=files, cancelled=cancelled, skipped=skipped, gold_items=len(gold)
     )
-    report = analyse(table, gold, QcSettings.from_spec(spec), inputs=inputs)
+    settings = QcSettings.from_spec(spec)
+    ai_only = {r["batch"] for r in ai_records} - {r["batch"] for r in records}
+    settings = replace(settings, batches=tuple(b for b in settings.batches if b[0] not in ai_only))
+    report = analyse(table, gold, settings, inputs=inputs)
+    if ai_records:
+        report.metrics["ai_judge"], found = review_judges(
+            spec, ai_records, records, gold, report.excluded_annotators
+        )
+        report.findings.extend(found)
     report.samples = _samples(report, table, records, gold)
     return report
 
