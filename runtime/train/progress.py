@@ -87,7 +87,7 @@ class Progress:
             self.stream.flush()
 
 
-class ProgressCallback(TrainerCallback):  # type: ignore[misc]
+class ProgressCallback(TrainerCallback):
     """`Progress` for the HF Trainer (SFT, reward model, DPO)."""
 
     def __init__(self, log: Callable[[str], None], label: str, stream: TextIO | None = None):

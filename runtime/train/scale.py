@@ -124,7 +124,7 @@ def quantization(compute: dict[str, Any]) -> Any:
         raise RunError("QLoRA (compute.lora.quantize: 4bit) needs a CUDA GPU and bitsandbytes")
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_compute_dtype=torch.bfloat16,
