@@ -339,9 +339,7 @@ class _Run:
 
     def checked(self, rel: str) -> Path:
         """A run file, refused when it differs from the bytes its stage recorded in lineage."""
-        path = self.dir / rel
-        if not path.is_file():
-            raise RunError(f"{rel} is missing from {self.dir}")
+        path = _own_file(self.dir, rel)
         if rel in self.files:
             stage, recorded = self.files[rel]
             actual = sha256_file(path)
@@ -564,11 +562,32 @@ def _checkpoint_meta_path(run_dir: Path, rel: str) -> Path | None:
     return None
 
 
+def _own_file(run_dir: Path, rel: str) -> Path:
+    """A regular file of the run itself: a symbolic link (or a path through one) is refused,
+    so a link to a file outside the run can never be packaged, whatever lineage.json says."""
+    path = run_dir / rel
+    inside = run_dir.resolve()
+    current = inside
+    for part in Path(rel).parts:
+        current = current / part
+        if current.is_symlink():
+            raise RunError(
+                f"{rel} in {run_dir} is (or is under) a symbolic link; a handoff package holds "
+                "the run's own files, never a link's target"
+            )
+    if not path.is_file() or not path.resolve().is_relative_to(inside):
+        raise RunError(f"{rel} is missing from {run_dir}")
+    return path
+
+
 def _weight_files(run_dir: Path, rel: str) -> list[Path]:
     """The files a model loads from: weights, config, tokenizer (never optimizer state)."""
     folder = run_dir / rel
     if not folder.is_dir():
         raise RunError(f"the deployment checkpoint's folder {rel} is missing from {run_dir}")
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():  # refused, with the reason, by _own_file
+            _own_file(run_dir, path.relative_to(run_dir).as_posix())
     files = sorted(
         p
         for p in folder.rglob("*")
