@@ -418,6 +418,8 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
         f"{counts.get('votes_excluded', 0)} votes of excluded annotators "
         f"({', '.join(result.excluded_annotators) or 'none'})"
     )
+    for warning in result.warnings:
+        echo(f"  warning: {warning}")
     if result.truth is not None:
         acc = result.truth["accuracy"]
         echo(
