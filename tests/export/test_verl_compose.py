@@ -37,17 +37,35 @@ CORPUS = [
 ] * 20
 
 
-def build_job(root: Path) -> tuple[Path, dict[str, Any]]:
+SCALED = """compute:
+  mixed_precision: bf16
+  strategy: fsdp
+  fsdp: {cpu_offload: true}
+  lora: {enabled: true, r: 8, alpha: 16, target_modules: [all-linear]}
+"""
+
+
+def build_job(root: Path, extra: str = "") -> tuple[Path, dict[str, Any]]:
     """The example spec's job, with tiny models standing in for the run's SFT and reward
     models (the end-to-end test in test_verl_roundtrip.py exports a real run)."""
-    from rlhfspec.runtime.export.verl_job import add_chat_template, prompt_tokens
+    from rlhfspec.runtime.export.verl_job import (
+        add_chat_template,
+        prompt_rows,
+        prompt_tokens,
+        write_parquet,
+    )
     from rlhfspec.runtime.train.models import build_tiny, load_reward_model, load_tokenizer
 
     shutil.copytree(SPECS / "support-assistant", root / "support-assistant")
     spec = root / "support-assistant.yaml"
     shutil.copy(SPECS / "support-assistant.yaml", spec)
     shutil.copy(SPECS / "support-assistant.lock.json", root)
-    with_export(spec, ACKS)
+    acks = {k: v for k, v in ACKS.items() if not (extra and k.startswith("compute."))}
+    with_export(spec, acks, extra)
+    if extra:
+        # verl's LoRA-rank check for vLLM imports vllm (GPU-only); SGLang's path has none
+        text = spec.read_text(encoding="utf-8")
+        spec.write_text(text.replace("  verl:\n", "  verl:\n    rollout_engine: sglang\n"))
     plan = compile_spec(spec, root / "build").plan
     assert plan is not None
     checked = get_target("verl").check(plan, spec_locator(spec), spec.name)
@@ -60,6 +78,8 @@ def build_job(root: Path) -> tuple[Path, dict[str, Any]]:
     tokenizer.save_pretrained(job / "reward_model")
     for folder in ("model", "reward_model"):
         add_chat_template(job / folder, False)
+    write_parquet(prompt_rows(CORPUS, "support-assistant", "train"), job / "data/train.parquet")
+    write_parquet(prompt_rows(CORPUS[:3], "support-assistant", "val"), job / "data/val.parquet")
     facts = target.JobFacts(
         train_prompts=300,
         val_prompts=32,
@@ -83,6 +103,12 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]
     return build_job(tmp_path_factory.mktemp("verl"))
 
 
+@pytest.fixture(scope="module")
+def scaled_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """FSDP with CPU offload, LoRA and bf16: the compute keys the export maps."""
+    return build_job(tmp_path_factory.mktemp("verl-scaled"), SCALED)
+
+
 def test_installed_verl_is_the_pinned_version() -> None:
     from importlib.metadata import version
 
@@ -98,6 +124,19 @@ def test_overrides_compose_and_pass_verls_checks(job: tuple[Path, dict[str, Any]
     assert cfg.algorithm.kl_ctrl.type == "adaptive" and cfg.algorithm.kl_ctrl.kl_coef == 0.05
     assert cfg.actor_rollout_ref.rollout.response_length == 48
     assert cfg.critic.ppo_epochs == 2 and cfg.critic.ppo_mini_batch_size == 16
+
+
+def test_scaled_job_composes_and_every_key_has_its_default_quoted(
+    job: tuple[Path, dict[str, Any]], scaled_job: tuple[Path, dict[str, Any]]
+) -> None:
+    folder, expected = scaled_job
+    cfg = compose(launch_args(folder))
+    assert check_config(cfg, expected, target.VERL_DEFAULTS) == []
+    assert cfg.actor_rollout_ref.model.lora_rank == 8
+    assert cfg.critic.fsdp.optimizer_offload is True
+    assert cfg.actor_rollout_ref.rollout.name == cfg.reward.reward_model.rollout.name == "sglang"
+    for keys in (expected, job[1]):
+        assert set(keys) <= set(target.VERL_DEFAULTS), "add verl's default to VERL_DEFAULTS"
 
 
 def test_both_launch_scripts_pass_the_same_overrides(job: tuple[Path, dict[str, Any]]) -> None:
@@ -144,3 +183,24 @@ def test_chat_template_reproduces_our_prompt_format(job: tuple[Path, dict[str, A
         [*chat, {"role": "assistant", "content": response}], tokenize=False
     )
     assert scored == full_text(prompt, response) + reward.eos_token
+
+
+def test_verls_dataset_reads_our_prompts_as_our_prompt_format(
+    job: tuple[Path, dict[str, Any]],
+) -> None:
+    """verl's own RLHFDataset reads the parquet; its chat, through the job's tokenizer, is
+    exactly the prompt our PPO samples from, and fits max_prompt_length."""
+    from transformers import AutoTokenizer
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    folder, _ = job
+    cfg = compose(launch_args(folder))
+    tokenizer = AutoTokenizer.from_pretrained(folder / "model")
+    dataset = RLHFDataset(cfg.data.train_files, tokenizer, cfg.data)
+    assert len(dataset) == len(CORPUS)
+    for i, text in enumerate(CORPUS[:6]):
+        chat = list(dataset[i]["raw_prompt"])
+        rendered = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        assert rendered == format_prompt(text)
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        assert len(ids) <= cfg.data.max_prompt_length
