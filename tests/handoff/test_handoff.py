@@ -36,15 +36,15 @@ from rlhfspec.runtime.evaluation.selection import (
     import_human_eval,
     select_checkpoint,
 )
-from rlhfspec.runtime.handoff.package import (
+from rlhfspec.runtime.handoff import (
     CHECKSUMS_FILE,
     MANIFEST_FILE,
     PARTS,
     build_package,
     handoff_stage,
-    inline_svg,
     verify_package,
 )
+from rlhfspec.runtime.handoff.context import inline_svg
 from rlhfspec.runtime.lineage import describe
 from rlhfspec.runtime.project import Project
 from rlhfspec.runtime.report.qc_report import write_qc_reports
