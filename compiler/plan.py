@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import copy
 import os
-import shlex
 from pathlib import Path
 from typing import Any
 
 from rlhfspec.common.hashing import canonical_json, file_fingerprint, sha256_bytes, sha256_text
 from rlhfspec.common.version import __version__
+from rlhfspec.compiler.compute import TRAINING_STAGES, launch_command, run_command, stage_compute
 from rlhfspec.compiler.diagnostics import json_path
 from rlhfspec.compiler.lockfile import criteria_hash, lock_path_for, read_lock
+from rlhfspec.compiler.memory import stage_memory
 from rlhfspec.compiler.schemas import PLAN_SCHEMA, SPEC_SCHEMA, load_schema
 from rlhfspec.compiler.semantic import iter_paths
 
 PLAN_VERSION = 1
-TRAINING_STAGES = {"sft", "reward_model", "policy"}
 
 
 def generator() -> str:
@@ -47,6 +47,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "annotation.max_split_vote_share",
         "annotation.aggregation.exclude_failed_annotators",
         "annotation.batches",
+        "judge.gate",  # the AI judge's agreement gate (runtime/annotation/judge/review.py)
     ),
     "aggregate": (
         "criteria.tie_breaking",
@@ -135,12 +136,17 @@ def _settings_paths(spec: dict[str, Any], name: str) -> list[str]:
     return paths
 
 
+PAIRS = ["preferences/pairs.jsonl", "preferences/provenance.jsonl"]
+
+
 def _graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Name, description, dependencies, upstream reads and outputs of every stage, in run order."""
-    method = spec["policy"]["method"]
-    sft_on = spec["sft"]["enabled"]
-    pairs = ["preferences/pairs.jsonl", "preferences/provenance.jsonl"]
-    stages: list[dict[str, Any]] = [
+    stages = _data_stages() + _training_stages(spec)
+    return stages + _release_stages(spec, stages)
+
+
+def _data_stages() -> list[dict[str, Any]]:
+    return [
         {
             "name": "prompts",
             "description": "Check the prompt mix and strata; reserve the production holdout.",
@@ -160,10 +166,15 @@ def _graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             "description": "Majority vote with the tie-breaking rule into preference pairs.",
             "depends_on": ["prompts", "annotation_qc"],
             "reads": ["prompts/holdout.jsonl", "qc/report.json"],
-            "outputs": pairs + ["preferences/summary.json"],
+            "outputs": PAIRS + ["preferences/summary.json"],
         },
     ]
-    if sft_on:
+
+
+def _training_stages(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    method = spec["policy"]["method"]
+    stages: list[dict[str, Any]] = []
+    if spec["sft"]["enabled"]:
         stages.append(
             {
                 "name": "sft",
@@ -181,7 +192,7 @@ def _graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             "description": "Bradley-Terry reward model with a by-prompt holdout and gates"
             + ("." if method == "ppo" else "; judges the DPO checkpoints."),
             "depends_on": ["aggregate"] + (["sft"] if rm_from_sft else []),
-            "reads": pairs + (["models/sft"] if rm_from_sft else []),
+            "reads": PAIRS + (["models/sft"] if rm_from_sft else []),
             "outputs": [
                 "models/reward_model",
                 "reward_model/eval.json",
@@ -191,57 +202,57 @@ def _graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
         }
     )
     from_sft = spec["policy"]["start_from_sft"]
-    policy_deps = ["prompts"] + (["reward_model"] if method == "ppo" else ["aggregate"])
-    policy_reads = ["prompts/holdout.jsonl"] + (
-        ["models/reward_model"] if method == "ppo" else pairs
-    )
+    ppo = method == "ppo"
     stages.append(
         {
             "name": "policy",
-            "description": ("KL-constrained PPO" if method == "ppo" else "DPO")
-            + ", checkpointed every "
-            f"{spec['policy']['checkpoint_every']} {'updates' if method == 'ppo' else 'steps'}.",
-            "depends_on": policy_deps + (["sft"] if from_sft else []),
-            "reads": policy_reads + (["models/sft"] if from_sft else []),
-            "outputs": ["models/policy", "eval/prompt_sets.json"],
-        }
-    )
-    stages.append(
-        {
-            "name": "evaluate",
-            "description": "Evaluate every checkpoint on "
-            + ", ".join(spec["evaluation"]["prompt_sets"])
-            + ".",
-            "depends_on": ["policy", "reward_model"] + (["sft"] if from_sft else []),
-            "reads": ["models/policy", "eval/prompt_sets.json", "models/reward_model"]
+            "description": ("KL-constrained PPO" if ppo else "DPO") + ", checkpointed every "
+            f"{spec['policy']['checkpoint_every']} {'updates' if ppo else 'steps'}.",
+            "depends_on": ["prompts", "reward_model" if ppo else "aggregate"]
+            + (["sft"] if from_sft else []),
+            "reads": ["prompts/holdout.jsonl"]
+            + (["models/reward_model"] if ppo else PAIRS)
             + (["models/sft"] if from_sft else []),
-            "outputs": ["eval"],
-        }
-    )
-    stages.append(
-        {
-            "name": "select",
-            "description": "Pick the deployment checkpoint among those that pass every guard.",
-            "depends_on": ["evaluate"],
-            "reads": ["eval"],
-            "outputs": ["selection.json"],
-        }
-    )
-    earlier = [s for s in stages]
-    stages.append(
-        {
-            "name": "handoff",
-            "description": "Assemble the handoff package with its lineage manifest.",
-            # the package documents every stage: it reads all of their outputs
-            "depends_on": [s["name"] for s in earlier],
-            "reads": list(dict.fromkeys(o for s in earlier for o in s["outputs"])),
-            "outputs": ["handoff.tar.gz" if spec["handoff"]["format"] == "tar.gz" else "handoff"],
+            "outputs": ["models/policy", "eval/prompt_sets.json"],
         }
     )
     return stages
 
 
-def stage_graph(spec: dict[str, Any], inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _release_stages(spec: dict[str, Any], earlier: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from_sft = spec["policy"]["start_from_sft"]
+    evaluate = {
+        "name": "evaluate",
+        "description": "Evaluate every checkpoint on "
+        + ", ".join(spec["evaluation"]["prompt_sets"])
+        + ".",
+        "depends_on": ["policy", "reward_model"] + (["sft"] if from_sft else []),
+        "reads": ["models/policy", "eval/prompt_sets.json", "models/reward_model"]
+        + (["models/sft"] if from_sft else []),
+        "outputs": ["eval"],
+    }
+    select = {
+        "name": "select",
+        "description": "Pick the deployment checkpoint among those that pass every guard.",
+        "depends_on": ["evaluate"],
+        "reads": ["eval"],
+        "outputs": ["selection.json"],
+    }
+    before = [*earlier, evaluate, select]
+    handoff = {
+        "name": "handoff",
+        "description": "Assemble the handoff package with its lineage manifest.",
+        # the package documents every stage: it reads all of their outputs
+        "depends_on": [s["name"] for s in before],
+        "reads": list(dict.fromkeys(o for s in before for o in s["outputs"])),
+        "outputs": ["handoff.tar.gz" if spec["handoff"]["format"] == "tar.gz" else "handoff"],
+    }
+    return [evaluate, select, handoff]
+
+
+def stage_graph(
+    spec: dict[str, Any], inputs: list[dict[str, Any]], spec_dir: Path | None = None
+) -> list[dict[str, Any]]:
     """The plan's stage entries in run order: each one's whole contract with the runtime.
 
     An entry carries the resolved settings the stage reads, the spec files it reads (with
@@ -250,13 +261,11 @@ def stage_graph(spec: dict[str, Any], inputs: list[dict[str, Any]]) -> list[dict
     """
     schema = load_schema(SPEC_SCHEMA)
     by_path = {i["path"]: i["sha256"] for i in inputs}
-    compute = spec["compute"]
-    entries = []
+    entries: list[dict[str, Any]] = []
     for stage in _graph(spec):
         name = stage["name"]
         settings = pick(spec, _settings_paths(spec, name))
         files = list(dict.fromkeys(value for _, value in iter_paths(schema, settings)))
-        argv = ["rlhfspec", "run", "plan.json", "--stage", name]
         entry: dict[str, Any] = {
             "name": name,
             "description": stage["description"],
@@ -267,24 +276,12 @@ def stage_graph(spec: dict[str, Any], inputs: list[dict[str, Any]]) -> list[dict
             "human_inputs": HUMAN_INPUTS.get(name, []),
             "outputs": stage["outputs"],
             "work": WORK.get(name, []),
-            "command": shlex.join(argv),
+            "command": run_command(name, first=not entries),
         }
         if name in TRAINING_STAGES:
-            entry["launch"] = shlex.join(
-                [
-                    "accelerate",
-                    "launch",
-                    "--num_processes",
-                    str(compute["num_processes"]),
-                    "--mixed_precision",
-                    compute["mixed_precision"],
-                    "-m",
-                    "rlhfspec.cli.launch",
-                    "plan.json",
-                    "--stage",
-                    name,
-                ]
-            )
+            entry["compute"] = stage_compute(spec, name)
+            entry["launch"] = launch_command(name, entry["compute"])
+            entry["memory"] = stage_memory(spec, name, entry["compute"], spec_dir)
         entries.append(entry)
     return entries
 
@@ -337,7 +334,7 @@ def build_plan(
         },
         "inputs": inputs,
         "resolved": spec,
-        "stages": stage_graph(spec, inputs),
+        "stages": stage_graph(spec, inputs, spec_dir),
         "documents": [
             {"file": name, "sha256": sha256_text(text)} for name, text in sorted(documents.items())
         ],

@@ -7,12 +7,14 @@ a check about a defaulted value points at the block that would hold it.
 
 from __future__ import annotations
 
-import re
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rlhfspec.common.errors import CompilerError
+from rlhfspec.common.patterns import regex_problem
+from rlhfspec.compiler.compute import TRAINING_STAGES, stage_compute
 from rlhfspec.compiler.diagnostics import Diagnostic, json_path, make
 from rlhfspec.compiler.lockfile import (
     LockEntry,
@@ -22,6 +24,7 @@ from rlhfspec.compiler.lockfile import (
     read_lock,
     version_key,
 )
+from rlhfspec.compiler.memory import GIB, parse_size, stage_memory
 from rlhfspec.compiler.schema_check import Locator
 from rlhfspec.compiler.schemas import JsonPath, walk
 
@@ -70,6 +73,7 @@ class Checker:
         self.reward_model()
         self.policy()
         self.evaluation()
+        self.compute()
         self.files()
         return self.out
 
@@ -93,13 +97,13 @@ class Checker:
         for i, item in enumerate(crit["disqualifiers"]):
             regex = item.get("detect", {}).get("regex")
             if regex is not None:
-                try:
-                    re.compile(regex)
-                except re.error as exc:
+                problem = regex_problem(regex)
+                if problem is not None:
                     self.emit(
                         "C008",
-                        f"detector for '{item['id']}' is not a valid regular expression: {exc}",
+                        f"detector for '{item['id']}' is not a valid regular expression: {problem}",
                         ("criteria", "disqualifiers", i, "detect", "regex"),
+                        hint="keep detectors short and simple: they run on every sampled reply",
                     )
         for i, example in enumerate(crit["examples"]):
             ref = example.get("decided_by")
@@ -537,6 +541,50 @@ class Checker:
                     ("evaluation", "prompt_sets", i),
                 )
 
+    # Compute -----------------------------------------------------------------
+    def compute(self) -> None:
+        stages = [s for s in TRAINING_STAGES if s != "sft" or self.spec["sft"]["enabled"]]
+        limit = self.spec["compute"].get("memory_per_device")
+        spec_dir = self.spec_path.parent if self.spec_path is not None else None
+        for stage in stages:
+            compute = stage_compute(self.spec, stage)
+            overrides = self.spec["compute"]["stages"].get(stage, {})
+            where: JsonPath = ("compute", "stages", stage) if overrides else ("compute",)
+            lora = compute["lora"]
+            if lora["enabled"] and lora["quantize"] == "4bit" and compute["device"] == "cpu":
+                self.emit(
+                    "M001",
+                    f"{stage}: QLoRA (lora.quantize 4bit) needs a CUDA GPU, but compute.device is cpu",
+                    where,
+                    key=True,
+                    hint="use quantize: none on CPU, or device: cuda",
+                )
+            trl_stage = stage != "policy" or self.spec["policy"]["method"] == "dpo"
+            if compute["strategy"] == "fsdp" and compute["device"] == "cpu" and trl_stage:
+                self.emit(
+                    "M003",
+                    f"{stage}: strategy fsdp on CPU runs as DDP (accelerate shards only on GPUs)",
+                    where,
+                    key=True,
+                    hint="use device: cuda for FSDP, or strategy: ddp to say what runs",
+                )
+            if limit is None:
+                continue
+            memory = stage_memory(self.spec, stage, compute, spec_dir)
+            estimate = memory["estimate"]
+            if estimate is not None and estimate["total"] > parse_size(limit):
+                parts = ", ".join(
+                    f"{k} {estimate[k] / GIB:.2f}"
+                    for k in ("weights", "gradients", "optimizer", "activations")
+                )
+                self.emit(
+                    "M002",
+                    f"{stage}: about {estimate['total_gib']:.2f} GiB per device ({parts} GiB) "
+                    f"exceeds compute.memory_per_device {limit}",
+                    ("compute", "memory_per_device"),
+                    hint="enable LoRA, gradient checkpointing or FSDP, add processes, or lower the batch size",
+                )
+
     # Files -----------------------------------------------------------------
     def files(self) -> None:
         sft = self.spec["sft"]
@@ -576,7 +624,23 @@ def iter_paths(schema: dict[str, Any], data: Any) -> Iterator[tuple[JsonPath, st
 
 
 def check_path(base: Path, value: str) -> tuple[str, str, str] | None:
-    """Refuse paths that leave the spec's folder; then require the file to exist."""
+    """Refuse paths that leave the spec's folder; then require a readable file.
+
+    Every OS error a path can raise (a NUL byte, a name too long, a loop of
+    symlinks, no permission) is a diagnostic here, never an internal error.
+    """
+    try:
+        return _check_path(base, value)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return (
+            "F004",
+            f"'{value[:80]}' cannot be used as a path: {reason}",
+            "give a short relative path of ordinary characters inside the spec's folder",
+        )
+
+
+def _check_path(base: Path, value: str) -> tuple[str, str, str] | None:
     candidate = Path(value)
     if candidate.is_absolute():
         return (
@@ -597,4 +661,6 @@ def check_path(base: Path, value: str) -> tuple[str, str, str] | None:
             f"file '{value}' does not exist (looked in {base.name}/)",
             "check the path; it is relative to the spec's folder",
         )
+    if not os.access(resolved, os.R_OK):
+        raise PermissionError(13, "permission denied")
     return None

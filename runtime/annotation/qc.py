@@ -23,6 +23,10 @@ Codes are stable (a code never changes meaning or severity). They are registered
 common/codes.py with every other family's and listed in docs/diagnostics.md; `QC_CODES` is
 QC's view of the registry.
 
+Records of an AI judge (annotator `ai:<model>`) are kept out of every Q check, which measures
+people, and measured against the human review sample instead (J001-J006,
+`runtime/annotation/judge/review.py`); a J error fails the `ai_judge_agreement` gate.
+
 An error with a code marked `excludes` (Q003, Q004, Q005, Q007) puts the annotator in `QcReport.excluded_annotators`:
 their labels are unreliable, so the aggregation step leaves their votes out when
 `aggregation.exclude_failed_annotators` is on. Q006 (sessions over the limit) is an error
@@ -52,7 +56,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +70,7 @@ from rlhfspec.common.hashing import file_fingerprint
 from rlhfspec.common.jsonl import missing_strings, read_objects, refusal
 from rlhfspec.compiler.lockfile import criteria_hash
 from rlhfspec.compiler.plan import generator
+from rlhfspec.compiler.schemas import default_of
 from rlhfspec.runtime.annotation.agreement import (
     AgreementError,
     binomial_test_two_sided,
@@ -125,20 +130,22 @@ _LABELS = len(CHOICES)  # 0 = canonical first, 1 = canonical second, 2 = tie
 class QcSettings:
     """The thresholds QC applies; `from_spec` reads them from the resolved spec."""
 
-    metric: str = "cohen_kappa"
-    target: float = 0.6
-    floor: float = 0.4
+    # spec thresholds default to the schema's defaults (the single source); a resolved spec
+    # sets them all through `from_spec`
+    metric: str = default_of("annotation.agreement.metric")
+    target: float = default_of("annotation.agreement.target")
+    floor: float = default_of("annotation.agreement.floor")
     has_gold: bool = True
-    gold_share: tuple[float, float] = (0.05, 0.10)
-    min_accuracy: float = 0.8
-    max_first_share: float = 0.65
-    significance: float = 0.01
-    late_after_minutes: float = 60.0
-    max_drop: float = 0.15
-    session_max_minutes: float = 90.0
-    max_split_vote_share: float = 0.2
-    annotators_per_item: int = 3
-    justification: str = "optional"
+    gold_share: tuple[float, float] = tuple(default_of("annotation.gold.share"))
+    min_accuracy: float = default_of("annotation.gold.min_accuracy")
+    max_first_share: float = default_of("annotation.position_bias.max_first_share")
+    significance: float = default_of("annotation.position_bias.significance")
+    late_after_minutes: float = default_of("annotation.fatigue.late_after_minutes")
+    max_drop: float = default_of("annotation.fatigue.max_drop")
+    session_max_minutes: float = default_of("annotation.session_max_minutes")
+    max_split_vote_share: float = default_of("annotation.max_split_vote_share")
+    annotators_per_item: int = default_of("annotation.annotators_per_item")
+    justification: str = default_of("annotation.justification")
     batches: tuple[tuple[str, str], ...] = ()
     """(batch id, tagged criteria version), in spec order; the first is the drift baseline."""
     min_pair_overlap: int = MIN_PAIR_OVERLAP
@@ -149,31 +156,31 @@ class QcSettings:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> QcSettings:
-        """Thresholds from a resolved spec (defaults already written out by validation)."""
-        ann = spec.get("annotation", {})
-        agreement = ann.get("agreement", {})
+        """Thresholds from a resolved spec (defaults already written out by the compiler;
+        only `annotation.gold`, which has no default, may be absent)."""
+        ann = spec["annotation"]
+        agreement = ann["agreement"]
         gold = ann.get("gold")
-        bias = ann.get("position_bias", {})
-        fatigue = ann.get("fatigue", {})
-        share = (gold or {}).get("share", [0.05, 0.10])
+        bias = ann["position_bias"]
+        fatigue = ann["fatigue"]
         return cls(
-            metric=str(agreement.get("metric", "cohen_kappa")),
-            target=float(agreement.get("target", 0.6)),
-            floor=float(agreement.get("floor", 0.4)),
+            metric=str(agreement["metric"]),
+            target=float(agreement["target"]),
+            floor=float(agreement["floor"]),
             has_gold=gold is not None,
-            gold_share=(float(share[0]), float(share[1])),
-            min_accuracy=float((gold or {}).get("min_accuracy", 0.8)),
-            max_first_share=float(bias.get("max_first_share", 0.65)),
-            significance=float(bias.get("significance", 0.01)),
-            late_after_minutes=float(fatigue.get("late_after_minutes", 60)),
-            max_drop=float(fatigue.get("max_drop", 0.15)),
-            session_max_minutes=float(ann.get("session_max_minutes", 90)),
-            max_split_vote_share=float(ann.get("max_split_vote_share", 0.2)),
-            annotators_per_item=int(ann.get("annotators_per_item", 3)),
-            justification=str(ann.get("justification", "optional")),
-            batches=tuple(
-                (str(b["id"]), str(b["criteria_version"])) for b in ann.get("batches", [])
-            ),
+            gold_share=(float(gold["share"][0]), float(gold["share"][1]))
+            if gold
+            else cls.gold_share,
+            min_accuracy=float(gold["min_accuracy"]) if gold else cls.min_accuracy,
+            max_first_share=float(bias["max_first_share"]),
+            significance=float(bias["significance"]),
+            late_after_minutes=float(fatigue["late_after_minutes"]),
+            max_drop=float(fatigue["max_drop"]),
+            session_max_minutes=float(ann["session_max_minutes"]),
+            max_split_vote_share=float(ann["max_split_vote_share"]),
+            annotators_per_item=int(ann["annotators_per_item"]),
+            justification=str(ann["justification"]),
+            batches=tuple((str(b["id"]), str(b["criteria_version"])) for b in ann["batches"]),
         )
 
 
@@ -1179,8 +1186,8 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
     `skip_bad_rows` they are skipped and reported as Q017 warnings instead.
     """
     spec = project.spec
-    ann_spec = spec.get("annotation", {})
-    batches = ann_spec.get("batches", [])
+    ann_spec = spec["annotation"]
+    batches = ann_spec["batches"]
     if not batches:
         raise RunError(f"{project.display}: annotation.batches is empty; there is nothing to check")
     records: list[dict[str, Any]] = []
@@ -1194,7 +1201,7 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
         cancelled[entry["id"]] = read.cancelled
         if read.problems:
             skipped[entry["id"]] = [str(p) for p in read.problems]
-        files.append({"batch": entry["id"], "path": entry["path"], "format": entry.get("format", "jsonl"),
+        files.append({"batch": entry["id"], "path": entry["path"], "format": entry["format"],
                       **file_fingerprint(path)})  # fmt: skip
 
     gold: dict[str, int] = {}
@@ -1224,6 +1231,11 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
     if not records:
         raise RunError(f"{project.display}: the annotation batches hold no records")
 
+    from rlhfspec.runtime.annotation.judge.review import review_judges, split_ai
+
+    records, ai_records = split_ai(records)  # the AI judge is measured against people, apart
+    if not records:
+        raise RunError(f"{project.display}: the annotation batches hold no human records")
     table = AnnotationTable.from_records(records)
     meta = {
         "name": project.name,
@@ -1235,7 +1247,15 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
     inputs = QcInputs(
         meta=meta, files=files, cancelled=cancelled, skipped=skipped, gold_items=len(gold)
     )
-    report = analyse(table, gold, QcSettings.from_spec(spec), inputs=inputs)
+    settings = QcSettings.from_spec(spec)
+    ai_only = {r["batch"] for r in ai_records} - {r["batch"] for r in records}
+    settings = replace(settings, batches=tuple(b for b in settings.batches if b[0] not in ai_only))
+    report = analyse(table, gold, settings, inputs=inputs)
+    if ai_records:
+        report.metrics["ai_judge"], found = review_judges(
+            spec, ai_records, records, gold, report.excluded_annotators
+        )
+        report.findings.extend(found)
     report.samples = _samples(report, table, records, gold)
     return report
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 
 from rlhfspec.runtime.annotation.aggregate import aggregate, load_records, write_pairs
+from rlhfspec.runtime.annotation.judge.review import ai_judge_gate, ai_judge_lineage
+from rlhfspec.runtime.annotation.judge.use import gate_state, records_for_aggregation
 from rlhfspec.runtime.annotation.qc import QcReport, run_qc
-from rlhfspec.runtime.prompts.check import (
-    HOLDOUT_FILE,
-    check_prompts,
-    read_holdout,
-    write_prompt_report,
-)
+from rlhfspec.runtime.prompts.check import check_prompts, write_prompt_report
+from rlhfspec.runtime.prompts.pool import HOLDOUT_FILE, read_holdout
 from rlhfspec.runtime.report.qc_report import write_qc_reports
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
 
@@ -45,7 +43,7 @@ def blocking_findings(report: QcReport, exclude_failed: bool) -> list[str]:
     agreement = report.metrics.get("agreement", {})
     blocking = []
     for finding in report.findings:
-        if finding.severity != "error":
+        if finding.severity != "error" or finding.code.startswith("J"):  # J: the AI judge's gate
             continue
         if finding.code in RESOLVED_BY_EXCLUSION and finding.annotator in excluded:
             continue
@@ -70,6 +68,10 @@ def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
         0.0,
         "; ".join(blocking) if blocking else "no error remains after excluding failed annotators",
     )
+    gates = [gate]
+    ai = report.metrics.get("ai_judge")
+    if ai:
+        gates.append(ai_judge_gate(ai))
     outcome = StageOutcome(
         ["qc/report.json", "qc/report.md", "qc/report.html"],
         {
@@ -80,8 +82,9 @@ def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
             "agreement_without_excluded": report.metrics.get("agreement", {}).get(
                 "value_without_excluded"
             ),
+            **({"ai_judge": ai_judge_lineage(ai)} if ai else {}),
         },
-        [gate],
+        gates,
         f"{len(report.errors)} error(s), {len(report.warnings)} warning(s); excluded: {', '.join(excluded) or 'none'}",
     )
     return apply_gates(ctx, outcome)
@@ -90,15 +93,21 @@ def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
 def aggregate_stage(ctx: StageContext) -> StageOutcome:
     qc = json.loads(ctx.upstream("qc/report.json").read_text(encoding="utf-8"))
     holdout = [row["id"] for row in read_holdout(ctx.upstream(HOLDOUT_FILE))]
+    records, ai_use = records_for_aggregation(
+        load_records(ctx.project), gate_state(qc, ctx.overrides)
+    )
     result = aggregate(
         ctx.project,
-        load_records(ctx.project),
+        records,
         failed_annotators=qc.get("excluded_annotators", []),
         holdout_prompts=holdout,
     )
     write_pairs(result, ctx.path("preferences"))
     return StageOutcome(
         ["preferences/pairs.jsonl", "preferences/provenance.jsonl", "preferences/summary.json"],
-        result.summary(),
-        summary=f"{len(result.pairs)} preference pairs",
+        {**result.summary(), **({"ai_labels": ai_use} if ai_use else {})},
+        summary=f"{len(result.pairs)} preference pairs"
+        + (
+            f" ({ai_use['ai_labels_used']} AI labels used, gate {ai_use['gate']})" if ai_use else ""
+        ),
     )

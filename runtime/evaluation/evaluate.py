@@ -63,6 +63,7 @@ from typing import Any  # noqa: E402
 
 from rlhfspec.common.errors import RunError  # noqa: E402
 from rlhfspec.common.fileio import atomic_write_text  # noqa: E402
+from rlhfspec.compiler.schemas import default_of  # noqa: E402
 from rlhfspec.runtime.evaluation.generation import (  # noqa: E402
     Batch,
     Sampling,
@@ -108,16 +109,17 @@ class EvalSettings:
     """
 
     seed: int
-    max_new_tokens: int = 48
-    temperature: float = 0.7
-    samples_shown: int = 4
-    kl_estimator: str = "k1"
+    # the spec's settings default to the schema's defaults (the single source)
+    max_new_tokens: int = default_of("evaluation.max_new_tokens")
+    temperature: float = default_of("evaluation.temperature")
+    samples_shown: int = default_of("evaluation.samples_shown")
+    kl_estimator: str = default_of("policy.kl.estimator")
     disqualifiers: Sequence[tuple[str, str]] = dataclasses.field(default_factory=tuple)
-    batch_size: int = 16
+    batch_size: int = default_of("evaluation.batch_size")
     device: str = "cpu"
     kl_temperature: float | None = None
-    missing_eos_penalty: float = 1.0
-    mixed_precision: str = "no"
+    missing_eos_penalty: float = default_of("policy.ppo.missing_eos_penalty")
+    mixed_precision: str = default_of("compute.mixed_precision")
 
     def __post_init__(self) -> None:
         if self.kl_estimator not in KL_ESTIMATORS:

@@ -46,18 +46,14 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.jsonl import MAX_LISTED
+from rlhfspec.compiler.schemas import default_of
 from rlhfspec.runtime.annotation.label_studio import labeling_config
 
 METRICS = ("reward_mean", "win_rate_vs_start")
 HUMAN_RULE = "human win rate"
 TIE_BREAK = "earlier step, then label"
 #: The schema's defaults, used for a guard the caller leaves out.
-DEFAULT_GUARDS: dict[str, float] = {
-    "max_kl": 8.0,
-    "max_length_correlation": 0.4,
-    "max_disqualifier_rate": 0.0,
-    "max_no_eos_rate": 1.0,
-}
+DEFAULT_GUARDS: dict[str, float] = default_of("evaluation.select.guards")
 KEY_FORMAT = "rlhfspec.human_eval_key/1"
 
 

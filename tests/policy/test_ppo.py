@@ -23,6 +23,7 @@ from safetensors.torch import load_file  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 from rlhfspec.common.errors import RunError  # noqa: E402
+from rlhfspec.compiler.schemas import schema_node, with_defaults  # noqa: E402
 from rlhfspec.runtime.policy.ppo import (  # noqa: E402
     CHECKPOINT_META,
     METRIC_FIELDS,
@@ -406,7 +407,8 @@ def test_settings_from_spec_block() -> None:
         "ppo": {"rollout_batch_size": 8, "mini_batches": 4, "whiten_rewards": True},
         "checkpoint_every": 3,
     }
-    settings = PPOSettings.from_spec(block, seed=7, threads=2)
+    # the block as the compiler hands it over: the schema's defaults written in
+    settings = PPOSettings.from_spec(with_defaults(schema_node("policy"), block), seed=7, threads=2)
     assert settings.kl_coef == 0.02 and settings.kl_estimator == "k2"
     assert settings.kl_mode == "adaptive" and settings.kl_target == 6.0
     assert settings.kl_horizon == 500
