@@ -57,12 +57,14 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "annotation.responses",
         "prompts.sources",
     ),
-    "sft": ("seed", "sft", "compute"),
-    "reward_model": ("seed", "criteria.version", "reward_model", "compute"),
+    "sft": ("name", "seed", "sft", "compute", "tracking"),
+    "reward_model": ("name", "seed", "criteria.version", "reward_model", "compute", "tracking"),
     "policy": (
+        "name",
         "seed",
         "policy",
         "compute",
+        "tracking",
         "evaluation.prompts_per_set",
         "evaluation.prompt_sets",
         "prompts.sources",
@@ -89,8 +91,9 @@ BUILTIN_PREFIX = "builtin:"
 HUMAN_INPUTS: dict[str, list[str]] = {"select": ["eval/human_eval/judgements.jsonl"]}
 # Scratch a stage may write besides its outputs: training checkpoints for resume.
 WORK: dict[str, list[str]] = {
-    "sft": ["sft/checkpoints"],
-    "reward_model": ["reward_model/checkpoints"],
+    "sft": ["sft/checkpoints", "tracking/sft"],
+    "reward_model": ["reward_model/checkpoints", "tracking/reward_model"],
+    "policy": ["tracking/policy"],
 }
 
 
