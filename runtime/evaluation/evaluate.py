@@ -228,10 +228,10 @@ def _load(
                 f"{other} has another tokenizer than {policy_dir}; {why}, so both must share "
                 "one (train them from the same base model)"
             )
-    policy: Any = load_causal_lm(policy_dir, tokenizer=tokenizer).to(settings.device)
+    policy: Any = load_causal_lm(policy_dir, tokenizer=tokenizer)
     reference: Any = policy
     if reference_dir.resolve() != policy_dir.resolve():
-        reference = load_causal_lm(reference_dir, tokenizer=tokenizer).to(settings.device)
+        reference = load_causal_lm(reference_dir, tokenizer=tokenizer)
     reward_model: Any = load_reward_model(reward_dir, tokenizer=tokenizer, seed=settings.seed)
     for model in (policy, reference, reward_model):
         model.to(settings.device)
