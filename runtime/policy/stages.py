@@ -121,6 +121,14 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
         ]
         summary = f"{result['steps']} DPO steps, {len(checkpoints)} checkpoints"
         metrics = {k: result[k] for k in ("steps", "final_loss") if k in result}
+    if policy["method"] == "ppo" and ctx.settings["tracking"]["backend"] != "none":
+        from rlhfspec.runtime.train.scale import tracking_dir, tracking_run_id
+
+        metrics["tracking"] = {
+            "backend": ctx.settings["tracking"]["backend"],
+            "run_id": tracking_run_id(ctx),
+            "dir": tracking_dir(ctx).relative_to(ctx.run_dir).as_posix(),
+        }
     index = {"start": str(start), "checkpoints": checkpoints, "metadata": metadata}
     atomic_write_text(ctx.path(CHECKPOINT_INDEX), json.dumps(index, indent=2) + "\n")
     return StageOutcome(["models/policy", PROMPT_SETS], metrics, summary=summary)
@@ -155,25 +163,34 @@ def train_policy(
     out_dir = ctx.path("models/policy")
     if policy["method"] == "ppo":
         from rlhfspec.runtime.policy.ppo import PPOSettings, train_ppo
+        from rlhfspec.runtime.train.scale import MetricsTracker, group, tracking_env
 
-        device = spec["compute"]["device"]
+        compute = ctx.stage["compute"]
         settings = PPOSettings.from_spec(
             policy,
             int(spec["seed"]),
-            cpu=True if device == "cpu" else None,
-            mixed_precision=str(spec["compute"]["mixed_precision"]),
+            cpu=True if compute["device"] == "cpu" else None,
+            mixed_precision=str(compute["mixed_precision"]),
+            gradient_checkpointing=bool(compute["gradient_checkpointing"]),
         )
-        return train_ppo(
-            start,
-            start,
-            ctx.upstream("models/reward_model"),
-            prompts,
-            settings,
-            out_dir,
-            resume=ctx.resume,
-            log=ctx.log,
-            metadata=metadata,
-        )
+        with tracking_env(ctx) as tracking:
+            tracker = MetricsTracker(tracking, ctx.run_dir, group().is_main)
+            try:
+                result = train_ppo(
+                    start,
+                    start,
+                    ctx.upstream("models/reward_model"),
+                    prompts,
+                    settings,
+                    out_dir,
+                    resume=ctx.resume,
+                    log=ctx.log,
+                    metadata=metadata,
+                    on_update=lambda row: tracker.log(int(row["update"]), row),
+                )
+            finally:
+                tracker.close()
+        return result
     from rlhfspec.runtime.policy.dpo import train_dpo
     from rlhfspec.runtime.train.common import read_pairs
 
