@@ -33,6 +33,7 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
     method = spec["policy"]["method"]
     sft_on = spec["sft"]["enabled"]
     batches = [b["path"] for b in spec["annotation"]["batches"]]
+    batches += [b["key"] for b in spec["annotation"]["batches"] if b.get("key")]
     gold = [spec["annotation"]["gold"]["path"]] if "gold" in spec["annotation"] else []
     sources = [s["path"] for s in spec["prompts"]["sources"]]
     responses = [spec["annotation"]["responses"]] if "responses" in spec["annotation"] else []
@@ -63,6 +64,8 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             "outputs": [
                 "preferences/pairs.jsonl",
                 "preferences/provenance.jsonl",
+                "preferences/requeue.jsonl",
+                "preferences/split_items.jsonl",
                 "preferences/summary.json",
             ],
         },

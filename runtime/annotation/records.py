@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +36,7 @@ REQUIRED = (
     "batch",
     "gold",
 )
-OPTIONAL = ("justification", "dimension_choices")
+OPTIONAL = ("justification", "dimension_choices", "task_id")
 STRING_FIELDS = (
     "item_id",
     "prompt_id",
@@ -143,7 +143,13 @@ def check_record(record: Any, *, batch: str) -> list[tuple[str | None, str]]:
     return problems
 
 
-def read_jsonl(path: Path, *, batch: str, display: str) -> BatchRead:
+Resolve = Callable[[dict[str, Any]], list[tuple[str | None, str]]]
+"""Maps a record's shown ids to the real ones in place (blinding.Unblinder.resolve)."""
+
+
+def read_jsonl(
+    path: Path, *, batch: str, display: str, resolve: Resolve | None = None
+) -> BatchRead:
     out = BatchRead(batch, display)
     try:
         handle = path.open("r", encoding="utf-8")
@@ -164,7 +170,8 @@ def read_jsonl(path: Path, *, batch: str, display: str) -> BatchRead:
                     )
                 )
                 continue
-            problems = check_record(record, batch=batch)
+            problems = resolve(record) if resolve and isinstance(record, dict) else []
+            problems = problems or check_record(record, batch=batch)
             if not problems:
                 key = (record["item_id"], record["annotator"])
                 if key in seen:
@@ -222,7 +229,14 @@ def _ls_time(text: Any) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def read_label_studio(path: Path, *, batch: str, criteria_version: str, display: str) -> BatchRead:
+def read_label_studio(
+    path: Path,
+    *,
+    batch: str,
+    criteria_version: str,
+    display: str,
+    resolve: Resolve | None = None,
+) -> BatchRead:
     """Read a Label Studio JSON export (our Choices config, or the `<Pairwise>` tag).
 
     Label Studio has no sessions: an annotator's tasks are cut into sessions
@@ -288,7 +302,10 @@ def read_label_studio(path: Path, *, batch: str, criteria_version: str, display:
                 "gold": bool(data.get("gold", False)),
             }
             record["session"] = "pending"
-            errors = check_record(record, batch=batch)
+            if data.get("task_id") or (task.get("meta") or {}).get("task_id"):
+                record["task_id"] = data.get("task_id") or task["meta"]["task_id"]
+            errors = resolve(record) if resolve else []
+            errors = errors or check_record(record, batch=batch)
             if errors:
                 out.problems.extend(
                     RowProblem(display, where, f"data.{f}" if f else None, m) for f, m in errors
@@ -317,15 +334,22 @@ def assign_sessions(records: list[dict[str, Any]]) -> None:
 
 
 def read_batch(
-    path: Path, *, batch: str, fmt: str, criteria_version: str, display: str, skip_bad: bool = False
+    path: Path,
+    *,
+    batch: str,
+    fmt: str,
+    criteria_version: str,
+    display: str,
+    skip_bad: bool = False,
+    resolve: Resolve | None = None,
 ) -> BatchRead:
     """Read one batch; refuse it whole on a bad row unless `skip_bad`."""
     if fmt == "label_studio":
         read = read_label_studio(
-            path, batch=batch, criteria_version=criteria_version, display=display
+            path, batch=batch, criteria_version=criteria_version, display=display, resolve=resolve
         )
     else:
-        read = read_jsonl(path, batch=batch, display=display)
+        read = read_jsonl(path, batch=batch, display=display, resolve=resolve)
     if read.problems and not skip_bad:
         raise refusal(f"batch '{batch}' refused", read.problems, SKIP_HINT)
     return read
@@ -358,12 +382,26 @@ class AnnotationTable:
     submitted: np.ndarray
     minutes_into_session: np.ndarray
     has_justification: np.ndarray
+    longer: np.ndarray  # shown position (0/1) of the longer response; -1 equal or unknown
+    just_words: np.ndarray  # words in the justification (0: none)
+    just_text: np.ndarray  # code of the justification, case and spacing folded
+    dimensions: list[str]  # dimensions judged one by one, in rank order
+    dim_canon: np.ndarray  # records x dimensions, canonical labels as `canon`, -1 not given
 
     def __len__(self) -> int:
         return int(self.item.shape[0])
 
     @classmethod
-    def from_records(cls, records: Sequence[dict[str, Any]]) -> AnnotationTable:
+    def from_records(
+        cls,
+        records: Sequence[dict[str, Any]],
+        *,
+        lengths: dict[str, int] | None = None,
+        dimensions: Sequence[str] = (),
+    ) -> AnnotationTable:
+        """Columns of `records`; `lengths` (response id -> words) enables the length check,
+        `dimensions` the per-dimension agreement."""
+
         def codes(values: list[str]) -> tuple[list[str], np.ndarray]:
             uniques, inverse = np.unique(
                 np.asarray(values, dtype=object).astype(str), return_inverse=True
@@ -408,11 +446,21 @@ class AnnotationTable:
             has_justification=np.fromiter(
                 (bool(r.get("justification")) for r in records), dtype=bool, count=n
             ),
+            **_extra_columns(records, lengths or {}, list(dimensions), swapped),
         )
 
     @classmethod
     def from_arrays(cls, **columns: Any) -> AnnotationTable:
-        """Build from columns; minutes into each session are derived here."""
+        """Build from columns; minutes into each session are derived here, and the optional
+        columns (length, justification text, dimensions) default to "unknown"."""
+        n = columns["item"].shape[0]
+        columns.setdefault("longer", np.full(n, -1, dtype=np.int8))
+        columns.setdefault(
+            "just_words", np.where(columns["has_justification"], 5, 0).astype(np.int32)
+        )
+        columns.setdefault("just_text", np.arange(n, dtype=np.int32))
+        columns.setdefault("dimensions", [])
+        columns.setdefault("dim_canon", np.full((n, 0), -1, dtype=np.int8))
         session = columns["session"]
         started = columns["started"]
         n_sessions = len(columns["sessions"])
@@ -420,3 +468,38 @@ class AnnotationTable:
         np.minimum.at(first, session, started)
         columns["minutes_into_session"] = (started - first[session]) / 60.0
         return cls(**columns)
+
+
+def _extra_columns(
+    records: Sequence[dict[str, Any]],
+    lengths: dict[str, int],
+    dimensions: list[str],
+    swapped: np.ndarray,
+) -> dict[str, Any]:
+    """Length, justification and per-dimension columns of `AnnotationTable.from_records`."""
+    n = len(records)
+    longer = np.full(n, -1, dtype=np.int8)
+    for i, r in enumerate(records):
+        a, b = lengths.get(r["response_a"]), lengths.get(r["response_b"])
+        if a is not None and b is not None and a != b:
+            longer[i] = 0 if a > b else 1
+    folded = [" ".join(str(r.get("justification") or "").lower().split()) for r in records]
+    _, just_text = np.unique(
+        np.asarray(folded + [""], dtype=object).astype(str), return_inverse=True
+    )
+    just_words = np.fromiter((len(t.split()) for t in folded), dtype=np.int32, count=n)
+    dim_canon = np.full((n, len(dimensions)), -1, dtype=np.int8)
+    for i, r in enumerate(records):
+        given = r.get("dimension_choices") or {}
+        for d, name in enumerate(dimensions):
+            value = given.get(name)
+            if value in CHOICES:
+                label = CHOICES.index(value)
+                dim_canon[i, d] = 1 - label if swapped[i] and label < 2 else label
+    return {
+        "longer": longer,
+        "just_words": just_words,
+        "just_text": just_text[:n].astype(np.int32),
+        "dimensions": dimensions,
+        "dim_canon": dim_canon,
+    }

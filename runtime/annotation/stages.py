@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
-from rlhfspec.runtime.annotation.aggregate import aggregate, load_records, write_pairs
+from rlhfspec.runtime.annotation.aggregate import (
+    aggregate,
+    load_records,
+    require_pairs,
+    write_pairs,
+)
 from rlhfspec.runtime.annotation.qc import QcReport, run_qc
 from rlhfspec.runtime.prompts.check import check_prompts, production_holdout, write_prompt_report
 from rlhfspec.runtime.report.qc_report import write_qc_reports
@@ -91,9 +96,16 @@ def aggregate_stage(ctx: StageContext) -> StageOutcome:
         failed_annotators=qc.get("excluded_annotators", []),
         holdout_prompts=holdout,
     )
+    require_pairs(result, ctx.project.display)
     write_pairs(result, ctx.path("preferences"))
     return StageOutcome(
-        ["preferences/pairs.jsonl", "preferences/provenance.jsonl", "preferences/summary.json"],
+        [
+            "preferences/pairs.jsonl",
+            "preferences/provenance.jsonl",
+            "preferences/requeue.jsonl",
+            "preferences/split_items.jsonl",
+            "preferences/summary.json",
+        ],
         result.summary(),
         summary=f"{len(result.pairs)} preference pairs",
     )
