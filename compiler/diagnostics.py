@@ -199,6 +199,22 @@ CODES: dict[str, CodeInfo] = {
         "prompt-set-without-source",
         "An evaluation prompt set has no prompts to draw from.",
     ),
+    # Export targets (`rlhfspec compile SPEC --target verl`)
+    "X001": CodeInfo(
+        "error",
+        "export-refused-setting",
+        "A setting the target engine cannot express, not acknowledged under export.<target>.acknowledge.",
+    ),
+    "X002": CodeInfo(
+        "error",
+        "export-stale-acknowledgement",
+        "An acknowledgement names a setting that maps after all, or no setting of the spec.",
+    ),
+    "X003": CodeInfo(
+        "error",
+        "export-unsupported",
+        "The target engine cannot run this stage at all (for example DPO on verl's main_ppo).",
+    ),
     # Files
     "F001": CodeInfo("error", "file-not-found", "A referenced file does not exist."),
     "F002": CodeInfo(

@@ -14,6 +14,6 @@ def test_readme_reference_is_current() -> None:
 
 def test_every_code_is_emitted_somewhere() -> None:
     """A registered code that no module emits is dead documentation."""
-    sources = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "compiler").glob("*.py"))
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "compiler").rglob("*.py"))
     for code in CODES:
         assert sources.count(f'"{code}"') >= 2, f"{code} is registered but never emitted"

@@ -283,7 +283,12 @@ def read_label_studio(
                 problems.append(("created_at", f"not an ISO timestamp: {ann.get('created_at')!r}"))
             if not isinstance(lead, int | float) or isinstance(lead, bool) or lead < 0:
                 problems.append(("lead_time", f"must be seconds spent, got {lead!r}"))
-            if problems or submitted is None or annotator is None:
+            if (
+                problems
+                or submitted is None
+                or annotator is None
+                or not isinstance(lead, int | float)
+            ):
                 out.problems.extend(RowProblem(display, where, f, m) for f, m in problems)
                 continue
             record = {

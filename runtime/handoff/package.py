@@ -728,7 +728,7 @@ def _add_weights(run: _Run, facts: _Facts, entries: list[_Entry], weights: str) 
                 file=meta_path,
             )
         )
-    listed = [
+    listed: list[dict[str, Any]] = [
         {
             "path": p.relative_to(run.dir).as_posix(),
             "sha256": sha256_file(p),
@@ -1256,7 +1256,7 @@ def _build(
         (CHECKSUMS_FILE, "index", "sha256 of every file (sha256sum format)", None),
     ]
     planned.sort()
-    about = {path: description for path, _, description, _ in planned}
+    descriptions = {path: description for path, _, description, _ in planned}
     context = _context(run, facts, parts, weights, planned)
     if "model_card" in parts:
         card = _render("model_card.md.j2", {**context, "front_matter": _front_matter(run, facts)})
@@ -1264,7 +1264,7 @@ def _build(
             _Entry(
                 MODEL_CARD_FILE,
                 "model_card",
-                about[MODEL_CARD_FILE],
+                descriptions[MODEL_CARD_FILE],
                 facts.provenance(HANDOFF_STAGE),
                 data=card.encode("utf-8"),
             )
@@ -1275,7 +1275,13 @@ def _build(
     ):
         text = _render(template, context)
         entries.append(
-            _Entry(name, "index", about[name], facts.provenance(HANDOFF_STAGE), data=text.encode())
+            _Entry(
+                name,
+                "index",
+                descriptions[name],
+                facts.provenance(HANDOFF_STAGE),
+                data=text.encode(),
+            )
         )
     hashes = {e.path: e.sha256() for e in entries}
     if "lineage" in parts:
@@ -1285,7 +1291,7 @@ def _build(
             _Entry(
                 MANIFEST_FILE,
                 "lineage",
-                about[MANIFEST_FILE],
+                descriptions[MANIFEST_FILE],
                 facts.provenance(HANDOFF_STAGE),
                 data=data,
             )
@@ -1298,7 +1304,7 @@ def _build(
         _Entry(
             CHECKSUMS_FILE,
             "index",
-            about[CHECKSUMS_FILE],
+            descriptions[CHECKSUMS_FILE],
             {"stage": HANDOFF_STAGE},
             data=_checksums(hashes),
         )

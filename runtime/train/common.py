@@ -133,7 +133,7 @@ def steps_for(rows: int, train: dict[str, Any], processes: int = 1) -> int:
     return max(1, int(-(-rows // per_step) * float(train["epochs"])))
 
 
-class ProgressLines(TrainerCallback):  # type: ignore[misc]
+class ProgressLines(TrainerCallback):
     """Concise progress lines (no bars): readable in CI logs and on a terminal alike."""
 
     def __init__(self, log: Callable[[str], None]) -> None:
@@ -157,9 +157,10 @@ def resume_checkpoint(ctx: StageContext, checkpoints: Path) -> str | None:
     if not ctx.resume or not checkpoints.is_dir():
         return None
     last = get_last_checkpoint(str(checkpoints))
-    if last:
-        ctx.log(f"continuing from {Path(last).name}")
-    return last
+    if not last:
+        return None
+    ctx.log(f"continuing from {Path(last).name}")
+    return str(last)
 
 
 def fresh_checkpoints(ctx: StageContext, checkpoints: Path) -> None:

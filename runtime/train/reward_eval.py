@@ -86,7 +86,11 @@ def evaluate_pairs(
     counts, edges = (
         np.histogram(rewards, bins=histogram_bins) if rewards.size else (np.array([]), np.array([]))
     )
-    quantiles = np.quantile(rewards, [0.05, 0.25, 0.5, 0.75, 0.95]) if rewards.size else []
+    quantiles: list[float] = (
+        [float(q) for q in np.quantile(rewards, [0.05, 0.25, 0.5, 0.75, 0.95])]
+        if rewards.size
+        else []
+    )
     return {
         "pairs": int(chosen.size),
         "accuracy": round(float(correct.mean()), 6) if chosen.size else None,

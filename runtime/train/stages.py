@@ -44,7 +44,8 @@ SFT_META = "rlhfspec_sft.json"
 
 def sft_stage(ctx: StageContext) -> StageOutcome:
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
 
     quiet_transformers()
     cfg = ctx.spec["sft"]
@@ -118,7 +119,8 @@ def split_by_prompt(
 
 def reward_model_stage(ctx: StageContext) -> StageOutcome:
     from datasets import Dataset
-    from trl import RewardConfig, RewardTrainer
+    from trl.trainer.reward_config import RewardConfig
+    from trl.trainer.reward_trainer import RewardTrainer
 
     quiet_transformers()
     cfg = ctx.spec["reward_model"]
@@ -237,7 +239,8 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
 
 def evaluate_holdout(
     model: Any, tokenizer: Any, validation: list[dict[str, Any]], max_length: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The holdout metrics, and each validation pair's two scores (holdout_scores.jsonl)."""
     chosen = score_texts(
         model,
         tokenizer,
