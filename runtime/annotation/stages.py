@@ -10,13 +10,14 @@ from rlhfspec.runtime.annotation.aggregate import (
     require_pairs,
     write_pairs,
 )
-from rlhfspec.runtime.annotation.qc import QcReport, run_qc
+from rlhfspec.runtime.annotation.qc import QC_CODES, QcReport, run_qc
 from rlhfspec.runtime.prompts.check import check_prompts, production_holdout, write_prompt_report
 from rlhfspec.runtime.report.qc_report import write_qc_reports
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
 
-# annotator-level findings that excluding the annotator resolves
-RESOLVED_BY_EXCLUSION = {"Q003", "Q004", "Q005", "Q006", "Q007"}
+# annotator-level findings that excluding the annotator resolves (Q006, sessions over the
+# limit, does not exclude by itself but no longer matters once the annotator is left out)
+RESOLVED_BY_EXCLUSION = {code for code, entry in QC_CODES.items() if entry.excludes} | {"Q006"}
 
 
 def prompts_stage(ctx: StageContext) -> StageOutcome:
