@@ -142,11 +142,12 @@ import torch
 import accelerate  # noqa: F401  imported before the clock starts, as on the TRL side
 import transformers  # noqa: F401
 from rlhfspec.runtime.policy import ppo
+from rlhfspec.runtime.policy.ppo import trainer
 MARKER = cfg["marker"]
 start = time.perf_counter()
 cuda = torch.cuda.is_available()
 marks = {}
-collect_rollout, ppo_update = ppo.collect_rollout, ppo.ppo_update
+collect_rollout, ppo_update = trainer.collect_rollout, trainer.ppo_update
 def timed_rollout(*a, **k):
     if "first" not in marks:
         marks["first"], marks["first_cpu"] = time.perf_counter(), time.process_time()
@@ -157,7 +158,7 @@ def timed_update(*a, **k):
         torch.cuda.synchronize()
     marks["last"], marks["last_cpu"] = time.perf_counter(), time.process_time()
     return out
-ppo.collect_rollout, ppo.ppo_update = timed_rollout, timed_update
+trainer.collect_rollout, trainer.ppo_update = timed_rollout, timed_update
 prompts = [json.loads(line)["raw"] for line in open(cfg["prompts"], encoding="utf-8")]
 settings = ppo.PPOSettings(
     kl_coef=cfg["kl_coef"], kl_estimator="k1", kl_mode="fixed", total_episodes=cfg["episodes"],

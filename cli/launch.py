@@ -6,30 +6,30 @@ arguments.
 
 With several processes the run directory still has one owner. Rank 0 runs the ordinary `run`
 (lock, lineage, skip-if-unchanged, the stage's outputs), and the other ranks run only the
-stage's *training*: they load the same plan, build a `StageContext` on the same run directory
-with a private log, and call the trainer, which shards the work and writes nothing (see
+stage's *training*: they load the same plan, build the stage's `StageContext` on the same run
+directory with a private log, and call the stage's `worker` from the runner's registry
+(`rlhfspec.runtime.run.STAGES`), which shards the work and writes nothing (see
 `rlhfspec.runtime.policy.distributed`). They never touch ``run.lock`` or ``lineage.json``.
 
 The ranks must agree on whether training happens at all: a worker that starts training while
 rank 0 skipped the stage (unchanged on ``--resume``), found an upstream stage missing, or could
 not take the lock would wait forever in a collective. So the workers first wait for rank 0's
-word, and rank 0 gives it at the last possible moment: its stage implementation is wrapped so
-that the word "train" (with the run directory and the resume flag `run` chose) is broadcast
-only when `run` actually calls the stage, after every check; if `run` ends without calling it
-(skipped, refused, failed), rank 0 broadcasts "stop" and the workers exit quietly.
+word, and rank 0 gives it at the last possible moment: `run`'s `on_stage_start` hook broadcasts
+the word "train" (with the run directory and the resume flag `run` chose) right before `run`
+calls the stage, after every check; if `run` ends without calling it (skipped, refused,
+failed), rank 0 broadcasts "stop" and the workers exit quietly.
 
-Only the policy stage (PPO or DPO) runs in several processes so far; SFT and the reward model
-write their models from every process and are refused with a clear message.
+Only stages with a `worker` in the registry run in several processes (the policy stage, PPO or
+DPO, so far); SFT and the reward model write their models from every process and are refused
+with a clear message.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -37,10 +37,11 @@ from rlhfspec.cli.main import main as cli_main
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import display_path
 from rlhfspec.runtime.policy.distributed import Group, launched_rank, launched_world_size
-from rlhfspec.runtime.stage_api import StageContext, StageOutcome
+from rlhfspec.runtime.run import STAGES
+from rlhfspec.runtime.stage_api import StageContext
 
-#: Stages that run in several processes, and how a worker (rank > 0) trains for each.
-MULTI_PROCESS_STAGES = ("policy",)
+#: Stages that run in several processes: those with a worker part in the registry.
+MULTI_PROCESS_STAGES = tuple(name for name, impl in STAGES.items() if impl.worker)
 #: Exit status of a refused launch (as click's usage errors).
 EXIT_USAGE = 2
 
@@ -93,7 +94,7 @@ def _several_processes(args: list[str]) -> int:
             click.echo(f"error: {refusal}", err=True)
         return EXIT_USAGE
     try:
-        group = _join(Path(known.target))
+        group = _join(Path(known.target), known.stage)
     except RunError as exc:  # every rank fails alike (same plan); one says so
         if launched_rank() == 0:
             click.echo(f"error: {exc.message}", err=True)
@@ -109,16 +110,17 @@ def _several_processes(args: list[str]) -> int:
             torch.distributed.destroy_process_group()
 
 
-def _join(target: Path) -> Group:
+def _join(target: Path, stage_name: str) -> Group:
     """Join the process group exactly as the trainers' accelerate state will (gloo on CPU,
     NCCL on CUDA: the plan's ``compute.device`` decides), so that they reuse it."""
     import torch
     from accelerate import PartialState
 
-    from rlhfspec.runtime.run import load_plan
+    from rlhfspec.runtime.run import load_plan, select_stages
 
     plan = load_plan(target, display_path(target)).plan
-    device = plan["resolved"]["compute"]["device"]
+    stage = select_stages(plan, stage_name, None)[0]
+    device = stage["settings"]["compute"]["device"]
     PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     group = Group.current()
     if group.single:
@@ -131,68 +133,44 @@ def _join(target: Path) -> Group:
 
 # rank 0 -------------------------------------------------------------------------------------
 
-#: Set on rank 0 while `run` runs: the group, and whether the workers were told to train.
-_rank0_state: dict[str, Any] = {}
-
 
 def _rank0(args: list[str], stage: str, group: Group) -> int:
-    """`rlhfspec run ARGS` with the stage wrapped by `announced_stage`; "stop" to the workers
-    if it never got that far."""
-    _rank0_state.update(group=group, announced=False, stage=stage)
+    """`rlhfspec run ARGS` that tells the workers to train when `run` starts the stage; "stop"
+    to them if it never got that far."""
+    announced = False
+
+    def announce(ctx: StageContext) -> None:
+        nonlocal announced
+        if ctx.stage["name"] != stage:
+            return
+        group.broadcast(
+            {
+                "action": "train",
+                "run_dir": str(ctx.run_dir),
+                "resume": ctx.resume,
+                "fingerprint": ctx.plan["fingerprint"],
+            }
+        )
+        announced = True
+
     code = 0
     try:
-        with _stage_wrapped(stage):
-            # click's standalone mode ends with SystemExit, carrying run's exit status
-            cli_main(["run", *args], prog_name="rlhfspec")
+        # click's standalone mode ends with SystemExit, carrying run's exit status
+        cli_main(["run", *args], prog_name="rlhfspec", obj={"on_stage_start": announce})
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        if not _rank0_state["announced"]:
+        if not announced:
             group.broadcast({"action": "stop"})
     return code
-
-
-@contextmanager
-def _stage_wrapped(stage: str) -> Iterator[None]:
-    """Point `run`'s registry entry for `stage` at `announced_stage` for the duration."""
-    from rlhfspec.runtime import run as run_module
-
-    original = run_module.STAGES[stage]
-    _rank0_state["original"] = original
-    run_module.STAGES[stage] = f"{__name__}:announced_stage"
-    try:
-        yield
-    finally:
-        run_module.STAGES[stage] = original
-
-
-def announced_stage(ctx: StageContext) -> StageOutcome:
-    """Rank 0's stage: tell the workers to train (now that `run` has taken the lock, checked
-    the upstream stages and decided not to skip), then run the real stage implementation."""
-    import importlib
-
-    group: Group = _rank0_state["group"]
-    group.broadcast(
-        {
-            "action": "train",
-            "run_dir": str(ctx.run_dir),
-            "resume": ctx.resume,
-            "fingerprint": ctx.plan["fingerprint"],
-        }
-    )
-    _rank0_state["announced"] = True
-    module, func = _rank0_state["original"].split(":")
-    impl: Callable[[StageContext], StageOutcome] = getattr(importlib.import_module(module), func)
-    return impl(ctx)
 
 
 # workers ------------------------------------------------------------------------------------
 
 
 def _worker(target: Path, stage_name: str, group: Group) -> int:
-    """Wait for rank 0's word; on "train", run the stage's training on rank 0's run directory."""
-    from rlhfspec.runtime.project import Project
-    from rlhfspec.runtime.run import load_plan, select_stages
+    """Wait for rank 0's word; on "train", run the stage's worker on rank 0's run directory."""
+    from rlhfspec.runtime.run import implementation, load_plan, select_stages, stage_context
 
     word = group.broadcast(None)
     if word["action"] != "train":
@@ -200,18 +178,24 @@ def _worker(target: Path, stage_name: str, group: Group) -> int:
     log = _worker_log(group.rank, stage_name)
     try:
         loaded = load_plan(target, display_path(target))
-        plan = loaded.plan
-        if plan["fingerprint"] != word["fingerprint"]:
+        run_dir = Path(word["run_dir"])
+        loaded = loaded.in_folder(run_dir / "plan")
+        if loaded.plan["fingerprint"] != word["fingerprint"]:
             raise RunError(
                 f"rank {group.rank} loaded a different plan from rank 0's ({target}); launch every "
                 "process from the same working directory"
             )
-        stage = select_stages(plan, stage_name, None)[0]
-        project = Project(plan["resolved"], loaded.spec_dir / plan["spec"]["file"], str(target))
-        ctx = StageContext(
-            plan, project, Path(word["run_dir"]), stage, bool(word["resume"]), frozenset(), log
+        stage = select_stages(loaded.plan, stage_name, None)[0]
+        ctx = stage_context(
+            loaded,
+            stage,
+            run_dir,
+            display=str(target),
+            resume=bool(word["resume"]),
+            overrides=frozenset(),
+            log=log,
         )
-        WORKERS[stage_name](ctx)
+        implementation(stage_name, worker=True)(ctx)
     except RunError as exc:
         log(f"error: {exc.message}")
         return exc.exit_code
@@ -227,28 +211,5 @@ def _worker_log(rank: int, stage: str) -> Callable[[str], None]:
     return emit
 
 
-def policy_training(ctx: StageContext) -> None:
-    """The training part of `stages_policy.policy_stage`, through the same `train_policy`.
-
-    Rank 0 runs the whole stage (evaluation prompt sets, the checkpoint index, lineage); a
-    worker needs only the trainer call. The trainers still compare a fingerprint of their
-    arguments across processes (`Group.agree`), so mismatched data fails with a clear error.
-    """
-    from rlhfspec.runtime.policy.stages import evaluation_prompts, start_model, train_policy
-    from rlhfspec.runtime.train.common import quiet_transformers
-
-    quiet_transformers()
-    # metadata goes into checkpoints, which only rank 0 writes
-    train_policy(ctx, evaluation_prompts(ctx), start_model(ctx), metadata={})
-
-
-#: How a worker trains for each stage of `MULTI_PROCESS_STAGES`.
-WORKERS: dict[str, Callable[[StageContext], None]] = {"policy": policy_training}
-
-
 if __name__ == "__main__":
-    # Run as the importable module rather than as __main__: `run` finds rank 0's wrapped stage
-    # by module path, and it must share this module's state (`_rank0_state`).
-    from rlhfspec.cli.launch import main as _main
-
-    _main()
+    main()

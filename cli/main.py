@@ -443,6 +443,8 @@ def run_command(
     """Run a spec's (or a compiled plan's) stages in a run directory with lineage."""
     from rlhfspec.runtime.run import run
 
+    # the multi-process launch entry passes a hook through click's context object
+    hooks = click.get_current_context().find_root().obj or {}
     directory = run(
         target,
         display=display_path(target),
@@ -452,6 +454,7 @@ def run_command(
         resume=resume,
         overrides=frozenset(overrides),
         log=lambda m: click.echo(m),
+        on_stage_start=hooks.get("on_stage_start"),
     )
     click.echo(f"run directory: {directory}")
     click.echo(f"lineage: {directory / 'lineage.json'}")

@@ -29,6 +29,27 @@ class CompileResult:
     diagnostics: list[Diagnostic]
     files: dict[str, bytes] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
+    # what the plan was built from, so that `for_folder` re-anchors it without compiling again
+    spec: dict[str, Any] | None = None
+    spec_path: Path | None = None
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    documents: dict[str, str] = field(default_factory=dict)
+
+    def for_folder(self, out_dir: Path) -> CompileResult:
+        """The same compile with plan.json written for `out_dir` (its `spec.dir` is relative to
+        it): validation and rendering are not repeated."""
+        if self.spec is None or self.spec_path is None:
+            return self
+        plan = build_plan(self.spec, self.spec_path, out_dir, self.inputs, self.documents)
+        files = dict(self.files)
+        files[PLAN_FILE] = plan_bytes(plan)
+        return CompileResult(
+            self.diagnostics, files, plan, self.spec, self.spec_path, self.inputs, self.documents
+        )
+
+
+def plan_bytes(plan: dict[str, Any]) -> bytes:
+    return (json.dumps(plan, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def document_context(
@@ -82,8 +103,8 @@ def compile_spec(
     documents = render_all(document_context(spec, spec_path, inputs), templates)
     plan = build_plan(spec, spec_path, out_dir, inputs, documents)
     files = {name: text.encode("utf-8") for name, text in sorted(documents.items())}
-    files[PLAN_FILE] = (json.dumps(plan, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    return CompileResult(result.diagnostics, files, plan)
+    files[PLAN_FILE] = plan_bytes(plan)
+    return CompileResult(result.diagnostics, files, plan, spec, spec_path, inputs, documents)
 
 
 def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:

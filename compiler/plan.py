@@ -8,6 +8,7 @@ runs is exactly what was reviewed.
 
 from __future__ import annotations
 
+import copy
 import os
 import shlex
 from pathlib import Path
@@ -28,42 +29,140 @@ def generator() -> str:
     return f"rlhfspec {__version__}"
 
 
-def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stages in run order, each with its dependencies, inputs and outputs."""
+# The resolved settings each stage reads, as dotted paths into the resolved spec. The plan
+# hands a stage exactly these (its entry's `settings`, every default written out); they enter
+# its resume signature, and the files they name (`x-path` fields) are its input files.
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "prompts": ("name", "prompts", "annotation.batches", "annotation.gold", "sft.enabled"),
+    "annotation_qc": (
+        "name",
+        "criteria",
+        "annotation.justification",
+        "annotation.annotators_per_item",
+        "annotation.session_max_minutes",
+        "annotation.gold",
+        "annotation.agreement",
+        "annotation.position_bias",
+        "annotation.fatigue",
+        "annotation.max_split_vote_share",
+        "annotation.aggregation.exclude_failed_annotators",
+        "annotation.batches",
+        "annotation.dimension_judgements",
+        "annotation.gaming",
+        "annotation.annotator_ids",
+        "annotation.responses",
+    ),
+    "aggregate": (
+        "criteria.tie_breaking",
+        "criteria.dimensions",
+        "annotation.aggregation",
+        "annotation.batches",
+        "annotation.responses",
+        "annotation.annotator_ids",
+        "prompts.sources",
+    ),
+    "sft": ("seed", "sft", "compute"),
+    "reward_model": ("seed", "criteria.version", "reward_model", "compute"),
+    "policy": (
+        "seed",
+        "policy",
+        "compute",
+        "evaluation.prompts_per_set",
+        "evaluation.prompt_sets",
+        "prompts.sources",
+    ),
+    "evaluate": (
+        "seed",
+        "criteria.version",
+        "criteria.disqualifiers",
+        "policy.kl.estimator",
+        "evaluation",
+    ),
+    "select": ("evaluation.select",),
+    "handoff": ("handoff",),
+}
+# What builtin:tiny's tokenizer learns from (runtime/train/common.py, corpus_texts): read by a
+# training stage only when it builds its model from builtin:tiny.
+BUILTIN_CORPUS = ("prompts.sources", "annotation.responses", "sft.enabled", "sft.data")
+BUILTIN_PREFIX = "builtin:"
+# Files a person adds to the run directory that a stage reads (human judgements).
+HUMAN_INPUTS: dict[str, list[str]] = {"select": ["eval/human_eval/judgements.jsonl"]}
+# Scratch a stage may write besides its outputs: training checkpoints for resume.
+WORK: dict[str, list[str]] = {
+    "sft": ["sft/checkpoints"],
+    "reward_model": ["reward_model/checkpoints"],
+}
+
+
+def pick(spec: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    """The part of `spec` at the dotted `paths`, nested as in the spec (absent keys left out)."""
+    out: dict[str, Any] = {}
+    for dotted in paths:
+        keys = dotted.split(".")
+        node: Any = spec
+        for key in keys:
+            if not isinstance(node, dict) or key not in node:
+                break
+            node = node[key]
+        else:
+            target = out
+            for key in keys[:-1]:
+                target = target.setdefault(key, {})
+            target[keys[-1]] = copy.deepcopy(node)
+    ordered: dict[str, Any] = _ordered_like(spec, out)
+    return ordered
+
+
+def _ordered_like(spec: Any, part: Any) -> Any:
+    """`part` with its keys in the spec's order, so the settings read like the spec."""
+    if not isinstance(part, dict) or not isinstance(spec, dict):
+        return part
+    return {k: _ordered_like(spec[k], part[k]) for k in spec if k in part}
+
+
+def _settings_paths(spec: dict[str, Any], name: str) -> list[str]:
+    paths = list(STAGE_SETTINGS[name])
+    if name == "prompts" and spec["sft"]["enabled"]:
+        paths.append("sft.data")  # read to prove the holdout never leaks into it
+    builtin = {
+        "sft": spec["sft"]["base_model"],
+        "reward_model": None
+        if spec["reward_model"]["start_from_sft"]
+        else spec["reward_model"]["base_model"],
+        "policy": None if spec["policy"]["start_from_sft"] else spec["policy"]["base_model"],
+    }.get(name)
+    if builtin is not None and builtin.startswith(BUILTIN_PREFIX):
+        paths.extend(BUILTIN_CORPUS)
+    return paths
+
+
+def _graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Name, description, dependencies, upstream reads and outputs of every stage, in run order."""
     method = spec["policy"]["method"]
     sft_on = spec["sft"]["enabled"]
-    batches = [b["path"] for b in spec["annotation"]["batches"]]
-    batches += [b["key"] for b in spec["annotation"]["batches"] if b.get("key")]
-    gold = [spec["annotation"]["gold"]["path"]] if "gold" in spec["annotation"] else []
-    sources = [s["path"] for s in spec["prompts"]["sources"]]
-    responses = [spec["annotation"]["responses"]] if "responses" in spec["annotation"] else []
-    demonstrations = (
-        [spec["sft"]["data"]] if spec["sft"]["enabled"] and "data" in spec["sft"] else []
-    )
+    pairs = ["preferences/pairs.jsonl", "preferences/provenance.jsonl"]
     stages: list[dict[str, Any]] = [
         {
             "name": "prompts",
             "description": "Check the prompt mix and strata; reserve the production holdout.",
             "depends_on": [],
-            # batches, gold and demonstrations are read to prove the holdout never leaks into them
-            "inputs": sources + batches + gold + demonstrations,
+            "reads": [],
             "outputs": ["prompts/report.json", "prompts/report.md", "prompts/holdout.jsonl"],
         },
         {
             "name": "annotation_qc",
             "description": "Agreement, gold accuracy, position bias, fatigue, drift and version checks.",
             "depends_on": ["prompts"],
-            "inputs": batches + gold,
+            "reads": [],
             "outputs": ["qc/report.json", "qc/report.md", "qc/report.html"],
         },
         {
             "name": "aggregate",
             "description": "Majority vote with the tie-breaking rule into preference pairs.",
-            "depends_on": ["annotation_qc"],
-            "inputs": batches + responses + sources,
-            "outputs": [
-                "preferences/pairs.jsonl",
-                "preferences/provenance.jsonl",
+            "depends_on": ["prompts", "annotation_qc"],
+            "reads": ["prompts/holdout.jsonl", "qc/report.json"],
+            "outputs": pairs
+            + [
                 "preferences/requeue.jsonl",
                 "preferences/split_items.jsonl",
                 "preferences/summary.json",
@@ -75,20 +174,20 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "name": "sft",
                 "description": "Supervised fine-tuning on demonstrations.",
-                "depends_on": [],
-                "inputs": [spec["sft"]["data"]],
+                "depends_on": ["prompts"],
+                "reads": ["prompts/holdout.jsonl"],
                 "outputs": ["models/sft"],
             }
         )
+    rm_from_sft = spec["reward_model"]["start_from_sft"]
     # the reward model drives PPO; under DPO it is the judge that evaluates checkpoints
     stages.append(
         {
             "name": "reward_model",
             "description": "Bradley-Terry reward model with a by-prompt holdout and gates"
             + ("." if method == "ppo" else "; judges the DPO checkpoints."),
-            "depends_on": ["aggregate"]
-            + (["sft"] if spec["reward_model"]["start_from_sft"] else []),
-            "inputs": [],
+            "depends_on": ["aggregate"] + (["sft"] if rm_from_sft else []),
+            "reads": pairs + (["models/sft"] if rm_from_sft else []),
             "outputs": [
                 "models/reward_model",
                 "reward_model/eval.json",
@@ -97,17 +196,19 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             ],
         }
     )
-    policy_deps = ["reward_model"] if method == "ppo" else ["aggregate"]
-    if spec["policy"]["start_from_sft"]:
-        policy_deps.append("sft")
+    from_sft = spec["policy"]["start_from_sft"]
+    policy_deps = ["prompts"] + (["reward_model"] if method == "ppo" else ["aggregate"])
+    policy_reads = ["prompts/holdout.jsonl"] + (
+        ["models/reward_model"] if method == "ppo" else pairs
+    )
     stages.append(
         {
             "name": "policy",
             "description": ("KL-constrained PPO" if method == "ppo" else "DPO")
             + ", checkpointed every "
             f"{spec['policy']['checkpoint_every']} {'updates' if method == 'ppo' else 'steps'}.",
-            "depends_on": policy_deps,
-            "inputs": [],
+            "depends_on": policy_deps + (["sft"] if from_sft else []),
+            "reads": policy_reads + (["models/sft"] if from_sft else []),
             "outputs": ["models/policy", "eval/prompt_sets.json"],
         }
     )
@@ -117,9 +218,10 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             "description": "Evaluate every checkpoint on "
             + ", ".join(spec["evaluation"]["prompt_sets"])
             + ".",
-            "depends_on": ["policy", "reward_model"],
-            "inputs": [],
-            "outputs": ["eval/"],
+            "depends_on": ["policy", "reward_model"] + (["sft"] if from_sft else []),
+            "reads": ["models/policy", "eval/prompt_sets.json", "models/reward_model"]
+            + (["models/sft"] if from_sft else []),
+            "outputs": ["eval"],
         }
     )
     stages.append(
@@ -127,26 +229,54 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             "name": "select",
             "description": "Pick the deployment checkpoint among those that pass every guard.",
             "depends_on": ["evaluate"],
-            "inputs": [],
+            "reads": ["eval"],
             "outputs": ["selection.json"],
         }
     )
+    earlier = [s for s in stages]
     stages.append(
         {
             "name": "handoff",
             "description": "Assemble the handoff package with its lineage manifest.",
-            "depends_on": ["select"],
-            "inputs": [],
-            "outputs": ["handoff/"],
+            # the package documents every stage: it reads all of their outputs
+            "depends_on": [s["name"] for s in earlier],
+            "reads": list(dict.fromkeys(o for s in earlier for o in s["outputs"])),
+            "outputs": ["handoff.tar.gz" if spec["handoff"]["format"] == "tar.gz" else "handoff"],
         }
     )
+    return stages
+
+
+def stage_graph(spec: dict[str, Any], inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The plan's stage entries in run order: each one's whole contract with the runtime.
+
+    An entry carries the resolved settings the stage reads, the spec files it reads (with
+    sha256), the upstream outputs it reads, and the outputs it writes; the runner hands the
+    stage exactly this and checks that it wrote exactly `outputs` (and scratch under `work`).
+    """
+    schema = load_schema(SPEC_SCHEMA)
+    by_path = {i["path"]: i["sha256"] for i in inputs}
     compute = spec["compute"]
-    for stage in stages:
-        stage["inputs"] = list(dict.fromkeys(stage["inputs"]))
-        argv = ["rlhfspec", "run", "plan.json", "--stage", stage["name"]]
-        stage["command"] = shlex.join(argv)
-        if stage["name"] in TRAINING_STAGES:
-            stage["launch"] = shlex.join(
+    entries = []
+    for stage in _graph(spec):
+        name = stage["name"]
+        settings = pick(spec, _settings_paths(spec, name))
+        files = list(dict.fromkeys(value for _, value in iter_paths(schema, settings)))
+        argv = ["rlhfspec", "run", "plan.json", "--stage", name]
+        entry: dict[str, Any] = {
+            "name": name,
+            "description": stage["description"],
+            "depends_on": stage["depends_on"],
+            "settings": settings,
+            "inputs": [{"path": p, "sha256": by_path[p]} for p in files],
+            "reads": stage["reads"],
+            "human_inputs": HUMAN_INPUTS.get(name, []),
+            "outputs": stage["outputs"],
+            "work": WORK.get(name, []),
+            "command": shlex.join(argv),
+        }
+        if name in TRAINING_STAGES:
+            entry["launch"] = shlex.join(
                 [
                     "accelerate",
                     "launch",
@@ -158,10 +288,11 @@ def stage_graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
                     "rlhfspec.cli.launch",
                     "plan.json",
                     "--stage",
-                    stage["name"],
+                    name,
                 ]
             )
-    return stages
+        entries.append(entry)
+    return entries
 
 
 def input_fingerprints(spec: dict[str, Any], spec_dir: Path) -> list[dict[str, Any]]:
@@ -212,7 +343,7 @@ def build_plan(
         },
         "inputs": inputs,
         "resolved": spec,
-        "stages": stage_graph(spec),
+        "stages": stage_graph(spec, inputs),
         "documents": [
             {"file": name, "sha256": sha256_text(text)} for name, text in sorted(documents.items())
         ],

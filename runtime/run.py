@@ -26,42 +26,44 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.hashing import canonical_json, sha256_file, sha256_text
 from rlhfspec.common.version import __version__ as rlhfspec_version
-from rlhfspec.compiler.compile import compile_spec, write_outputs
+from rlhfspec.compiler.compile import CompileResult, compile_spec, write_outputs
 from rlhfspec.compiler.diagnostics import format_text
-from rlhfspec.runtime.lineage import Lineage, describe, signature
+from rlhfspec.runtime.lineage import LINEAGE_FILE, Lineage, describe, signature
 from rlhfspec.runtime.project import Project
-from rlhfspec.runtime.stage_api import GateFailure, StageContext, StageOutcome
+from rlhfspec.runtime.stage_api import GateFailure, StageContext, StageOutcome, covers
 
 EXIT_BUSY = 4
 LOCK_FILE = "run.lock"
-# where each stage's implementation lives; imported only when the stage runs
-STAGES: dict[str, str] = {
-    "prompts": "rlhfspec.runtime.annotation.stages:prompts_stage",
-    "annotation_qc": "rlhfspec.runtime.annotation.stages:annotation_qc_stage",
-    "aggregate": "rlhfspec.runtime.annotation.stages:aggregate_stage",
-    "sft": "rlhfspec.runtime.train.stages:sft_stage",
-    "reward_model": "rlhfspec.runtime.train.stages:reward_model_stage",
-    "policy": "rlhfspec.runtime.policy.stages:policy_stage",
-    "evaluate": "rlhfspec.runtime.policy.stages:evaluate_stage",
-    "select": "rlhfspec.runtime.policy.stages:select_stage",
-    "handoff": "rlhfspec.runtime.handoff.package:handoff_stage",
-}
-# the spec sections whose values a stage depends on (beyond files and upstream outputs)
-STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "prompts": ("prompts",),
-    "annotation_qc": ("criteria", "annotation"),
-    "aggregate": ("criteria", "annotation", "prompts"),
-    "sft": ("seed", "sft", "compute"),
-    "reward_model": ("seed", "reward_model", "compute"),
-    "policy": ("seed", "policy", "compute"),
-    "evaluate": ("seed", "evaluation", "criteria", "policy"),
-    "select": ("evaluation",),
-    "handoff": ("handoff",),
-}
+# files the runner itself writes in a run directory (never a stage's)
+RUNNER_FILES = (LINEAGE_FILE, LOCK_FILE, "plan")
 
 
-# files a person adds to the run directory that a stage reads (human judgements)
-STAGE_RUN_INPUTS: dict[str, tuple[str, ...]] = {"select": ("eval/human_eval/judgements.jsonl",)}
+@dataclass(frozen=True)
+class StageImpl:
+    """Where a stage's implementation lives; imported only when the stage runs.
+
+    `worker` is what the other processes run when the stage is launched on several
+    (`rlhfspec.cli.launch`): the training only, on rank 0's run directory, writing nothing.
+    """
+
+    run: str
+    worker: str | None = None
+
+
+STAGES: dict[str, StageImpl] = {
+    "prompts": StageImpl("rlhfspec.runtime.annotation.stages:prompts_stage"),
+    "annotation_qc": StageImpl("rlhfspec.runtime.annotation.stages:annotation_qc_stage"),
+    "aggregate": StageImpl("rlhfspec.runtime.annotation.stages:aggregate_stage"),
+    "sft": StageImpl("rlhfspec.runtime.train.stages:sft_stage"),
+    "reward_model": StageImpl("rlhfspec.runtime.train.stages:reward_model_stage"),
+    "policy": StageImpl(
+        "rlhfspec.runtime.policy.stages:policy_stage",
+        worker="rlhfspec.runtime.policy.stages:policy_training",
+    ),
+    "evaluate": StageImpl("rlhfspec.runtime.policy.stages:evaluate_stage"),
+    "select": StageImpl("rlhfspec.runtime.policy.stages:select_stage"),
+    "handoff": StageImpl("rlhfspec.runtime.handoff.package:handoff_stage"),
+}
 
 
 def now() -> str:
@@ -73,6 +75,16 @@ class LoadedPlan:
     plan: dict[str, Any]
     spec_dir: Path
     plan_files: dict[str, bytes] = field(default_factory=dict)  # to write into the run dir
+    compiled: CompileResult | None = None  # a spec compiled in memory (re-anchored, not redone)
+
+    def in_folder(self, plan_dir: Path) -> LoadedPlan:
+        """The plan as it reads from `plan_dir` (a compiled spec's `spec.dir` is relative to
+        the folder its plan.json lives in); a plan.json given by the user stays as it is."""
+        if self.compiled is None:
+            return self
+        result = self.compiled.for_folder(plan_dir)
+        assert result.plan is not None
+        return LoadedPlan(result.plan, self.spec_dir, result.files, result)
 
 
 def load_plan(path: Path, display: str, plan_dir: Path = Path("plan")) -> LoadedPlan:
@@ -104,7 +116,7 @@ def load_plan(path: Path, display: str, plan_dir: Path = Path("plan")) -> Loaded
     result = compile_spec(path, plan_dir, display=display)
     if result.plan is None:
         raise RunError(f"{display} is not valid; fix it first:\n" + format_text(result.diagnostics))
-    return LoadedPlan(result.plan, path.parent.resolve(), result.files)
+    return LoadedPlan(result.plan, path.parent.resolve(), result.files, result)
 
 
 def default_run_dir(name: str, runs_root: Path, *, resume: bool) -> Path:
@@ -161,27 +173,28 @@ def run_lock(run_dir: Path, log: Callable[[str], None]) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
-def stage_signature(plan: dict[str, Any], stage: dict[str, Any], lineage: Lineage) -> str:
-    resolved = plan["resolved"]
-    settings = {key: resolved.get(key) for key in STAGE_SETTINGS.get(stage["name"], ())}
-    inputs = {i["path"]: i["sha256"] for i in plan["inputs"]}
-    upstream = {dep: lineage.stage(dep).get("outputs") for dep in stage["depends_on"]}
+def read_outputs(stage: dict[str, Any], lineage: Lineage) -> list[dict[str, Any]]:
+    """The recorded upstream outputs the stage reads (its entry's `reads`), with sha256."""
+    read = []
+    for dep in stage["depends_on"]:
+        for output in lineage.stage(dep).get("outputs", []):
+            if any(covers(r, output["path"]) for r in stage["reads"]):
+                read.append({"path": output["path"], "sha256": output["sha256"], "from": dep})
+    return read
+
+
+def stage_signature(stage: dict[str, Any], lineage: Lineage) -> str:
+    """What a finished stage's outputs depend on: its plan entry (settings, input files with
+    their sha256, reads, outputs), the upstream outputs it reads, the files a person added to
+    the run directory for it, and this rlhfspec version."""
     run_dir = lineage.path.parent
     added = {
         rel: sha256_file(run_dir / rel)
-        for rel in STAGE_RUN_INPUTS.get(stage["name"], ())
+        for rel in stage["human_inputs"]
         if (run_dir / rel).is_file()
     }
-    return signature(
-        [
-            stage["name"],
-            rlhfspec_version,
-            settings,
-            sorted((p, inputs.get(p)) for p in stage["inputs"]),
-            upstream,
-            added,
-        ]
-    )
+    upstream = [(o["path"], o["sha256"]) for o in read_outputs(stage, lineage)]
+    return signature([rlhfspec_version, stage, upstream, added])
 
 
 def _outputs_intact(run_dir: Path, entry: dict[str, Any]) -> bool:
@@ -192,16 +205,39 @@ def _outputs_intact(run_dir: Path, entry: dict[str, Any]) -> bool:
     return True
 
 
-def _implementation(name: str) -> Callable[[StageContext], StageOutcome]:
-    target = STAGES.get(name)
-    if target is None:
+def _import(target: str) -> Callable[[StageContext], Any]:
+    module, func = target.split(":")
+    impl: Callable[[StageContext], Any] = getattr(importlib.import_module(module), func)
+    return impl
+
+
+def implementation(name: str, *, worker: bool = False) -> Callable[[StageContext], Any]:
+    """The stage's function from the registry (its worker part with `worker`)."""
+    entry = STAGES.get(name)
+    if entry is None:
         raise RunError(
             f"stage '{name}' is in the plan but this version of rlhfspec cannot run it yet; "
             f"stop before it with --until"
         )
-    module, func = target.split(":")
-    impl: Callable[[StageContext], StageOutcome] = getattr(importlib.import_module(module), func)
-    return impl
+    target = entry.worker if worker else entry.run
+    if target is None:
+        raise RunError(f"stage '{name}' does not run in several processes")
+    return _import(target)
+
+
+def stage_context(
+    loaded: LoadedPlan,
+    stage: dict[str, Any],
+    run_dir: Path,
+    *,
+    display: str,
+    resume: bool,
+    overrides: frozenset[str],
+    log: Callable[[str], None],
+) -> StageContext:
+    """What a stage receives: its plan entry, and the spec's folder with its settings only."""
+    project = Project(stage["settings"], loaded.spec_dir / loaded.plan["spec"]["file"], display)
+    return StageContext(loaded.plan, project, run_dir, stage, resume, overrides, log)
 
 
 def select_stages(
@@ -233,16 +269,20 @@ def run(
     resume: bool = False,
     overrides: frozenset[str] = frozenset(),
     log: Callable[[str], None] = print,
+    on_stage_start: Callable[[StageContext], None] | None = None,
 ) -> Path:
-    """Run the plan's stages; returns the run directory."""
+    """Run the plan's stages; returns the run directory.
+
+    `on_stage_start` is called with a stage's context right before the stage runs (after the
+    lock, the dependency checks and the resume decision): the multi-process launch tells its
+    other processes to train there.
+    """
     loaded = load_plan(target, display)
+    chosen = select_stages(loaded.plan, only, until)
+    directory = run_dir or default_run_dir(loaded.plan["spec"]["name"], runs_root, resume=resume)
+    loaded = loaded.in_folder(directory / "plan")
     plan = loaded.plan
     chosen = select_stages(plan, only, until)
-    directory = run_dir or default_run_dir(plan["spec"]["name"], runs_root, resume=resume)
-    if target.suffix != ".json":
-        loaded = load_plan(target, display, directory / "plan")
-        plan = loaded.plan
-    project = Project(plan["resolved"], loaded.spec_dir / plan["spec"]["file"], display)
     with run_lock(directory, log):
         lineage = Lineage(directory)
         recorded = lineage.doc.get("plan", {}).get("fingerprint")
@@ -255,153 +295,158 @@ def run(
         lineage.start(run_id=directory.name, plan=plan, started=now())
         log(f"run {directory} (plan {plan['fingerprint'][:12]})")
         for stage in chosen:
-            _run_stage(
-                plan,
+            ctx = stage_context(
+                loaded,
                 stage,
-                project,
                 directory,
-                lineage,
+                display=display,
                 resume=resume or only is not None,
                 overrides=overrides,
-                log=log,
+                log=_prefixed(stage["name"], log),
             )
+            _run_stage(ctx, lineage, log=log, on_start=on_stage_start)
     return directory
 
 
 def _run_stage(
-    plan: dict[str, Any],
-    stage: dict[str, Any],
-    project: Project,
-    run_dir: Path,
+    ctx: StageContext,
     lineage: Lineage,
     *,
-    resume: bool,
-    overrides: frozenset[str],
     log: Callable[[str], None],
+    on_start: Callable[[StageContext], None] | None,
 ) -> None:
+    stage, run_dir = ctx.stage, ctx.run_dir
     name = stage["name"]
     for dep in stage["depends_on"]:
         if lineage.stage(dep).get("status") != "done":
             raise RunError(
                 f"stage '{name}' needs '{dep}' to have finished in {run_dir}; run it first"
             )
-    sig = stage_signature(plan, stage, lineage)
+    sig = stage_signature(stage, lineage)
     previous = lineage.stage(name)
     if (
-        resume
+        ctx.resume
         and previous.get("status") == "done"
         and previous.get("signature") == sig
         and _outputs_intact(run_dir, previous)
     ):
         log(f"[{name}] unchanged since {previous.get('finished')}; skipped")
         return
-    impl = _implementation(name)
+    impl = implementation(name)
     started = now()
+    inputs = _describe_inputs(stage, lineage)
     lineage.record(
-        name,
-        {
-            "status": "running",
-            "started": started,
-            "signature": sig,
-            "inputs": _describe_inputs(plan, stage, lineage),
-        },
+        name, {"status": "running", "started": started, "signature": sig, "inputs": inputs}
     )
-    stage_log = _prefixed(name, log)
-    ctx = StageContext(
-        plan,
-        project,
-        run_dir,
-        stage,
-        resume and previous.get("status") == "running",
-        overrides,
-        stage_log,
-    )
+    ctx.resume = ctx.resume and previous.get("status") == "running"
+    before = snapshot(run_dir)
     clock = time.perf_counter()
+    record = _Record(lineage, name, run_dir, started, sig, inputs, clock)
     try:
+        if on_start is not None:
+            on_start(ctx)
         outcome = impl(ctx)
+        check_outputs(stage, before, snapshot(run_dir), run_dir)
     except GateFailure as exc:
-        _finish(
-            lineage,
-            name,
-            run_dir,
-            started,
-            sig,
-            plan,
-            stage,
-            exc.outcome,
-            "failed",
-            exc.message,
-            clock,
-        )
+        record.finish(exc.outcome, "failed", exc.message)
         raise
     except RunError as exc:
-        lineage.record(
-            name,
-            {**lineage.stage(name), "status": "failed", "finished": now(), "message": exc.message},
-        )
+        record.fail("failed", exc.message)
         raise
     except KeyboardInterrupt:
-        lineage.record(name, {**lineage.stage(name), "status": "interrupted", "finished": now()})
+        record.fail("interrupted", None)
         raise
     except Exception as exc:
-        lineage.record(
-            name,
-            {
-                **lineage.stage(name),
-                "status": "failed",
-                "finished": now(),
-                "message": f"{type(exc).__name__}: {exc}",
-            },
-        )
+        record.fail("failed", f"{type(exc).__name__}: {exc}")
         raise
-    _finish(lineage, name, run_dir, started, sig, plan, stage, outcome, "done", None, clock)
-    stage_log(f"done in {time.perf_counter() - clock:.1f}s: {outcome.summary}")
+    record.finish(outcome, "done", None)
+    ctx.log(f"done in {time.perf_counter() - clock:.1f}s: {outcome.summary}")
 
 
-def _finish(
-    lineage: Lineage,
-    name: str,
-    run_dir: Path,
-    started: str,
-    sig: str,
-    plan: dict[str, Any],
-    stage: dict[str, Any],
-    outcome: StageOutcome,
-    status: str,
-    message: str | None,
-    clock: float,
-) -> None:
-    entry = {
-        "status": status,
-        "started": started,
-        "finished": now(),
-        "seconds": round(time.perf_counter() - clock, 3),
-        "signature": sig,
-        "inputs": _describe_inputs(plan, stage, lineage),
-        "outputs": [
-            describe(run_dir / rel, rel) for rel in outcome.outputs if (run_dir / rel).exists()
-        ],
-        "metrics": outcome.metrics,
-        "gates": [g.to_dict() for g in outcome.gates],
-    }
-    if message:
-        entry["message"] = message
-    lineage.record(name, entry)
+@dataclass
+class _Record:
+    """Writes a stage's lineage entry when it ends."""
+
+    lineage: Lineage
+    name: str
+    run_dir: Path
+    started: str
+    sig: str
+    inputs: list[dict[str, Any]]
+    clock: float
+
+    def fail(self, status: str, message: str | None) -> None:
+        entry = {**self.lineage.stage(self.name), "status": status, "finished": now()}
+        if message:
+            entry["message"] = message
+        self.lineage.record(self.name, entry)
+
+    def finish(self, outcome: StageOutcome, status: str, message: str | None) -> None:
+        entry = {
+            "status": status,
+            "started": self.started,
+            "finished": now(),
+            "seconds": round(time.perf_counter() - self.clock, 3),
+            "signature": self.sig,
+            "inputs": self.inputs,
+            "outputs": [
+                describe(self.run_dir / rel, rel)
+                for rel in outcome.outputs
+                if (self.run_dir / rel).exists()
+            ],
+            "metrics": outcome.metrics,
+            "gates": [g.to_dict() for g in outcome.gates],
+        }
+        if message:
+            entry["message"] = message
+        self.lineage.record(self.name, entry)
 
 
-def _describe_inputs(
-    plan: dict[str, Any], stage: dict[str, Any], lineage: Lineage
-) -> list[dict[str, Any]]:
-    by_path = {i["path"]: i for i in plan["inputs"]}
+Snapshot = dict[str, tuple[int, int, int]]
+
+
+def snapshot(run_dir: Path) -> Snapshot:
+    """Every file of the run directory but the runner's own, with (size, mtime, inode): enough
+    to see what a stage created, changed (atomic writes replace the inode) or removed."""
+    found: Snapshot = {}
+    for folder, dirs, files in os.walk(run_dir):
+        rel_dir = Path(folder).relative_to(run_dir)
+        if rel_dir == Path("."):
+            dirs[:] = [d for d in dirs if d not in RUNNER_FILES]
+        for file in files:
+            rel = (rel_dir / file).as_posix()
+            if rel in RUNNER_FILES:
+                continue
+            st = os.stat(os.path.join(folder, file))
+            found[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return found
+
+
+def check_outputs(stage: dict[str, Any], before: Snapshot, after: Snapshot, run_dir: Path) -> None:
+    """Fail the stage unless it wrote exactly its declared outputs (and scratch under `work`)."""
+    allowed = [*stage["outputs"], *stage["work"]]
+    touched = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    undeclared = [p for p in touched if not any(covers(a, p) for a in allowed)]
+    missing = [o for o in stage["outputs"] if not (run_dir / o).exists()]
+    problems = []
+    if undeclared:
+        problems.append(
+            "wrote files its plan entry does not declare: " + ", ".join(undeclared[:10])
+        )
+    if missing:
+        problems.append("did not write its declared outputs: " + ", ".join(missing))
+    if problems:
+        raise RunError(
+            f"stage '{stage['name']}' " + "; ".join(problems) + " (this is a bug in rlhfspec: the "
+            "plan entry's `outputs` and the stage must agree)"
+        )
+
+
+def _describe_inputs(stage: dict[str, Any], lineage: Lineage) -> list[dict[str, Any]]:
     described = [
-        {"path": p, "sha256": by_path[p]["sha256"], "from": "spec"}
-        for p in stage["inputs"]
-        if p in by_path
+        {"path": i["path"], "sha256": i["sha256"], "from": "spec"} for i in stage["inputs"]
     ]
-    for dep in stage["depends_on"]:
-        for output in lineage.stage(dep).get("outputs", []):
-            described.append({"path": output["path"], "sha256": output["sha256"], "from": dep})
-    return described
+    return described + read_outputs(stage, lineage)
 
 
 def _prefixed(name: str, log: Callable[[str], None]) -> Callable[[str], None]:

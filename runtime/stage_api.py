@@ -1,4 +1,11 @@
-"""What a stage receives and returns, shared by every stage implementation."""
+"""What a stage receives and returns, shared by every stage implementation.
+
+A stage receives its plan entry (`ctx.stage`): the resolved settings it reads
+(`ctx.settings`), its input files, the upstream outputs it may read
+(`ctx.upstream`, refused for anything the entry does not list under `reads`)
+and the outputs it must write. It never sees the whole spec: `ctx.project` is
+the spec's folder with the stage's settings only.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +18,39 @@ from rlhfspec.common.errors import RunError
 from rlhfspec.runtime.project import Project
 
 
+def covers(declared: str, relative: str) -> bool:
+    """Whether the declared run-directory path (a file or a folder) covers `relative`."""
+    root = declared.rstrip("/")
+    return relative == root or relative.startswith(root + "/")
+
+
 @dataclass
 class StageContext:
     plan: dict[str, Any]
-    project: Project
+    project: Project  # the spec's folder, with `project.spec` = this stage's settings only
     run_dir: Path
-    stage: dict[str, Any]
+    stage: dict[str, Any]  # the stage's plan entry
     resume: bool
     overrides: frozenset[str]
     log: Callable[[str], None]
 
     @property
-    def spec(self) -> dict[str, Any]:
-        return self.project.spec
+    def settings(self) -> dict[str, Any]:
+        """The resolved settings this stage reads (nested as in the spec, defaults written out)."""
+        settings: dict[str, Any] = self.stage["settings"]
+        return settings
 
     def path(self, relative: str) -> Path:
         """A path inside the run directory."""
         return self.run_dir / relative
 
     def upstream(self, relative: str) -> Path:
-        """An output of an earlier stage; missing means the stage did not run here."""
+        """An output of an earlier stage that the plan entry says this stage reads."""
+        if not any(covers(read, relative) for read in self.stage["reads"]):
+            raise RunError(
+                f"stage '{self.stage['name']}' reads {relative}, which its plan entry does not "
+                "list under `reads`; this is a bug in rlhfspec"
+            )
         path = self.run_dir / relative
         if not path.exists():
             raise RunError(

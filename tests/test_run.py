@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -15,7 +16,11 @@ from click.testing import CliRunner
 from rlhfspec.cli.main import main
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.hashing import sha256_file
-from rlhfspec.runtime.run import EXIT_BUSY, run
+from rlhfspec.compiler.compile import compile_spec
+from rlhfspec.runtime import run as run_module
+from rlhfspec.runtime.annotation.stages import prompts_stage
+from rlhfspec.runtime.run import EXIT_BUSY, STAGES, StageImpl, load_plan, run, stage_context
+from rlhfspec.runtime.stage_api import StageContext, StageOutcome
 from tests.conftest import ROOT
 
 SPEC = ROOT / "specs" / "support-assistant.yaml"
@@ -115,7 +120,7 @@ def test_a_second_run_on_the_same_directory_is_refused(project: Path, tmp_path: 
 
 
 def test_stage_needs_its_dependencies(project: Path, tmp_path: Path) -> None:
-    with pytest.raises(RunError, match="needs 'annotation_qc'"):
+    with pytest.raises(RunError, match="needs 'prompts'"):
         run(project, display="spec", run_dir=tmp_path / "run", only="aggregate", log=quiet)
     with pytest.raises(RunError, match="no such stage"):
         run(project, display="spec", run_dir=tmp_path / "run", only="nope", log=quiet)
@@ -201,3 +206,107 @@ def test_failed_gate_stops_and_override_is_recorded(project: Path, tmp_path: Pat
     lineage = json.loads((tmp_path / "run" / "lineage.json").read_text())
     gate = lineage["stages"]["annotation_qc"]["gates"][0]
     assert gate["passed"] is False and gate["overridden"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan entry as the contract: declared outputs, upstream reads, compile once
+
+
+def prompts_then_extra(ctx: StageContext) -> StageOutcome:
+    """The real prompts stage, plus a file its plan entry does not declare."""
+    outcome = prompts_stage(ctx)
+    ctx.path("prompts/extra.txt").write_text("not declared\n")
+    return outcome
+
+
+def prompts_without_holdout(ctx: StageContext) -> StageOutcome:
+    """The real prompts stage, minus one output its plan entry declares."""
+    outcome = prompts_stage(ctx)
+    ctx.path("prompts/holdout.jsonl").unlink()
+    return outcome
+
+
+@pytest.mark.parametrize(
+    ("impl", "message"),
+    [
+        ("prompts_then_extra", "does not declare: prompts/extra.txt"),
+        ("prompts_without_holdout", "did not write its declared outputs: prompts/holdout.jsonl"),
+    ],
+)
+def test_a_stage_must_write_exactly_its_declared_outputs(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, impl: str, message: str
+) -> None:
+    monkeypatch.setitem(STAGES, "prompts", StageImpl(f"tests.test_run:{impl}"))
+    with pytest.raises(RunError, match=message):
+        run(project, display="spec", run_dir=tmp_path / "run", until="prompts", log=quiet)
+    lineage = json.loads((tmp_path / "run" / "lineage.json").read_text())
+    assert lineage["stages"]["prompts"]["status"] == "failed"
+    assert message in lineage["stages"]["prompts"]["message"]
+
+
+def test_a_stage_reads_only_what_its_entry_lists(project: Path, tmp_path: Path) -> None:
+    run_dir = run(project, display="spec", run_dir=tmp_path / "run", until="prompts", log=quiet)
+    loaded = load_plan(project, "spec").in_folder(run_dir / "plan")
+    sft = next(s for s in loaded.plan["stages"] if s["name"] == "sft")
+    ctx = stage_context(
+        loaded, sft, run_dir, display="spec", resume=False, overrides=frozenset(), log=quiet
+    )
+    assert ctx.upstream("prompts/holdout.jsonl").is_file()
+    with pytest.raises(RunError, match="does not list under `reads`"):
+        ctx.upstream("prompts/report.json")
+    # the stage sees its own settings, not the spec
+    assert set(ctx.settings) == set(ctx.project.spec) == set(sft["settings"])
+    assert "criteria" not in ctx.settings and not hasattr(ctx, "spec")
+
+
+SFT_CALLS: list[str] = []
+
+
+def recording_sft(ctx: StageContext) -> StageOutcome:
+    """Stands in for training (the subject is the runner's resume decision): records the
+    holdout it was given and writes the declared model folder."""
+    holdout = ctx.upstream("prompts/holdout.jsonl").read_text(encoding="utf-8")
+    SFT_CALLS.append(holdout)
+    ctx.path("models/sft").mkdir(parents=True, exist_ok=True)
+    ctx.path("models/sft/holdout-seen.txt").write_text(holdout)
+    return StageOutcome(["models/sft"])
+
+
+def test_resume_reruns_sft_when_the_prompt_holdout_changes(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(STAGES, "sft", StageImpl("tests.test_run:recording_sft"))
+    SFT_CALLS.clear()
+    messages: list[str] = []
+    run_dir = run(project, display="spec", run_dir=tmp_path / "run", until="sft", log=quiet)
+    run(project, display="spec", run_dir=run_dir, until="sft", resume=True, log=messages.append)
+    assert len(SFT_CALLS) == 1 and sum("skipped" in m for m in messages) == 4
+    # only the holdout share changes: not a setting or input file of SFT, but its holdout
+    text = project.read_text()
+    assert "production_holdout: {share: 0.10}" in text
+    project.write_text(
+        text.replace("production_holdout: {share: 0.10}", "production_holdout: {share: 0.08}")
+    )
+    messages.clear()
+    run(project, display="spec", run_dir=run_dir, until="sft", resume=True, log=messages.append)
+    skipped = [m.split("]")[0][1:] for m in messages if "skipped" in m]
+    assert skipped == ["annotation_qc"]  # prompts, aggregate and sft ran again
+    assert len(SFT_CALLS) == 2 and SFT_CALLS[0] != SFT_CALLS[1]
+    assert SFT_CALLS[1] == (run_dir / "prompts" / "holdout.jsonl").read_text(encoding="utf-8")
+
+
+def test_run_compiles_a_spec_once(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Path] = []
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
+        calls.append(path)
+        return compile_spec(path, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "compile_spec", counting)
+    run_dir = run(project, display="spec", runs_root=tmp_path / "runs", until="prompts", log=quiet)
+    assert calls == [project]
+    plan = json.loads((run_dir / "plan" / "plan.json").read_text())
+    # the plan in the run directory finds the spec's folder from where it lies
+    assert (run_dir / "plan" / plan["spec"]["dir"]).resolve() == project.parent.resolve()

@@ -11,7 +11,12 @@ from rlhfspec.runtime.annotation.aggregate import (
     write_pairs,
 )
 from rlhfspec.runtime.annotation.qc import QC_CODES, QcReport, run_qc
-from rlhfspec.runtime.prompts.check import check_prompts, production_holdout, write_prompt_report
+from rlhfspec.runtime.prompts.check import (
+    HOLDOUT_FILE,
+    check_prompts,
+    read_holdout,
+    write_prompt_report,
+)
 from rlhfspec.runtime.report.qc_report import write_qc_reports
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
 
@@ -61,7 +66,7 @@ def blocking_findings(report: QcReport, exclude_failed: bool) -> list[str]:
 def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
     report = run_qc(ctx.project)
     write_qc_reports(report, ctx.path("qc"))
-    exclude = ctx.spec["annotation"]["aggregation"]["exclude_failed_annotators"]
+    exclude = ctx.settings["annotation"]["aggregation"]["exclude_failed_annotators"]
     blocking = blocking_findings(report, exclude)
     excluded = report.excluded_annotators if exclude else []
     gate = Gate(
@@ -90,7 +95,7 @@ def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
 
 def aggregate_stage(ctx: StageContext) -> StageOutcome:
     qc = json.loads(ctx.upstream("qc/report.json").read_text(encoding="utf-8"))
-    holdout = [row["id"] for row in production_holdout(ctx.project)]
+    holdout = [row["id"] for row in read_holdout(ctx.upstream(HOLDOUT_FILE))]
     result = aggregate(
         ctx.project,
         load_records(ctx.project),

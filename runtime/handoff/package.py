@@ -1449,15 +1449,15 @@ def _write(out: Path, entries: list[_Entry], tarball: bool, top: str, mtime: int
 
 def handoff_stage(ctx: StageContext) -> StageOutcome:
     """The plan's last stage: the package in `handoff/` or `handoff.tar.gz` of the run."""
-    settings = ctx.spec.get("handoff", {})
-    fmt = settings.get("format", "directory")
+    settings = ctx.settings["handoff"]
+    fmt = settings["format"]
     rel = "handoff.tar.gz" if fmt == "tar.gz" else "handoff"
     result = build_package(
         ctx.run_dir,
         ctx.path(rel),
-        weights=settings.get("weights", "reference"),
+        weights=settings["weights"],
         spec_dir=ctx.project.folder,
-        include=settings.get("include", PARTS),
+        include=settings["include"],
     )
     for warning in result.warnings:
         ctx.log(f"warning: {warning}")

@@ -211,10 +211,12 @@ class PolicyCheckpoints(TrainerCallback):
         folder: Path,
         describe: Callable[[int, float], dict[str, Any]],
         log: Callable[[str], None],
+        metrics: MetricsFile,
     ) -> None:
         self.folder = folder
         self.describe = describe
         self.log = log
+        self.metrics = metrics
         self.saved: list[Path] = []
 
     def save(self, model: Any, tokenizer: Any, step: int, epoch: float) -> Path:
@@ -353,51 +355,20 @@ def train_dpo(
     metrics in `out_dir` are removed first. Returns a summary: steps, checkpoints, final
     loss, seconds, pairs (and how many were truncated or dropped by max_length).
     """
-    import torch
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer  # type: ignore[attr-defined]
-
     started = time.perf_counter()
     quiet_transformers()
     if not pairs:
         raise RunError("no preference pairs to train the policy on")
     seed_everything(seed)
     out_dir = Path(out_dir)
-    trainer_dir = out_dir / TRAINER_DIR
-    compute = compute or {}
-    use_cpu = compute.get("device") == "cpu" or not torch.cuda.is_available()
-    dpo = settings["dpo"]
-    train = dpo["train"]
-    # optimizer steps are global: each one takes a batch from every process
-    steps = steps_for(len(pairs), train, launched_world_size())
-    args = DPOConfig(
-        **dpo_args(
-            settings,
-            seed=seed,
-            trainer_dir=trainer_dir,
-            steps_hint=steps,
-            use_cpu=use_cpu,
-            mixed_precision=str(compute.get("mixed_precision", "no")),
-        )
-    )
+    args, steps = _dpo_config(settings, seed, out_dir, len(pairs), compute or {})
     # Setting up the device joins the process group (under torchrun), which the clean-up
     # below needs: the other processes must not look at out_dir while the main one edits it.
     _ = args.device
     group = Group.current() if args.world_size > 1 else SINGLE
     if not group.is_main:
         log = _silent  # one process speaks for the run (ProgressLines, the savers, this)
-
-    point = _resume_point(trainer_dir) if resume and group.is_main else None
-    kept_rows: list[dict[str, Any]] = []
-    if group.is_main:
-        if point is None:
-            if resume:
-                log("no complete trainer checkpoint to resume from; starting over")
-            _start_over(out_dir)
-        else:
-            log(f"continuing from step {point[1]}")
-            kept_rows = _trim_after(out_dir, point[1])
-        out_dir.mkdir(parents=True, exist_ok=True)
+    point, kept_rows = _resume_point_of_run(out_dir, resume, group, log)
     if not group.single:
         chosen = group.broadcast(None if point is None else (str(point[0]), point[1]))
         point = None if chosen is None else (Path(chosen[0]), int(chosen[1]))
@@ -405,12 +376,123 @@ def train_dpo(
             "the DPO run (settings, pairs, models or resume point)",
             [dict(settings), seed, pairs, str(policy_dir), str(reference_dir), chosen],
         )
+    trainer, saver = _make_trainer(
+        policy_dir,
+        reference_dir,
+        pairs,
+        settings,
+        args=args,
+        seed=seed,
+        out_dir=out_dir,
+        log=log,
+        metadata=metadata,
+        callbacks=callbacks,
+    )
+    if group.is_main and point is not None:
+        _restore_policy_checkpoint(saver, point, kept_rows, log)
+    prepared = _report_prepared(trainer, len(pairs), settings, steps, log)
+    with warnings.catch_warnings():
+        # TRL reads the deprecated alias on every step; the warning is for TRL, not for a run's log
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        result = trainer.train(resume_from_checkpoint=str(point[0]) if point else None)
+    final = _final_checkpoint(trainer, saver, out_dir, group)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    final_loss = history[-1]["loss"] if history else None
+    return {
+        "steps": int(trainer.state.global_step),
+        "checkpoints": [str(p) for p in list_checkpoints(out_dir)],
+        "final_checkpoint": str(final),
+        "final_loss": None if final_loss is None else round(float(final_loss), 6),
+        "train_loss": None
+        if not math.isfinite(result.training_loss)
+        else round(float(result.training_loss), 6),
+        "seconds": round(time.perf_counter() - started, 3),
+        "pairs": len(pairs),
+        "pairs_trained": len(prepared),
+        "pairs_dropped": len(pairs) - len(prepared),
+        "pairs_truncated": _truncated(prepared, int(settings["dpo"]["train"]["max_length"])),
+        "resumed_from_step": point[1] if point else None,
+        "threads": threads(),
+    }
 
+
+def _dpo_config(
+    settings: dict[str, Any],
+    seed: int,
+    out_dir: Path,
+    pair_count: int,
+    compute: Mapping[str, Any],
+) -> tuple[Any, int]:
+    """TRL's DPOConfig for the run, and about how many optimizer steps it will take."""
+    import torch
+    from trl import DPOConfig  # type: ignore[attr-defined]
+
+    use_cpu = compute.get("device") == "cpu" or not torch.cuda.is_available()
+    # optimizer steps are global: each one takes a batch from every process
+    steps = steps_for(pair_count, settings["dpo"]["train"], launched_world_size())
+    args = DPOConfig(
+        **dpo_args(
+            settings,
+            seed=seed,
+            trainer_dir=out_dir / TRAINER_DIR,
+            steps_hint=steps,
+            use_cpu=use_cpu,
+            mixed_precision=str(compute.get("mixed_precision", "no")),
+        )
+    )
+    return args, steps
+
+
+def _resume_point_of_run(
+    out_dir: Path, resume: bool, group: Group, log: Callable[[str], None]
+) -> tuple[tuple[Path, int] | None, list[dict[str, Any]]]:
+    """Main process: the trainer checkpoint to continue from (None: start over, clearing
+    out_dir), with the metric rows kept up to it. Other processes get None and [] here."""
+    if not group.is_main:
+        return None, []
+    point = _resume_point(out_dir / TRAINER_DIR) if resume else None
+    kept_rows: list[dict[str, Any]] = []
+    if point is None:
+        if resume:
+            log("no complete trainer checkpoint to resume from; starting over")
+        _start_over(out_dir)
+    else:
+        log(f"continuing from step {point[1]}")
+        kept_rows = _trim_after(out_dir, point[1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return point, kept_rows
+
+
+def _make_trainer(
+    policy_dir: Path,
+    reference_dir: Path,
+    pairs: list[dict[str, Any]],
+    settings: dict[str, Any],
+    *,
+    args: Any,
+    seed: int,
+    out_dir: Path,
+    log: Callable[[str], None],
+    metadata: dict[str, Any],
+    callbacks: Sequence[TrainerCallback],
+) -> tuple[Any, PolicyCheckpoints]:
+    """DPOTrainer with our callbacks (progress, metrics.jsonl, policy checkpoints)."""
+    import torch
+    from datasets import Dataset
+    from trl import DPOTrainer  # type: ignore[attr-defined]
+
+    dpo = settings["dpo"]
     trust = bool(settings.get("trust_remote_code", False))
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
-    policy = load_causal_lm(policy_dir, trust_remote_code=trust, tokenizer=tokenizer)
+    # float32 master weights whatever the checkpoint's dtype: AdamW on bf16 weights rounds most
+    # small updates away; bf16/fp16 only as autocast (DPOConfig's bf16/fp16); the frozen
+    # reference may stay in the checkpoint's dtype
+    policy = load_causal_lm(
+        policy_dir, trust_remote_code=trust, tokenizer=tokenizer, dtype=torch.float32
+    )
     reference = load_causal_lm(reference_dir, trust_remote_code=trust, tokenizer=tokenizer)
-
     metrics = MetricsFile(out_dir / METRICS_FILE)
 
     def describe(step: int, epoch: float) -> dict[str, Any]:
@@ -421,22 +503,13 @@ def train_dpo(
             "beta": float(dpo["beta"]),
             "loss_type": str(dpo["loss_type"]),
             "checkpoint_every": int(settings["checkpoint_every"]),
-            "train": dict(train),
+            "train": dict(dpo["train"]),
             "seed": seed,
             "metrics": metrics.last if metrics.last.get("step") == step else {},
             "metadata": metadata,
         }
 
-    saver = PolicyCheckpoints(out_dir / CHECKPOINTS_DIR, describe, log)
-    if (
-        group.is_main
-        and point is not None
-        and not (saver.folder / checkpoint_name(point[1]) / CHECKPOINT_META).exists()
-    ):
-        state = json.loads((point[0] / "trainer_state.json").read_text(encoding="utf-8"))
-        metrics.last = next((r for r in kept_rows if r["step"] == point[1]), {})
-        saver.restore(point[0], point[1], float(state.get("epoch") or 0.0))
-        log(f"policy checkpoint {checkpoint_name(point[1])} restored from the trainer's")
+    saver = PolicyCheckpoints(out_dir / CHECKPOINTS_DIR, describe, log, metrics)
     trainer = without_printer(
         DPOTrainer(
             model=policy,
@@ -447,20 +520,47 @@ def train_dpo(
             callbacks=[ProgressLines(log), metrics, saver, *callbacks],
         )
     )
-    prepared = trainer.train_dataset
-    max_length = int(train["max_length"])
-    if not len(prepared):
-        raise RunError(
-            f"every prompt fills policy.dpo.train.max_length ({max_length} tokens) on its own: "
-            "no response token would be trained on; raise max_length"
-        )
-    dropped = len(pairs) - len(prepared)
-    truncated = sum(
+    return trainer, saver
+
+
+def _restore_policy_checkpoint(
+    saver: PolicyCheckpoints,
+    point: tuple[Path, int],
+    kept_rows: list[dict[str, Any]],
+    log: Callable[[str], None],
+) -> None:
+    """A run killed between the trainer's save and ours has no step-N: write it from the
+    trainer's checkpoint-N before continuing after N."""
+    if (saver.folder / checkpoint_name(point[1]) / CHECKPOINT_META).exists():
+        return
+    state = json.loads((point[0] / "trainer_state.json").read_text(encoding="utf-8"))
+    saver.metrics.last = next((r for r in kept_rows if r["step"] == point[1]), {})
+    saver.restore(point[0], point[1], float(state.get("epoch") or 0.0))
+    log(f"policy checkpoint {checkpoint_name(point[1])} restored from the trainer's")
+
+
+def _truncated(prepared: Any, max_length: int) -> int:
+    return sum(
         len(p) + max(len(c), len(r)) > max_length
         for p, c, r in zip(
             prepared["prompt_ids"], prepared["chosen_ids"], prepared["rejected_ids"], strict=True
         )
     )
+
+
+def _report_prepared(
+    trainer: Any, pair_count: int, settings: dict[str, Any], steps: int, log: Callable[[str], None]
+) -> Any:
+    """Refuse a dataset with nothing to train on; log what max_length dropped or truncated."""
+    prepared = trainer.train_dataset
+    max_length = int(settings["dpo"]["train"]["max_length"])
+    if not len(prepared):
+        raise RunError(
+            f"every prompt fills policy.dpo.train.max_length ({max_length} tokens) on its own: "
+            "no response token would be trained on; raise max_length"
+        )
+    dropped = pair_count - len(prepared)
+    truncated = _truncated(prepared, max_length)
     if dropped:
         log(f"{dropped} pair(s) left out: their prompt alone fills max_length {max_length}")
     if truncated:
@@ -469,38 +569,18 @@ def train_dpo(
         f"{len(prepared)} preference pairs, about {steps} steps, checkpoint every "
         f"{settings['checkpoint_every']}, {threads()} thread(s)"
     )
-    with warnings.catch_warnings():
-        # TRL reads the deprecated alias on every step; the warning is for TRL, not for a run's log
-        warnings.filterwarnings(
-            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
-        )
-        result = trainer.train(resume_from_checkpoint=str(point[0]) if point else None)
+    return prepared
 
+
+def _final_checkpoint(trainer: Any, saver: PolicyCheckpoints, out_dir: Path, group: Group) -> Path:
+    """The last step's policy checkpoint, written if the trainer did not save at that step
+    (a resume of a finished run); every process returns once it is on disk."""
     last_step = int(trainer.state.global_step)
     final = out_dir / CHECKPOINTS_DIR / checkpoint_name(last_step)
     # the main process may still be writing the last step-N from its on_save
     group.barrier()
     if group.is_main and not (final / CHECKPOINT_META).is_file():
-        # the trainer saves at the last step itself; this covers a resume of a finished run
         model = trainer.accelerator.unwrap_model(trainer.model)
-        saver.save(model, tokenizer, last_step, float(trainer.state.epoch or 0.0))
+        saver.save(model, trainer.processing_class, last_step, float(trainer.state.epoch or 0.0))
     group.barrier()  # every process returns a summary of what is on disk
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    final_loss = history[-1]["loss"] if history else None
-    seconds = time.perf_counter() - started
-    return {
-        "steps": last_step,
-        "checkpoints": [str(p) for p in list_checkpoints(out_dir)],
-        "final_checkpoint": str(final),
-        "final_loss": None if final_loss is None else round(float(final_loss), 6),
-        "train_loss": None
-        if not math.isfinite(result.training_loss)
-        else round(float(result.training_loss), 6),
-        "seconds": round(seconds, 3),
-        "pairs": len(pairs),
-        "pairs_trained": len(prepared),
-        "pairs_dropped": dropped,
-        "pairs_truncated": truncated,
-        "resumed_from_step": point[1] if point else None,
-        "threads": threads(),
-    }
+    return final

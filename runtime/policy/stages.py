@@ -17,24 +17,33 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
-from rlhfspec.runtime.prompts.check import load_prompt_pool
+from rlhfspec.runtime.prompts.check import (
+    HOLDOUT_FILE,
+    PromptPool,
+    pool_with_holdout,
+    read_holdout,
+)
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
 
 CHECKPOINT_INDEX = "models/policy/checkpoints.json"
 PROMPT_SETS = "eval/prompt_sets.json"
 
 
-def evaluation_prompts(ctx: StageContext) -> dict[str, list[dict[str, str]]]:
+def prompt_pool(ctx: StageContext) -> PromptPool:
+    """The prompt sources with the production holdout the prompts stage reserved."""
+    return pool_with_holdout(ctx.project, read_holdout(ctx.upstream(HOLDOUT_FILE)))
+
+
+def evaluation_prompts(ctx: StageContext, pool: PromptPool) -> dict[str, list[dict[str, str]]]:
     """Seeded evaluation sets, disjoint from the prompts the policy trains on."""
-    pool = load_prompt_pool(ctx.project)
-    size = int(ctx.spec["evaluation"]["prompts_per_set"])
-    rng = random.Random(f"evaluation-prompts:{ctx.spec['seed']}")
+    size = int(ctx.settings["evaluation"]["prompts_per_set"])
+    rng = random.Random(f"evaluation-prompts:{ctx.settings['seed']}")
     available = pool.available
     adversarial = [p for p in available if p.kind == "adversarial"]
     regular = [p for p in available if p.kind != "adversarial"]
     holdout = [p for p in pool.prompts if p.id in pool.holdout_ids]
     sets: dict[str, list[dict[str, str]]] = {}
-    wanted = ctx.spec["evaluation"]["prompt_sets"]
+    wanted = ctx.settings["evaluation"]["prompt_sets"]
     for name, candidates in (
         ("validation", regular),
         ("adversarial", adversarial),
@@ -46,20 +55,19 @@ def evaluation_prompts(ctx: StageContext) -> dict[str, list[dict[str, str]]]:
     return sets
 
 
-def training_prompts(ctx: StageContext, eval_sets: dict[str, list[dict[str, str]]]) -> list[str]:
+def training_prompts(pool: PromptPool, eval_sets: dict[str, list[dict[str, str]]]) -> list[str]:
     """Prompts for PPO rollouts: available prompts minus every evaluation prompt."""
     held = {p["id"] for rows in eval_sets.values() for p in rows}
-    pool = load_prompt_pool(ctx.project)
     return [p.text for p in pool.available if p.id not in held]
 
 
 def start_model(ctx: StageContext) -> Path:
     """The policy's starting point, which is also its KL reference."""
-    if ctx.spec["policy"]["start_from_sft"]:
+    if ctx.settings["policy"]["start_from_sft"]:
         return ctx.upstream("models/sft")
     from rlhfspec.runtime.train.common import resolve
 
-    resolved = resolve(ctx, ctx.spec["policy"]["base_model"])
+    resolved = resolve(ctx, ctx.settings["policy"]["base_model"])
     return Path(resolved) if not isinstance(resolved, Path) else resolved
 
 
@@ -78,9 +86,9 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
     from rlhfspec.runtime.train.common import quiet_transformers
 
     quiet_transformers()
-    spec = ctx.spec
-    policy = spec["policy"]
-    eval_sets = evaluation_prompts(ctx)
+    policy = ctx.settings["policy"]
+    pool = prompt_pool(ctx)
+    eval_sets = evaluation_prompts(ctx, pool)
     atomic_write_text(
         ctx.path(PROMPT_SETS), json.dumps(eval_sets, indent=2, ensure_ascii=False) + "\n"
     )
@@ -94,7 +102,7 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
     }
     if policy["method"] == "ppo":
         metadata["reward_model"] = reward_model_version(ctx)
-    result = train_policy(ctx, eval_sets, start, metadata)
+    result = train_policy(ctx, training_prompts(pool, eval_sets), start, metadata)
     if policy["method"] == "ppo":
         checkpoints = [
             {"label": c.name, "step": step, "path": f"models/policy/checkpoints/{c.name}/policy"}
@@ -118,14 +126,31 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
     return StageOutcome(["models/policy", PROMPT_SETS], metrics, summary=summary)
 
 
+def policy_training(ctx: StageContext) -> None:
+    """The worker part of `policy_stage` (ranks > 0 of a launch), through the same
+    `train_policy`.
+
+    Rank 0 runs the whole stage (evaluation prompt sets, the checkpoint index, lineage); a
+    worker needs only the trainer call. The trainers still compare a fingerprint of their
+    arguments across processes (`Group.agree`), so mismatched data fails with a clear error.
+    """
+    from rlhfspec.runtime.train.common import quiet_transformers
+
+    quiet_transformers()
+    pool = prompt_pool(ctx)
+    prompts = training_prompts(pool, evaluation_prompts(ctx, pool))
+    # metadata goes into checkpoints, which only rank 0 writes
+    train_policy(ctx, prompts, start_model(ctx), metadata={})
+
+
 def train_policy(
     ctx: StageContext,
-    eval_sets: dict[str, list[dict[str, str]]],
+    prompts: list[str],
     start: Path,
     metadata: dict[str, Any],
 ) -> Any:
     """Train PPO or DPO from `start`; the one call every process of the stage makes."""
-    spec = ctx.spec
+    spec = ctx.settings
     policy = spec["policy"]
     out_dir = ctx.path("models/policy")
     if policy["method"] == "ppo":
@@ -139,7 +164,7 @@ def train_policy(
             start,
             start,
             ctx.upstream("models/reward_model"),
-            training_prompts(ctx, eval_sets),
+            prompts,
             settings,
             out_dir,
             resume=ctx.resume,
@@ -186,8 +211,8 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
     from rlhfspec.runtime.train.common import quiet_transformers, seed_everything
 
     quiet_transformers()
-    seed_everything(int(ctx.spec["seed"]))
-    spec = ctx.spec
+    spec = ctx.settings
+    seed_everything(int(spec["seed"]))
     index = json.loads(ctx.upstream(CHECKPOINT_INDEX).read_text(encoding="utf-8"))
     eval_sets = json.loads(ctx.upstream(PROMPT_SETS).read_text(encoding="utf-8"))
     prompt_sets = {name: [p["text"] for p in rows] for name, rows in eval_sets.items()}
@@ -255,7 +280,7 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
             ctx.path("eval"),
             seed=int(spec["seed"]),
             per_checkpoint=int(evaluation["human_eval"]["per_checkpoint"]),
-            criteria_version=ctx.plan["criteria"]["version"],
+            criteria_version=spec["criteria"]["version"],
         )
         outputs += [str(p.relative_to(ctx.run_dir)) for p in written]
     table = [
@@ -290,7 +315,7 @@ def select_stage(ctx: StageContext) -> StageOutcome:
         json.loads(ctx.upstream(f"eval/{row['label']}.json").read_text(encoding="utf-8"))
         for row in summary
     ]
-    select = ctx.spec["evaluation"]["select"]
+    select = ctx.settings["evaluation"]["select"]
     human = None
     judgements = ctx.path(HUMAN_JUDGEMENTS)
     if judgements.exists():

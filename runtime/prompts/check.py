@@ -35,11 +35,13 @@ from typing import Any, Literal
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.findings import FindingsReport
-from rlhfspec.common.jsonl import missing_strings, read_objects, refusal
+from rlhfspec.common.jsonl import missing_strings, read_objects, read_rows, refusal
 from rlhfspec.runtime.project import Project
 
 Severity = Literal["error", "warning"]
 KIND_ORDER = ("usage_logs", "synthetic", "expert", "adversarial")
+#: Where the prompts stage writes the reserved production holdout in a run directory.
+HOLDOUT_FILE = "prompts/holdout.jsonl"
 
 
 @dataclass(frozen=True)
@@ -214,26 +216,14 @@ def _read_source(
     return prompts
 
 
-def load_prompt_pool(project: Project) -> PromptPool:
-    """Read every prompt source; refuse bad rows and duplicate ids with one RunError.
-
-    Shared by the prompt check and task generation so both use one holdout
-    rule and one notion of which prompts exist.
-    """
-    spec = project.spec["prompts"]
-    fields = list(spec["strata"]["fields"])
-    share = float(spec["production_holdout"]["share"])
+def _read_sources(
+    project: Project, sources: list[dict[str, Any]], fields: list[str]
+) -> list[list[Prompt]]:
+    """Every source's prompts, in file order; bad rows and duplicate ids refuse them all."""
     problems: list[str] = []
-    prompts: list[Prompt] = []
-    holdout: set[str] = set()
-    for source in spec["sources"]:
-        rows = _read_source(project, source, fields, problems)
-        prompts.extend(rows)
-        if source["kind"] == "usage_logs":
-            count = holdout_count(len(rows), share)
-            holdout.update(p.id for p in rows[len(rows) - count :])
+    per_source = [_read_source(project, source, fields, problems) for source in sources]
     first: dict[str, Prompt] = {}
-    for prompt in prompts:
+    for prompt in (p for rows in per_source for p in rows):
         if prompt.id in first:
             seen = first[prompt.id]
             problems.append(
@@ -244,7 +234,36 @@ def load_prompt_pool(project: Project) -> PromptPool:
             first[prompt.id] = prompt
     if problems:
         raise refusal("prompt sources refused", problems)
-    return PromptPool(prompts, frozenset(holdout))
+    return per_source
+
+
+def load_prompt_pool(project: Project) -> PromptPool:
+    """Read every prompt source and reserve the production holdout by the spec's rule.
+
+    Shared by the prompt check and task generation so both use one holdout
+    rule and one notion of which prompts exist. Later stages read the holdout
+    the prompts stage wrote instead (`pool_with_holdout`).
+    """
+    spec = project.spec["prompts"]
+    share = float(spec["production_holdout"]["share"])
+    per_source = _read_sources(project, spec["sources"], list(spec["strata"]["fields"]))
+    holdout: set[str] = set()
+    for source, rows in zip(spec["sources"], per_source, strict=True):
+        if source["kind"] == "usage_logs":
+            count = holdout_count(len(rows), share)
+            holdout.update(p.id for p in rows[len(rows) - count :])
+    return PromptPool([p for rows in per_source for p in rows], frozenset(holdout))
+
+
+def pool_with_holdout(project: Project, holdout: list[dict[str, Any]]) -> PromptPool:
+    """The prompt sources with the holdout the prompts stage reserved (`read_holdout`)."""
+    per_source = _read_sources(project, project.spec["prompts"]["sources"], [])
+    return PromptPool([p for rows in per_source for p in rows], frozenset(r["id"] for r in holdout))
+
+
+def read_holdout(path: Path) -> list[dict[str, Any]]:
+    """The reserved production holdout as the prompts stage wrote it (`HOLDOUT_FILE`)."""
+    return read_rows(path, HOLDOUT_FILE, ("id", "text"))
 
 
 def production_holdout(project: Project) -> list[dict[str, Any]]:

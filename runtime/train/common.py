@@ -63,7 +63,7 @@ def cache_dir() -> Path:
 
 def corpus_texts(ctx: StageContext) -> Iterator[str]:
     """The project's own texts, in a fixed order: what builtin:tiny's tokenizer learns from."""
-    spec = ctx.spec
+    spec = ctx.settings
     for source in spec["prompts"]["sources"]:
         for row in read_jsonl_rows(
             ctx.project.path(source["path"]), source["path"], ("id", "text")
@@ -85,13 +85,13 @@ def resolve(ctx: StageContext, ref: str) -> Path | str:
     return resolve_model(
         ref,
         texts_for_builtin=lambda: corpus_texts(ctx),
-        seed=int(ctx.spec["seed"]),
+        seed=int(ctx.settings["seed"]),
         cache_dir=cache_dir(),
     )
 
 
 def use_cpu(ctx: StageContext) -> bool:
-    device = ctx.spec["compute"]["device"]
+    device = ctx.settings["compute"]["device"]
     return device == "cpu" or not torch.cuda.is_available()
 
 
@@ -100,7 +100,7 @@ def trainer_args(
 ) -> dict[str, Any]:
     """Arguments common to TRL's configs, from the spec's training block."""
     cpu = use_cpu(ctx)
-    precision = ctx.spec["compute"]["mixed_precision"]
+    precision = ctx.settings["compute"]["mixed_precision"]
     save_steps = max(1, steps_hint // 4)
     return {
         "output_dir": str(checkpoints),
@@ -112,8 +112,8 @@ def trainer_args(
         # transformers 5 reads a float below 1 as a share of the total steps
         "warmup_steps": float(train["warmup_ratio"]) if train["warmup_ratio"] < 1 else steps_hint,
         "max_length": int(train["max_length"]),
-        "seed": int(ctx.spec["seed"]),
-        "data_seed": int(ctx.spec["seed"]),
+        "seed": int(ctx.settings["seed"]),
+        "data_seed": int(ctx.settings["seed"]),
         "use_cpu": cpu,
         "bf16": precision == "bf16" and not cpu,
         "fp16": precision == "fp16" and not cpu,

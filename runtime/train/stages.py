@@ -18,7 +18,7 @@ from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
 from rlhfspec.runtime.annotation.aggregate import read_jsonl_rows
-from rlhfspec.runtime.prompts.check import production_holdout
+from rlhfspec.runtime.prompts.check import HOLDOUT_FILE, read_holdout
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
 from rlhfspec.runtime.train.common import (
     ProgressLines,
@@ -48,9 +48,9 @@ def sft_stage(ctx: StageContext) -> StageOutcome:
     from trl.trainer.sft_trainer import SFTTrainer
 
     quiet_transformers()
-    cfg = ctx.spec["sft"]
-    seed_everything(int(ctx.spec["seed"]))
-    holdout = {row["id"] for row in production_holdout(ctx.project)}
+    cfg = ctx.settings["sft"]
+    seed_everything(int(ctx.settings["seed"]))
+    holdout = {row["id"] for row in read_holdout(ctx.upstream(HOLDOUT_FILE))}
     rows = [
         r
         for r in read_jsonl_rows(ctx.project.path(cfg["data"]), cfg["data"], ("prompt", "response"))
@@ -91,7 +91,7 @@ def sft_stage(ctx: StageContext) -> StageOutcome:
             "rows": len(rows),
         },
         "train": cfg["train"],
-        "seed": ctx.spec["seed"],
+        "seed": ctx.settings["seed"],
         "threads": threads(),
         "plan_fingerprint": ctx.plan["fingerprint"],
         "train_loss": round(float(result.training_loss), 6),
@@ -123,8 +123,8 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
     from trl.trainer.reward_trainer import RewardTrainer
 
     quiet_transformers()
-    cfg = ctx.spec["reward_model"]
-    seed = int(ctx.spec["seed"])
+    cfg = ctx.settings["reward_model"]
+    seed = int(ctx.settings["seed"])
     seed_everything(seed)
     pairs = read_pairs(ctx)
     train, validation = split_by_prompt(pairs, cfg["validation_share"], seed)
@@ -187,7 +187,7 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
         "stage": "reward_model",
         "base_model": "sft" if cfg["start_from_sft"] else cfg["base_model"],
         "resolved_base_model": str(base),
-        "criteria_version": ctx.plan["criteria"]["version"],
+        "criteria_version": ctx.settings["criteria"]["version"],
         "criteria_sha256": ctx.plan["criteria"]["sha256"],
         "annotation_batches": sorted({b for p in pairs for b in p["batches"]}),
         "data": {

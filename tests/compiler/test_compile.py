@@ -62,11 +62,24 @@ def test_shipped_spec_compiles_to_a_valid_plan(spec: Path, tmp_path: Path) -> No
             assert item["rows"] == sum(1 for line in text.splitlines() if line.strip())
     for doc in plan["documents"]:
         assert doc["sha256"] == sha256_text(result.files[doc["file"]].decode("utf-8"))
-    # stages are in dependency order
-    seen: set[str] = set()
+    # stages are in dependency order, and each entry is a whole contract
+    seen: dict[str, dict[str, object]] = {}
     for stage in plan["stages"]:
-        assert set(stage["depends_on"]) <= seen, stage["name"]
-        seen.add(stage["name"])
+        assert set(stage["depends_on"]) <= set(seen), stage["name"]
+        assert stage["settings"] and _is_part_of(stage["settings"], plan["resolved"])
+        for item in stage["inputs"]:
+            assert item["sha256"] == sha256_file(spec.parent / item["path"])
+        upstream = [o for dep in stage["depends_on"] for o in seen[dep]["outputs"]]  # type: ignore[attr-defined]
+        for read in stage["reads"]:
+            assert any(read == o or read.startswith(o + "/") for o in upstream), read
+        seen[stage["name"]] = stage
+
+
+def _is_part_of(part: object, whole: object) -> bool:
+    """Whether `part` is `whole` with some keys of its mappings left out."""
+    if isinstance(part, dict) and isinstance(whole, dict):
+        return all(k in whole and _is_part_of(v, whole[k]) for k, v in part.items())
+    return part == whole
 
 
 def test_plan_round_trips(tmp_path: Path) -> None:
@@ -84,7 +97,27 @@ def test_plan_round_trips(tmp_path: Path) -> None:
     assert resolved["compute"]["num_processes"] == 1
     stages = {s["name"]: s for s in plan["stages"]}
     assert stages["reward_model"]["launch"].startswith("accelerate launch --num_processes 1")
-    assert stages["policy"]["depends_on"] == ["reward_model", "sft"]
+    assert stages["policy"]["depends_on"] == ["prompts", "reward_model", "sft"]
+    # a stage's entry carries the resolved settings it reads, with every default
+    assert stages["policy"]["settings"]["policy"] == resolved["policy"]
+    assert set(stages["policy"]["settings"]) == {
+        "seed",
+        "prompts",
+        "policy",
+        "evaluation",
+        "compute",
+    }
+    assert stages["select"]["settings"] == {
+        "evaluation": {"select": resolved["evaluation"]["select"]}
+    }
+    # SFT reads the reserved holdout the prompts stage wrote, and the prompt sources that
+    # builtin:tiny's tokenizer learns from
+    sft = stages["sft"]
+    assert sft["depends_on"] == ["prompts"] and sft["reads"] == ["prompts/holdout.jsonl"]
+    sources = {s["path"] for s in resolved["prompts"]["sources"]}
+    assert sources <= {i["path"] for i in sft["inputs"]}
+    assert stages["handoff"]["outputs"] == ["handoff"]
+    assert stages["reward_model"]["work"] == ["reward_model/checkpoints"]
 
 
 def test_compile_is_byte_identical(tmp_path: Path) -> None:

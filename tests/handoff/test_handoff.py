@@ -723,12 +723,17 @@ def test_gold_items_must_match_the_plan(base_run: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["directory", "tar.gz"])
 def test_handoff_stage_writes_the_package(run_copy: Path, tmp_path: Path, fmt: str) -> None:
     plan = json.loads((run_copy / "plan/plan.json").read_text(encoding="utf-8"))
-    spec = json.loads(json.dumps(plan["resolved"]))
-    spec["handoff"] = {"include": list(PARTS), "weights": "include", "format": fmt}
     stage = next(s for s in plan["stages"] if s["name"] == "handoff")
+    stage["settings"]["handoff"] = {"include": list(PARTS), "weights": "include", "format": fmt}
     logged: list[str] = []
     ctx = StageContext(
-        plan, Project(spec, SPEC, "spec"), run_copy, stage, False, frozenset(), logged.append
+        plan,
+        Project(stage["settings"], SPEC, "spec"),
+        run_copy,
+        stage,
+        False,
+        frozenset(),
+        logged.append,
     )
     outcome = handoff_stage(ctx)
     rel = "handoff" if fmt == "directory" else "handoff.tar.gz"

@@ -159,19 +159,20 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from rlhfspec.runtime.policy import ppo
+from rlhfspec.runtime.policy.ppo import trainer
 
 models, out, settings = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 prompts = json.loads(sys.argv[4])
 rank = int(os.environ["RANK"])
 steps, logged, shards = [0], [], []
 register_optimizer_step_post_hook(lambda *a: steps.__setitem__(0, steps[0] + 1))
-real_collect = ppo.collect_rollout
+real_collect = trainer.collect_rollout
 
 def collect(**kwargs):
     shards.append(list(kwargs["prompts"]))
     return real_collect(**kwargs)
 
-ppo.collect_rollout = collect  # train_ppo looks it up in the module: record each rank's shard
+trainer.collect_rollout = collect  # train_ppo looks it up in its module: record each rank's shard
 
 def train(folder, resume):
     result = ppo.train_ppo(
