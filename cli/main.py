@@ -131,6 +131,12 @@ def validate(specs: tuple[Path, ...], strict: bool, fmt: str | None) -> None:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Folder of templates that override the shipped ones (rendered in a sandbox).",
 )
+@click.option("--target", help="Export the policy stage as another engine's job (verl).")
+@click.option(
+    "--run-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="With --target: the run whose reward model (and SFT model) the job uses.",
+)
 @strict_option
 @format_option
 @guarded
@@ -139,10 +145,16 @@ def compile_command(
     out_dir: Path | None,
     check: bool,
     templates: Path | None,
+    target: str | None,
+    run_dir: Path | None,
     strict: bool,
     fmt: str | None,
 ) -> None:
     """Compile SPEC into a fingerprinted plan.json and its documents."""
+    if target is not None:
+        from rlhfspec.cli.export import export_command
+
+        return export_command(spec, target, out_dir, run_dir)
     from rlhfspec.compiler.compile import compile_spec, stale_outputs, write_outputs
     from rlhfspec.compiler.yaml_loader import load_yaml_file
 

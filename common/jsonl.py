@@ -8,7 +8,10 @@ this module collects problems instead of stopping at the first.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,26 +19,74 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 
 MAX_LISTED = 20
+#: JSON nested deeper than this is refused before Python's recursion limit is reached.
+MAX_JSON_DEPTH = 100
+
+
+class JsonProblem(ValueError):
+    """Text that is not strict JSON; the message says why (and where, when known)."""
+
+
+def _no_constant(name: str) -> Any:
+    raise JsonProblem(f"{name} is not a number JSON allows; every number must be finite")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonProblem(f"{text[:20]} is too large to be a finite number")
+    return value
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _nesting(text: str) -> int:
+    """Bracket depth outside strings, computed without recursion (json's decoder recurses)."""
+    brackets = _BRACKET.findall(_STRING.sub("", text))
+    steps = (1 if b in "[{" else -1 for b in brackets)
+    return max(itertools.accumulate(steps), default=0)
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Strict JSON: finite numbers only, bounded nesting and digits; `JsonProblem` otherwise.
+
+    Python's json accepts NaN and Infinity (a NaN threshold or duration
+    silently switches checks off), recurses on nesting (a 200,000-deep array
+    is a RecursionError) and raises ValueError past 4,300 digits.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise JsonProblem(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _nesting(text) > MAX_JSON_DEPTH:
+        raise JsonProblem(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise JsonProblem(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    except JsonProblem:
+        raise
+    except (ValueError, RecursionError) as exc:  # more digits than Python converts
+        raise JsonProblem(f"not valid JSON: {str(exc).split(':')[0]}") from None
 
 
 def read_objects(path: Path, display: str, problems: list[str]) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; bad lines are added to `problems`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise RunError(f"{display}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise RunError(f"{display}: not UTF-8 text: {exc.reason}") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(
-                f"{display}: line {number}: not valid JSON: {exc.msg} at column {exc.colno}"
-            )
+            row = parse_json(raw)
+        except JsonProblem as exc:
+            problems.append(f"{display}: line {number}: {exc}")
             continue
         if not isinstance(row, dict):
             problems.append(

@@ -49,7 +49,8 @@ class CompileResult:
 
 
 def plan_bytes(plan: dict[str, Any]) -> bytes:
-    return (json.dumps(plan, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    """plan.json as strict JSON: allow_nan=False, so no NaN or Infinity literal is ever written."""
+    return (json.dumps(plan, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
 def document_context(

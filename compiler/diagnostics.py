@@ -50,6 +50,12 @@ CODES: dict[str, CodeInfo] = {
     "Y007": CodeInfo(
         "error", "not-a-mapping", "The spec is empty or its top level is not a mapping."
     ),
+    "Y008": CodeInfo(
+        "error",
+        "non-finite-number",
+        "A number is NaN or infinite (`.nan`, `.inf`, `1e400`); every comparison with NaN is "
+        "false, so it would switch a check off.",
+    ),
     # JSON Schema
     "S001": CodeInfo(
         "error",
@@ -140,6 +146,18 @@ CODES: dict[str, CodeInfo] = {
         "error", "agreement-floor-not-below-target", "The agreement floor must be below the target."
     ),
     "A003": CodeInfo("error", "duplicate-batch-id", "Two annotation batches share an id."),
+    "A008": CodeInfo(
+        "warning",
+        "agreement-below-guidance",
+        "The agreement target is below 0.6 or the floor below 0.4, weaker than the seed's "
+        "guidance (kappa above 0.6 is a reasonable target; below 0.4 the criteria are ambiguous).",
+    ),
+    "A009": CodeInfo(
+        "warning",
+        "check-cannot-fail",
+        "An annotation threshold is set so that its QC check can never fire "
+        "(gold min_accuracy 0, max_first_share 1, fatigue max_drop 1, max_split_vote_share 1).",
+    ),
     "A004": CodeInfo(
         "warning",
         "long-sessions",
@@ -163,6 +181,12 @@ CODES: dict[str, CodeInfo] = {
         "warning",
         "validation-share-outside-recommended",
         "Reward-model holdout outside the recommended 10-15%.",
+    ),
+    "R002": CodeInfo(
+        "warning",
+        "gate-cannot-fail",
+        "A reward-model gate is set so loosely it cannot fail (accuracy at or below chance, "
+        "a length correlation limit of 0.9 or more).",
     ),
     # Policy (stage 5)
     "O001": CodeInfo(
@@ -198,6 +222,18 @@ CODES: dict[str, CodeInfo] = {
         "error",
         "prompt-set-without-source",
         "An evaluation prompt set has no prompts to draw from.",
+    ),
+    "E002": CodeInfo(
+        "warning",
+        "guard-cannot-fail",
+        "A selection guard is set so loosely it cannot fail (max_length_correlation of 0.9 or "
+        "more, max_disqualifier_rate 1).",
+    ),
+    "E003": CodeInfo(
+        "warning",
+        "adversarial-not-evaluated",
+        "An adversarial prompt source exists but evaluation leaves the adversarial set out, "
+        "where reward hacking shows first.",
     ),
     # Export targets (`rlhfspec compile SPEC --target verl`)
     "X001": CodeInfo(

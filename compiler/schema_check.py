@@ -10,6 +10,7 @@ misspelt keys and enum values.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -101,12 +102,48 @@ def _expected_types(schema: dict[str, Any]) -> str:
     return str(expected)
 
 
+#: Integers beyond 64 bits are never a sensible setting and overflow numpy and torch.
+INT_LIMIT = 2**63
+
+
 def check(data: Any, schema: dict[str, Any], locator: Locator, *, file: str) -> list[Diagnostic]:
-    """Validate `data` and return one diagnostic per problem, located."""
+    """Validate `data` and return one diagnostic per problem, located (each once)."""
     validator = Draft202012Validator(schema)
-    out: list[Diagnostic] = []
+    out: list[Diagnostic] = list(unbounded_numbers(data, locator, file=file))
     for error in validator.iter_errors(data):
         out.extend(_convert(error, locator, file))
+    # jsonschema reports a `required` error per missing key, each naming them all
+    return list(dict.fromkeys(out))
+
+
+def unbounded_numbers(data: Any, locator: Locator, *, file: str) -> list[Diagnostic]:
+    """NaN, infinities and integers past 64 bits, wherever they are.
+
+    JSON Schema bounds never catch NaN (every comparison with it is false), so
+    a NaN threshold would switch its check off; data that did not come through
+    our YAML loader (a plan.json) is checked here as well.
+    """
+    out = []
+    stack: list[tuple[JsonPath, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((path + (k,), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((path + (i,), v) for i, v in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            line, col = locator.value(path)
+            out.append(
+                make("S005", f"{value} is not a finite number", file=file, line=line, col=col,
+                     path=json_path(path), hint="every number must be finite")
+            )  # fmt: skip
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= INT_LIMIT:
+            line, col = locator.value(path)
+            out.append(
+                make("S005", f"integer with {len(str(abs(value)))} digits is out of range",
+                     file=file, line=line, col=col, path=json_path(path),
+                     hint="integers must fit in 64 bits")
+            )  # fmt: skip
     return out
 
 

@@ -28,6 +28,11 @@ from rlhfspec.compiler.schemas import JsonPath, walk
 RECOMMENDED_VALIDATION_SHARE = (0.10, 0.15)
 RECOMMENDED_GOLD_SHARE = (0.05, 0.10)
 RECOMMENDED_SESSION_MINUTES = 90
+# the seed: "kappa above 0.6 is a reasonable target; below 0.4, your criteria document
+# likely has ambiguity that needs resolution before you continue"
+GUIDANCE_AGREEMENT = {"target": 0.6, "floor": 0.4}
+# a correlation limit this high never trips on real data: the guard is decorative
+LOOSE_CORRELATION = 0.9
 
 
 class Checker:
@@ -288,6 +293,8 @@ class Checker:
                 ("annotation", "agreement", "floor"),
                 hint="typical values: target 0.6, floor 0.4",
             )
+        self._agreement_guidance(agreement)
+        self._annotation_cannot_fail(ann)
         seen: set[str] = set()
         for i, batch in enumerate(ann["batches"]):
             if batch["id"] in seen:
@@ -326,8 +333,60 @@ class Checker:
                 hint="list the annotation batches (id, path, criteria_version)",
             )
 
+    def _agreement_guidance(self, agreement: dict[str, Any]) -> None:
+        for key, guide in GUIDANCE_AGREEMENT.items():
+            if agreement[key] < guide:
+                self.emit(
+                    "A008",
+                    f"agreement {key} {agreement[key]} is below the seed's guidance of {guide}",
+                    ("annotation", "agreement", key),
+                    hint="target 0.6, floor 0.4: below 0.4 the criteria are likely ambiguous",
+                )
+
+    def _annotation_cannot_fail(self, ann: dict[str, Any]) -> None:
+        loose: list[tuple[JsonPath, bool, str]] = [
+            (("annotation", "position_bias", "max_first_share"),
+             ann["position_bias"]["max_first_share"] >= 1, "no annotator can exceed it"),
+            (("annotation", "fatigue", "max_drop"),
+             ann["fatigue"]["max_drop"] >= 1, "no drop in agreement can exceed it"),
+            (("annotation", "max_split_vote_share"),
+             ann["max_split_vote_share"] >= 1, "no split-vote share can exceed it"),
+        ]  # fmt: skip
+        gold = ann.get("gold")
+        if gold:
+            loose.append(
+                (("annotation", "gold", "min_accuracy"), gold["min_accuracy"] <= 0,
+                 "every annotator meets it")
+            )  # fmt: skip
+        for path, cannot_fail, why in loose:
+            if cannot_fail:
+                self.emit("A009", f"{path[-1]} is set so that {why}: the check is off", path)
+
     # Stage 4 ---------------------------------------------------------------
     def reward_model(self) -> None:
+        gates = self.spec["reward_model"]["gates"]
+        gate_path: JsonPath = ("reward_model", "gates")
+        if gates["min_validation_accuracy"] <= 0.5:
+            self.emit(
+                "R002",
+                f"min_validation_accuracy {gates['min_validation_accuracy']} is at or below "
+                "chance (0.5) for pairwise preferences: the gate cannot fail",
+                gate_path + ("min_validation_accuracy",),
+            )
+        if gates["max_length_correlation"] >= LOOSE_CORRELATION:
+            self.emit(
+                "R002",
+                f"max_length_correlation {gates['max_length_correlation']} never trips: a reward "
+                "model that mostly rewards length passes",
+                gate_path + ("max_length_correlation",),
+                hint="the example uses 0.3",
+            )
+        if gates["min_shorter_preferred_accuracy"] <= 0:
+            self.emit(
+                "R002",
+                "min_shorter_preferred_accuracy 0 cannot fail",
+                gate_path + ("min_shorter_preferred_accuracy",),
+            )
         share = self.spec["reward_model"]["validation_share"]
         low, high = RECOMMENDED_VALIDATION_SHARE
         if self.spec["policy"]["method"] == "ppo" and not low <= share <= high:
@@ -437,6 +496,29 @@ class Checker:
     def evaluation(self) -> None:
         kinds = {s["kind"] for s in self.spec["prompts"]["sources"]}
         sets = self.spec["evaluation"]["prompt_sets"]
+        if "adversarial" in kinds and "adversarial" not in sets:
+            self.emit(
+                "E003",
+                "an adversarial prompt source exists but evaluation.prompt_sets leaves "
+                "'adversarial' out",
+                ("evaluation", "prompt_sets"),
+                hint="add adversarial to prompt_sets: reward hacking shows there first",
+            )
+        guards = self.spec["evaluation"]["select"]["guards"]
+        guard_path: JsonPath = ("evaluation", "select", "guards")
+        if guards["max_length_correlation"] >= LOOSE_CORRELATION:
+            self.emit(
+                "E002",
+                f"guard max_length_correlation {guards['max_length_correlation']} never trips",
+                guard_path + ("max_length_correlation",),
+                hint="set it a little above the SFT model's own length-reward correlation",
+            )
+        if guards["max_disqualifier_rate"] >= 1:
+            self.emit(
+                "E002",
+                "guard max_disqualifier_rate 1 passes a checkpoint whose every reply is disqualified",
+                guard_path + ("max_disqualifier_rate",),
+            )
         for i, name in enumerate(sets):
             if name == "adversarial" and "adversarial" not in kinds:
                 self.emit(

@@ -38,11 +38,13 @@ Other decisions
 Problem codes
     ``Y001`` syntax error (including invalid UTF-8, control characters, undefined aliases);
     ``Y002`` duplicate key; ``Y003`` non-string key; ``Y004`` a size/depth/alias limit;
-    ``Y005`` unsupported tag or a value its tag rejects; ``Y006`` more than one document.
+    ``Y005`` unsupported tag or a value its tag rejects; ``Y006`` more than one document;
+    ``Y008`` a number that is not finite (``.nan``, ``.inf``, ``1e400``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -76,6 +78,7 @@ NON_STRING_KEY: Final = "Y003"
 LIMIT: Final = "Y004"
 BAD_TAG: Final = "Y005"
 MULTIPLE_DOCUMENTS: Final = "Y006"
+NON_FINITE: Final = "Y008"
 
 
 @dataclass(frozen=True)
@@ -624,6 +627,16 @@ class _Builder:
                 resolved = value
         else:
             self.bad_tag(tag, "a scalar", pos)
+            resolved = value
+        if isinstance(resolved, float) and not math.isfinite(resolved):
+            # NaN compares false with every bound, so it would switch a gate off unseen
+            self.problem(
+                NON_FINITE,
+                pos,
+                f"{_quote(value)} is not a finite number",
+                "every number in a spec must be finite; write the value you mean "
+                "(quote it if it is meant as a string)",
+            )
             resolved = value
         if path is not None:
             self.positions[path] = pos

@@ -118,7 +118,7 @@ VERL_DEFAULTS: dict[str, Any] = {
     "trainer.save_freq": -1,
     "trainer.test_freq": -1,
     "trainer.val_before_train": True,
-    "trainer.default_local_dir": "checkpoints/${trainer.project_name}/${trainer.experiment_name}",
+    "trainer.default_local_dir": "checkpoints/verl_examples/gsm8k",
     "trainer.device": "cuda",
 }
 

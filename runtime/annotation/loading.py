@@ -15,7 +15,7 @@ from rlhfspec.common.errors import RunError
 from rlhfspec.common.hashing import file_fingerprint
 from rlhfspec.common.jsonl import read_rows
 from rlhfspec.runtime.annotation.blinding import Unblinder
-from rlhfspec.runtime.annotation.records import read_batch
+from rlhfspec.runtime.annotation.records import read_batches
 from rlhfspec.runtime.project import Project
 
 
@@ -33,28 +33,34 @@ def load_annotations(project: Project, *, skip_bad_rows: bool = False) -> Loaded
     batches = project.spec.get("annotation", {}).get("batches", [])
     if not batches:
         raise RunError(f"{project.display}: annotation.batches is empty; there is nothing to read")
+    keys = {
+        entry["id"]: Unblinder.read(project.path(entry["key"]), entry["key"])
+        for entry in batches
+        if entry.get("key")
+    }
+    reads = read_batches(
+        batches,
+        project.folder,
+        skip_bad=skip_bad_rows,
+        resolvers={b: key.resolve for b, key in keys.items()},
+    )
     out = Loaded()
-    for entry in batches:
-        path = project.path(entry["path"])
-        key = Unblinder.read(project.path(entry["key"]), entry["key"]) if entry.get("key") else None
-        read = read_batch(
-            path,
-            batch=entry["id"],
-            fmt=entry.get("format", "jsonl"),
-            criteria_version=entry["criteria_version"],
-            display=entry["path"],
-            skip_bad=skip_bad_rows,
-            resolve=key.resolve if key else None,
-        )
+    for entry, read in zip(batches, reads, strict=True):
         out.records.extend(read.records)
         out.cancelled[entry["id"]] = read.cancelled
         if read.problems:
             out.skipped[entry["id"]] = [str(p) for p in read.problems]
+        key = keys.get(entry["id"])
         if key and key.reassigned:
             out.reassigned[entry["id"]] = list(key.reassigned)
         fmt = entry.get("format", "jsonl")
         out.files.append(
-            {"batch": entry["id"], "path": entry["path"], "format": fmt, **file_fingerprint(path)}
+            {
+                "batch": entry["id"],
+                "path": entry["path"],
+                "format": fmt,
+                **file_fingerprint(project.path(entry["path"])),
+            }
         )
     return out
 

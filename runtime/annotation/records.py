@@ -8,9 +8,9 @@ names the file, the line (or Label Studio task) and the field.
 
 from __future__ import annotations
 
-import json
+import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from rlhfspec.common.errors import RunError
-from rlhfspec.common.jsonl import refusal
+from rlhfspec.common.jsonl import JsonProblem, parse_json, refusal
 
 CHOICES = ("A", "B", "tie")
 REQUIRED = (
@@ -49,6 +49,10 @@ STRING_FIELDS = (
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 SESSION_GAP_MINUTES = 30
+#: Timestamps outside these years are typos or forged (year 1 overflows on conversion).
+YEARS = (1970, 2999)
+#: One comparison taking longer than a day is not a duration a person spent on it.
+MAX_TASK_SECONDS = 24 * 3600
 SKIP_HINT = "fix the rows, or pass --skip-bad-rows to skip and list them"
 
 
@@ -71,6 +75,11 @@ class BatchRead:
     records: list[dict[str, Any]] = field(default_factory=list)
     problems: list[RowProblem] = field(default_factory=list)
     cancelled: int = 0
+    where: list[str] = field(default_factory=list)  # each record's line or task, in order
+
+    def add(self, record: dict[str, Any], where: str) -> None:
+        self.records.append(record)
+        self.where.append(where)
 
 
 def parse_time(text: str) -> datetime:
@@ -130,8 +139,16 @@ def check_record(record: Any, *, batch: str) -> list[tuple[str | None, str]]:
                     times[name] = parse_time(value)
                 except ValueError:
                     problems.append((name, f"is not a real date and time: {value!r}"))
+                    continue
+                if not YEARS[0] <= times[name].year <= YEARS[1]:
+                    problems.append((name, f"year outside {YEARS[0]}-{YEARS[1]}: {value!r}"))
+                    del times[name]
     if len(times) == 2 and times["submitted_at"] < times["started_at"]:
         problems.append(("submitted_at", "is earlier than started_at"))
+    elif len(times) == 2 and (
+        (times["submitted_at"] - times["started_at"]).total_seconds() > MAX_TASK_SECONDS
+    ):
+        problems.append(("submitted_at", "is more than a day after started_at"))
     if record.get("response_a") is not None and record.get("response_a") == record.get(
         "response_b"
     ):
@@ -152,81 +169,176 @@ def read_jsonl(
 ) -> BatchRead:
     out = BatchRead(batch, display)
     try:
-        handle = path.open("r", encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
-        raise RunError(f"{display}: cannot open: {exc.strerror}") from None
-    seen: dict[tuple[str, str], int] = {}
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                out.problems.append(
-                    RowProblem(
-                        display, where, None, f"not valid JSON: {exc.msg} at column {exc.colno}"
-                    )
-                )
-                continue
-            problems = resolve(record) if resolve and isinstance(record, dict) else []
-            problems = problems or check_record(record, batch=batch)
-            if not problems:
-                key = (record["item_id"], record["annotator"])
-                if key in seen:
-                    problems.append(
-                        (
-                            "item_id",
-                            f"annotator {record['annotator']} already labelled this item "
-                            f"at line {seen[key]}",
-                        )
-                    )
-                else:
-                    seen[key] = number
-            if problems:
-                out.problems.extend(RowProblem(display, where, f, m) for f, m in problems)
-                continue
-            record.setdefault("justification", None)
-            out.records.append(record)
+        raise RunError(f"{display}: cannot open: {exc.strerror or exc}") from None
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"line {number}"
+        try:
+            record = parse_json(line)
+        except JsonProblem as exc:
+            out.problems.append(RowProblem(display, where, None, str(exc)))
+            continue
+        problems = resolve(record) if resolve and isinstance(record, dict) else []
+        problems = problems or check_record(record, batch=batch)
+        if problems:
+            out.problems.extend(RowProblem(display, where, f, m) for f, m in problems)
+            continue
+        record.setdefault("justification", None)
+        out.add(record, where)
     return out
 
 
-def _ls_annotator(completed_by: Any) -> str | None:
+Problems = list[tuple[str | None, str]]
+
+
+def _ls_annotator(completed_by: Any, problems: Problems) -> str | None:
+    """`completed_by` is a user id (an integer) or a user object with an email or id."""
     if isinstance(completed_by, dict):
-        if completed_by.get("email"):
-            return str(completed_by["email"])
+        email = completed_by.get("email")
+        if isinstance(email, str) and email.strip():
+            return email
         completed_by = completed_by.get("id")
-    if isinstance(completed_by, int | str) and str(completed_by):
-        return f"ls-user-{completed_by}"
+    if isinstance(completed_by, bool) or not isinstance(completed_by, int | str):
+        problems.append(("completed_by", f"must be a user id or object, got {completed_by!r}"))
+        return None
+    if isinstance(completed_by, str) and not completed_by.strip():
+        problems.append(("completed_by", "missing annotator"))
+        return None
+    return f"ls-user-{completed_by}"
+
+
+def _strings(value: Any) -> list[str] | None:
+    """A Label Studio list of strings (`choices`, `text`); None when it is not one."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
     return None
 
 
-def _ls_choice(results: Iterable[Any]) -> tuple[str | None, str | None]:
+def _ls_choice(results: Any, problems: Problems) -> tuple[str | None, str | None]:
     choice = justification = None
-    for result in results:
+    before = len(problems)
+    if not isinstance(results, list):
+        problems.append(("result", f"must be a list of results, got {type(results).__name__}"))
+        return None, None
+    for index, result in enumerate(results):
+        field_name = f"result[{index}]"
         if not isinstance(result, dict):
+            problems.append((field_name, "must be an object"))
             continue
-        value = result.get("value") or {}
-        kind = result.get("type")
-        if kind == "choices" and value.get("choices"):
-            raw = str(value["choices"][0])
-            choice = {"a": "A", "b": "B", "tie": "tie"}.get(raw.strip().lower(), raw)
+        value, kind = result.get("value"), result.get("type")
+        if not isinstance(value, dict):
+            problems.append((f"{field_name}.value", f"must be an object, got {value!r:.40}"))
+            continue
+        if kind == "choices":
+            picked = _strings(value.get("choices"))
+            if not picked:
+                problems.append(
+                    (f"{field_name}.value.choices", "must be a non-empty list of strings")
+                )
+                continue
+            choice = {"a": "A", "b": "B", "tie": "tie"}.get(picked[0].strip().lower(), picked[0])
         elif kind == "pairwise" and value.get("selected") in ("left", "right"):
             choice = "A" if value["selected"] == "left" else "B"
-        elif kind == "textarea" and value.get("text"):
-            justification = " ".join(str(t) for t in value["text"])
+        elif kind == "textarea":
+            text = _strings(value.get("text"))
+            if text is None:
+                problems.append((f"{field_name}.value.text", "must be a list of strings"))
+            elif text:
+                justification = " ".join(text)
+    if choice is None and len(problems) == before:
+        problems.append(("result", "no A/B/tie choice or pairwise left/right selection"))
     return choice, justification
 
 
-def _ls_time(text: Any) -> datetime | None:
-    if not isinstance(text, str):
+def _ls_time(text: Any, problems: Problems) -> datetime | None:
+    """`created_at` as an aware UTC time within YEARS."""
+    moment = None
+    if isinstance(text, str):
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            moment = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+        except (ValueError, OverflowError):
+            moment = None
+    if moment is None or not YEARS[0] <= moment.year <= YEARS[1]:
+        problems.append(
+            ("created_at", f"must be an ISO timestamp in {YEARS[0]}-{YEARS[1]}, got {text!r:.60}")
+        )
         return None
+    return moment
+
+
+def _ls_lead(lead: Any, problems: Problems) -> float | None:
+    """`lead_time`: finite seconds spent, at most a day."""
+    if (
+        isinstance(lead, bool)
+        or not isinstance(lead, int | float)
+        or not math.isfinite(lead)
+        or not 0 <= lead <= MAX_TASK_SECONDS
+    ):
+        problems.append(
+            ("lead_time", f"must be seconds spent, got {lead!r:.40} (0 to {MAX_TASK_SECONDS})")
+        )
+        return None
+    return float(lead)
+
+
+def _ls_record(
+    task: dict[str, Any],
+    index: int,
+    ann: dict[str, Any],
+    batch: str,
+    criteria_version: str,
+    resolve: Resolve | None = None,
+) -> tuple[dict[str, Any] | None, Problems]:
+    """One annotation as a record, or the problems that keep it out."""
+    problems: Problems = []
+    data = task["data"]
+    annotator = _ls_annotator(ann.get("completed_by"), problems)
+    choice, justification = _ls_choice(ann.get("result", []), problems)
+    submitted = _ls_time(ann.get("created_at"), problems)
+    lead = _ls_lead(ann.get("lead_time"), problems)
+    if problems or annotator is None or submitted is None or lead is None:
+        return None, problems
+    item_id = data.get("item_id", f"ls-task-{task.get('id', index)}")
+    record = {
+        # Label Studio users may key items by number; a boolean is never an id
+        "item_id": str(item_id) if type(item_id) is int else item_id,
+        "prompt_id": data.get("prompt_id"),
+        "response_a": data.get("response_a"),
+        "response_b": data.get("response_b"),
+        "choice": choice,
+        "annotator": annotator,
+        "session": "pending",
+        "started_at": format_time(submitted - timedelta(seconds=lead)),
+        "submitted_at": format_time(submitted),
+        "justification": justification,
+        "criteria_version": data.get("criteria_version", criteria_version),
+        "batch": batch,
+        "gold": data.get("gold", False),
+    }
+    meta = task.get("meta") if isinstance(task.get("meta"), dict) else {}
+    if data.get("task_id") or meta.get("task_id"):
+        record["task_id"] = data.get("task_id") or meta.get("task_id")
+    errors = resolve(record) if resolve else []
+    errors = errors or check_record(record, batch=batch)
+    return (None if errors else record), [(f"data.{f}" if f else None, m) for f, m in errors]
+
+
+def _ls_tasks(path: Path, display: str) -> list[Any]:
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        tasks = parse_json(path.read_bytes())
+    except OSError as exc:
+        raise RunError(f"{display}: cannot read: {exc.strerror or exc}") from None
+    except JsonProblem as exc:
+        raise RunError(f"{display}: not a Label Studio JSON export: {exc}") from None
+    if not isinstance(tasks, list):
+        raise RunError(f"{display}: a Label Studio export is a JSON list of tasks")
+    return tasks
 
 
 def read_label_studio(
@@ -242,81 +354,48 @@ def read_label_studio(
     Label Studio has no sessions: an annotator's tasks are cut into sessions
     at gaps of more than 30 minutes. The task's start is its submission time
     minus `lead_time`. Cancelled (skipped) annotations are counted, not read.
+    Every field is type- and range-checked before use: a string "false" is
+    not a boolean, `true` is not a user id, a lead time of 1e20 is no duration.
     """
     out = BatchRead(batch, display)
-    try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{display}: not a Label Studio JSON export: {exc}") from None
-    if not isinstance(tasks, list):
-        raise RunError(f"{display}: a Label Studio export is a JSON list of tasks")
-    for t_index, task in enumerate(tasks, start=1):
+    for t_index, task in enumerate(_ls_tasks(path, display), start=1):
         task_where = f"task {t_index}" + (
-            f" (id {task.get('id')})" if isinstance(task, dict) else ""
+            f" (id {task.get('id')!r:.40})" if isinstance(task, dict) else ""
         )
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             out.problems.append(
                 RowProblem(display, task_where, "data", "a task needs a 'data' object")
             )
             continue
-        data = task["data"]
-        for a_index, ann in enumerate(task.get("annotations") or []):
+        annotations = task.get("annotations") or []
+        if not isinstance(annotations, list):
+            out.problems.append(RowProblem(display, task_where, "annotations", "must be a list"))
+            continue
+        for a_index, ann in enumerate(annotations):
             where = f"{task_where}, annotation {a_index}"
             if not isinstance(ann, dict):
                 out.problems.append(
                     RowProblem(display, where, None, "an annotation must be an object")
                 )
                 continue
-            if ann.get("was_cancelled"):
-                out.cancelled += 1
-                continue
-            choice, justification = _ls_choice(ann.get("result") or [])
-            submitted = _ls_time(ann.get("created_at"))
-            lead = ann.get("lead_time")
-            problems: list[tuple[str | None, str]] = []
-            annotator = _ls_annotator(ann.get("completed_by"))
-            if annotator is None:
-                problems.append(("completed_by", "missing annotator"))
-            if choice is None:
-                problems.append(("result", "no A/B/tie choice or pairwise left/right selection"))
-            if submitted is None:
-                problems.append(("created_at", f"not an ISO timestamp: {ann.get('created_at')!r}"))
-            if not isinstance(lead, int | float) or isinstance(lead, bool) or lead < 0:
-                problems.append(("lead_time", f"must be seconds spent, got {lead!r}"))
-            if (
-                problems
-                or submitted is None
-                or annotator is None
-                or not isinstance(lead, int | float)
-            ):
-                out.problems.extend(RowProblem(display, where, f, m) for f, m in problems)
-                continue
-            record = {
-                "item_id": str(data.get("item_id", f"ls-task-{task.get('id', t_index)}")),
-                "prompt_id": data.get("prompt_id"),
-                "response_a": data.get("response_a"),
-                "response_b": data.get("response_b"),
-                "choice": choice,
-                "annotator": annotator,
-                "session": "",
-                "started_at": format_time(submitted - timedelta(seconds=float(lead))),
-                "submitted_at": format_time(submitted),
-                "justification": justification,
-                "criteria_version": str(data.get("criteria_version", criteria_version)),
-                "batch": batch,
-                "gold": bool(data.get("gold", False)),
-            }
-            record["session"] = "pending"
-            if data.get("task_id") or (task.get("meta") or {}).get("task_id"):
-                record["task_id"] = data.get("task_id") or task["meta"]["task_id"]
-            errors = resolve(record) if resolve else []
-            errors = errors or check_record(record, batch=batch)
-            if errors:
-                out.problems.extend(
-                    RowProblem(display, where, f"data.{f}" if f else None, m) for f, m in errors
+            cancelled = ann.get("was_cancelled", False)
+            if not isinstance(cancelled, bool):
+                out.problems.append(
+                    RowProblem(
+                        display,
+                        where,
+                        "was_cancelled",
+                        f"must be true or false, got {cancelled!r:.40}",
+                    )
                 )
                 continue
-            out.records.append(record)
+            if cancelled:
+                out.cancelled += 1
+                continue
+            record, problems = _ls_record(task, t_index, ann, batch, criteria_version, resolve)
+            out.problems.extend(RowProblem(display, where, f, m) for f, m in problems)
+            if record is not None:
+                out.add(record, where)
     assign_sessions(out.records)
     return out
 
@@ -338,26 +417,88 @@ def assign_sessions(records: list[dict[str, Any]]) -> None:
             last_end = parse_time(record["submitted_at"])
 
 
-def read_batch(
+def _read(
     path: Path,
     *,
     batch: str,
     fmt: str,
     criteria_version: str,
     display: str,
-    skip_bad: bool = False,
     resolve: Resolve | None = None,
 ) -> BatchRead:
-    """Read one batch; refuse it whole on a bad row unless `skip_bad`."""
     if fmt == "label_studio":
-        read = read_label_studio(
+        return read_label_studio(
             path, batch=batch, criteria_version=criteria_version, display=display, resolve=resolve
         )
-    else:
-        read = read_jsonl(path, batch=batch, display=display, resolve=resolve)
+    return read_jsonl(path, batch=batch, display=display, resolve=resolve)
+
+
+def drop_duplicates(read: BatchRead, seen: dict[tuple[str, str], str]) -> None:
+    """One vote per item and annotator: a later vote is a problem naming both places.
+
+    `seen` maps (item, annotator) to where its vote was read, and is shared
+    across the batches of a campaign so that a vote repeated in another batch
+    or another format (our JSONL, a Label Studio export) is caught too. Under
+    --skip-bad-rows the first vote is kept and the later one listed.
+    """
+    kept: list[dict[str, Any]] = []
+    kept_where: list[str] = []
+    for record, where in zip(read.records, read.where, strict=True):
+        key = (record["item_id"], record["annotator"])
+        here = f"{read.file}: {where}"
+        if key in seen:
+            read.problems.append(
+                RowProblem(
+                    read.file,
+                    where,
+                    "item_id",
+                    f"annotator {record['annotator']} already voted on item {record['item_id']} "
+                    f"at {seen[key]}; one vote per item and annotator",
+                )
+            )
+            continue
+        seen[key] = here
+        kept.append(record)
+        kept_where.append(where)
+    read.records, read.where = kept, kept_where
+
+
+def read_batch(
+    path: Path, *, batch: str, fmt: str, criteria_version: str, display: str, skip_bad: bool = False
+) -> BatchRead:
+    """Read one batch; refuse it whole on a bad row unless `skip_bad`."""
+    read = _read(path, batch=batch, fmt=fmt, criteria_version=criteria_version, display=display)
+    drop_duplicates(read, {})
     if read.problems and not skip_bad:
         raise refusal(f"batch '{batch}' refused", read.problems, SKIP_HINT)
     return read
+
+
+def read_batches(
+    entries: Sequence[dict[str, Any]],
+    folder: Path,
+    *,
+    skip_bad: bool = False,
+    resolvers: dict[str, Resolve] | None = None,
+) -> list[BatchRead]:
+    """Read a spec's `annotation.batches` in order, with one vote per item and annotator
+    across all of them; a batch with a bad (or repeated) row is refused unless `skip_bad`."""
+    seen: dict[tuple[str, str], str] = {}
+    reads = []
+    for entry in entries:
+        read = _read(
+            folder / entry["path"],
+            batch=entry["id"],
+            fmt=entry.get("format", "jsonl"),
+            criteria_version=entry["criteria_version"],
+            display=entry["path"],
+            resolve=(resolvers or {}).get(entry["id"]),
+        )
+        drop_duplicates(read, seen)
+        if read.problems and not skip_bad:
+            raise refusal(f"batch '{entry['id']}' refused", read.problems, SKIP_HINT)
+        reads.append(read)
+    return reads
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import subprocess
 import sys
@@ -119,10 +118,16 @@ def test_core_schema_plain_scalars(plain: str, expected: Any) -> None:
     assert type(value) is type(expected)
 
 
-def test_special_floats() -> None:
-    data = load_yaml("a: .inf\nb: -.Inf\nc: +.INF\nd: .nan\ne: .NaN\nf: .NAN\n").data
-    assert data["a"] == math.inf and data["b"] == -math.inf and data["c"] == math.inf
-    assert all(math.isnan(data[k]) for k in "def")
+def test_special_floats_are_refused() -> None:
+    """NaN and the infinities parse in YAML 1.2 but a spec refuses them: a NaN threshold
+    compares false with everything and would switch its check off (issue 15)."""
+    text = "a: .inf\nb: -.Inf\nc: +.INF\nd: .nan\ne: .NaN\nf: .NAN\ng: 1e400\nh: !!float .nan\n"
+    with pytest.raises(YamlLoadError) as info:
+        load_yaml(text)
+    problems = info.value.problems
+    assert [(p.code, p.line, p.col) for p in problems] == [("Y008", n, 4) for n in range(1, 9)]
+    assert "'.nan' is not a finite number" in problems[3].message
+    assert load_yaml("a: 1e300\nb: '.nan'\n").data == {"a": 1e300, "b": ".nan"}
 
 
 def test_quoted_and_block_scalars_are_strings() -> None:
