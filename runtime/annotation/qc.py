@@ -19,65 +19,11 @@ The reference label of a record, used by the fatigue check and the per-record dr
 is the gold answer on a gold item and otherwise the strict majority of the *other* annotators
 of the item (leave-one-out consensus); records without either are left out of those checks.
 
-Codes (stable; a code never changes meaning or severity; `QC_CODES` holds this table):
+Codes are stable (a code never changes meaning or severity). They are registered in
+common/codes.py with every other family's and listed in docs/diagnostics.md; `QC_CODES` is
+QC's view of the registry.
 
-====  ========  ============================  ===========================================
-code  severity  name                          meaning
-====  ========  ============================  ===========================================
-Q001  error     agreement_below_floor         overall agreement below `agreement.floor`
-Q002  warning   agreement_below_target        overall agreement below `agreement.target`
-Q003  error     gold_accuracy_low             annotator's gold accuracy below
-                                              `gold.min_accuracy` (*)
-Q004  error     position_bias                 annotator's share of first-shown picks above
-                                              `position_bias.max_first_share` and binomial
-                                              p below `position_bias.significance` (*)
-Q005  error     fatigue                       annotator's agreement with the reference drops
-                                              by more than `fatigue.max_drop` after
-                                              `fatigue.late_after_minutes` (*)
-Q006  error     session_over_limit            annotator has sessions longer than
-                                              `session_max_minutes`
-Q007  error     consensus_below_floor         annotator's kappa with the leave-one-out
-                                              consensus below `agreement.floor` (*)
-Q008  warning   consensus_below_target        ... below `agreement.target`
-Q009  error     batch_agreement_below_floor   a batch's agreement below `agreement.floor`
-Q010  warning   batch_agreement_below_target  a batch's agreement below `agreement.target`
-                                              (only when the overall is at or above it)
-Q011  warning   batch_agreement_drift         a batch's agreement more than
-                                              `DRIFT_TOLERANCE` below the first batch's
-Q012  warning   batch_gold_accuracy_low       a batch's pooled gold accuracy below
-                                              `gold.min_accuracy`
-Q013  warning   split_votes                   share of items without a strict majority
-                                              above `max_split_vote_share`
-Q014  error     criteria_version_mismatch     records whose criteria_version differs from
-                                              their batch's tag in the spec
-Q015  warning   gold_share                    annotator's share of gold tasks outside
-                                              `gold.share`
-Q016  warning   justification_missing         `justification: required` but records lack one
-Q017  warning   rows_skipped                  bad rows skipped (`--skip-bad-rows`)
-Q018  warning   gold_without_key              records marked gold whose item is not in the
-                                              gold file
-Q019  warning   under_covered                 items with fewer annotators than
-                                              `annotators_per_item`
-Q020  warning   agreement_undefined           agreement could not be computed (no overlap)
-Q021  warning   empty_batch                   a batch the spec lists has no records
-Q022  warning   completed_by_other            tasks answered by someone other than the
-                                              annotator they were assigned to
-Q023  error     length_preference             annotator's share of longer-response picks
-                                              exceeds the pool's by more than
-                                              `gaming.max_longer_excess` (significant) (*)
-Q024  error     too_fast                      annotator's median seconds per task below
-                                              `gaming.min_speed_ratio` x the pool's (*)
-Q025  warning   poor_justifications           required justifications empty, very short or
-                                              one text reused
-Q026  warning   dimension_agreement_low       agreement on one quality dimension (asked one
-                                              by one) below `agreement.floor`
-Q027  error     not_qualified                 annotator without a passing calibration
-                                              result (*)
-Q028  warning   split_votes_in_period         a batch's share of split items above
-                                              `max_split_vote_share`
-====  ========  ============================  ===========================================
-
-(*) An error with one of these codes puts the annotator in `QcReport.excluded_annotators`:
+An error with a code marked `excludes` (Q003, Q004, Q005, Q007, Q023, Q024, Q027) puts the annotator in `QcReport.excluded_annotators`:
 their labels are unreliable, so the aggregation step leaves their votes out when
 `aggregation.exclude_failed_annotators` is on. Q006 (sessions over the limit) is an error
 because the session limit is a rule of the spec, not a measurement, but it does not exclude

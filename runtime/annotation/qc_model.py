@@ -6,11 +6,12 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from rlhfspec.common.findings import FindingsReport
+from rlhfspec.common.codes import Code, family
+from rlhfspec.common.findings import Finding, FindingsReport
 from rlhfspec.runtime.annotation.records import CHOICES
 
 REPORT_SCHEMA = "rlhfspec-qc/1"
@@ -28,82 +29,12 @@ SAMPLE_CHARS = 240
 _NDIGITS = 6
 
 
-class QcCode(NamedTuple):
-    severity: str
-    name: str
-    meaning: str
-    excludes: bool = False
-
-
-QC_CODES: dict[str, QcCode] = {
-    "Q001": QcCode("error", "agreement_below_floor", "Overall agreement below the floor."),
-    "Q002": QcCode("warning", "agreement_below_target", "Overall agreement below the target."),
-    "Q003": QcCode(
-        "error", "gold_accuracy_low", "Annotator's gold accuracy below the minimum.", True
-    ),
-    "Q004": QcCode("error", "position_bias", "Annotator favours the first-shown response.", True),
-    "Q005": QcCode("error", "fatigue", "Annotator's agreement drops late in sessions.", True),
-    "Q006": QcCode("error", "session_over_limit", "Annotator's sessions exceed the session limit."),
-    "Q007": QcCode(
-        "error",
-        "consensus_below_floor",
-        "Annotator's kappa with the others' consensus below the floor.",
-        True,
-    ),
-    "Q008": QcCode(
-        "warning",
-        "consensus_below_target",
-        "Annotator's kappa with the others' consensus below the target.",
-    ),
-    "Q009": QcCode("error", "batch_agreement_below_floor", "A batch's agreement below the floor."),
-    "Q010": QcCode(
-        "warning", "batch_agreement_below_target", "A batch's agreement below the target."
-    ),
-    "Q011": QcCode(
-        "warning", "batch_agreement_drift", "A batch's agreement dropped versus the first batch."
-    ),
-    "Q012": QcCode(
-        "warning", "batch_gold_accuracy_low", "A batch's pooled gold accuracy below the minimum."
-    ),
-    "Q013": QcCode("warning", "split_votes", "Too many items without a strict majority vote."),
-    "Q014": QcCode(
-        "error",
-        "criteria_version_mismatch",
-        "Records follow another criteria version than their batch's tag.",
-    ),
-    "Q015": QcCode(
-        "warning", "gold_share", "Annotator's share of gold tasks outside the spec's range."
-    ),
-    "Q016": QcCode("warning", "justification_missing", "Required justifications are missing."),
-    "Q017": QcCode("warning", "rows_skipped", "Bad rows were skipped."),
-    "Q018": QcCode(
-        "warning", "gold_without_key", "Records marked gold have no answer in the gold file."
-    ),
-    "Q019": QcCode(
-        "warning", "under_covered", "Items with fewer annotators than annotators_per_item."
-    ),
-    "Q020": QcCode("warning", "agreement_undefined", "Agreement could not be computed."),
-    "Q021": QcCode("warning", "empty_batch", "A batch listed in the spec has no records."),
-    "Q022": QcCode(
-        "warning", "completed_by_other", "Tasks completed by someone other than their assignee."
-    ),
-    "Q023": QcCode(
-        "error", "length_preference", "Annotator prefers the longer response beyond the pool.", True
-    ),
-    "Q024": QcCode(
-        "error", "too_fast", "Annotator's median time per task far below the pool's.", True
-    ),
-    "Q025": QcCode(
-        "warning", "poor_justifications", "Required justifications are empty or boilerplate."
-    ),
-    "Q026": QcCode(
-        "warning", "dimension_agreement_low", "Agreement on a quality dimension below the floor."
-    ),
-    "Q027": QcCode("error", "not_qualified", "Annotator has no passing calibration result.", True),
-    "Q028": QcCode(
-        "warning", "split_votes_in_period", "A batch or week with too many split votes."
-    ),
-}
+# QC's codes (registered in common/codes.py with every other family's); `excludes` marks the
+# codes whose error leaves the annotator's votes out.
+QC_CODES: dict[str, Code] = family("Q")
+QcCode = Code
+JSON_KEYS = ("code", "severity", "name", "subject", "message", "value", "threshold")
+"""The keys of one finding in qc/report.json, in order."""
 _SEVERITY_RANK = {"error": 0, "warning": 1}
 _LABELS = len(CHOICES)  # 0 = canonical first, 1 = canonical second, 2 = tie
 
@@ -199,41 +130,6 @@ class QcSettings:
         )
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One QC problem. `subject` is "overall", "annotator <id>" or "batch <id>"."""
-
-    code: str
-    severity: str
-    subject: str
-    message: str
-    value: float | None = None
-    threshold: float | None = None
-
-    @property
-    def name(self) -> str:
-        return QC_CODES[self.code].name
-
-    @property
-    def annotator(self) -> str | None:
-        return self.subject[len("annotator ") :] if self.subject.startswith("annotator ") else None
-
-    @property
-    def batch(self) -> str | None:
-        return self.subject[len("batch ") :] if self.subject.startswith("batch ") else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "severity": self.severity,
-            "name": self.name,
-            "subject": self.subject,
-            "message": self.message,
-            "value": _clean(self.value),
-            "threshold": _clean(self.threshold),
-        }
-
-
 def _finding(
     code: str,
     subject: str,
@@ -241,8 +137,8 @@ def _finding(
     value: float | None = None,
     threshold: float | None = None,
 ) -> Finding:
-    """A finding whose severity comes from the registry, so a code's severity never varies."""
-    return Finding(code, QC_CODES[code].severity, subject, message, value, threshold)
+    """A finding about `subject` ("overall", "annotator <id>", "batch <id>")."""
+    return Finding(code, message, subject=subject, value=value, threshold=threshold)
 
 
 @dataclass(frozen=True)
@@ -281,7 +177,7 @@ class QcReport(FindingsReport):
             "verdict": "pass" if self.ok else "fail",
             "summary": {"errors": len(self.errors), "warnings": len(self.warnings)},
             "excluded_annotators": list(self.excluded_annotators),
-            "findings": [f.to_dict() for f in self.findings],
+            "findings": [_clean(f.to_dict(JSON_KEYS)) for f in self.findings],
             "metrics": _clean(self.metrics),
             "samples": _clean(self.samples),
         }

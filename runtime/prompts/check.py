@@ -30,110 +30,23 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from rlhfspec.common.codes import Code, family
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
-from rlhfspec.common.findings import FindingsReport
+from rlhfspec.common.findings import Finding, FindingsReport
 from rlhfspec.common.jsonl import missing_strings, read_objects, read_rows, refusal
 from rlhfspec.runtime.project import Project
 
-Severity = Literal["error", "warning"]
 KIND_ORDER = ("usage_logs", "synthetic", "expert", "adversarial")
 #: Where the prompts stage writes the reserved production holdout in a run directory.
 HOLDOUT_FILE = "prompts/holdout.jsonl"
 
-
-@dataclass(frozen=True)
-class CodeInfo:
-    severity: Severity
-    title: str
-    explanation: str
-
-
-# Codes are public (CI gates and suppressions refer to them): never reuse one.
-PROMPT_CODES: dict[str, CodeInfo] = {
-    "PR001": CodeInfo(
-        "error",
-        "mix-out-of-range",
-        "A source kind's share of the prompts available for annotation is outside its `prompts.mix` range.",
-    ),
-    "PR002": CodeInfo(
-        "warning",
-        "annotated-mix-out-of-range",
-        "A source kind's share of the distinct prompts the listed batches annotated is outside its range.",
-    ),
-    "PR003": CodeInfo(
-        "error",
-        "length-bin-under-covered",
-        "A word-count bin holds fewer than `min_per_stratum` prompts available for annotation.",
-    ),
-    "PR004": CodeInfo(
-        "error",
-        "field-value-under-covered",
-        "A value of a strata field holds fewer than `min_per_stratum` prompts available for annotation.",
-    ),
-    "PR005": CodeInfo(
-        "warning",
-        "outside-length-bins",
-        "Prompts whose word count falls outside every length bin are not covered by any stratum.",
-    ),
-    "PR006": CodeInfo(
-        "error", "missing-privacy-review", "A usage-log source has no approved privacy review."
-    ),
-    "PR007": CodeInfo(
-        "warning",
-        "empty-production-holdout",
-        "No production prompts are held out, so a prompt-distribution mismatch goes unseen.",
-    ),
-    "PR008": CodeInfo(
-        "error",
-        "holdout-in-annotation-batch",
-        "A production-holdout prompt appears in an annotation batch.",
-    ),
-    "PR009": CodeInfo(
-        "error",
-        "holdout-in-sft-data",
-        "A production-holdout prompt appears in the SFT demonstrations.",
-    ),
-    "PR010": CodeInfo(
-        "error", "holdout-in-gold", "A production-holdout prompt appears in the gold items."
-    ),
-    "PR011": CodeInfo(
-        "warning",
-        "unknown-prompt-ids",
-        "Batches, gold items or demonstrations name prompt ids that no prompt source has.",
-    ),
-    "PR012": CodeInfo(
-        "warning",
-        "unreadable-rows",
-        "Rows of a batch, gold or demonstration file could not be read, so the leak check skipped them.",
-    ),
-}
-
-
-@dataclass(frozen=True)
-class Finding:
-    code: str
-    message: str
-    hint: str | None = None
-
-    @property
-    def severity(self) -> Severity:
-        return PROMPT_CODES[self.code].severity
-
-    @property
-    def title(self) -> str:
-        return PROMPT_CODES[self.code].title
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "severity": self.severity,
-            "title": self.title,
-            "message": self.message,
-            "hint": self.hint,
-        }
+# The prompt check's codes (registered in common/codes.py with every other family's).
+PROMPT_CODES: dict[str, Code] = family("PR")
+JSON_KEYS = ("code", "severity", "title", "message", "hint")
+"""The keys of one finding in prompts/report.json, in order."""
 
 
 @dataclass(frozen=True)
@@ -358,7 +271,7 @@ class PromptReport(FindingsReport):
             "ok": self.ok,
             "errors": len(self.errors),
             "warnings": len(self.warnings),
-            "findings": [f.as_dict() for f in self.findings],
+            "findings": [f.to_dict(JSON_KEYS) for f in self.findings],
             "metrics": self.metrics,
         }
 
