@@ -551,10 +551,7 @@ def handoff(run_dir: Path, out: Path, weights: str | None) -> None:
     """Assemble the handoff package of a finished run, with checksums and a model card."""
     from rlhfspec.runtime.handoff.package import build_package
 
-    if weights is None:
-        plan = json.loads((run_dir / "plan" / "plan.json").read_text(encoding="utf-8"))
-        weights = plan["resolved"]["handoff"]["weights"]
-    result = build_package(run_dir, out, weights=weights)
+    result = build_package(run_dir, out, weights=weights)  # None: the plan's handoff.weights
     click.echo(result.describe())
 
 

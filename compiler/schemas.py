@@ -82,3 +82,27 @@ def _fill(schema: dict[str, Any], value: Any) -> None:
         value.update(ordered)
     for _key, child, child_schema in _subschemas(schema, value):
         _fill(child_schema, child)
+
+
+def schema_node(dotted: str, name: str = SPEC_SCHEMA) -> dict[str, Any]:
+    """The subschema of a spec field: "policy.ppo.gamma"; "[]" steps into array items
+    ("annotation.batches[].format")."""
+    node = load_schema(name)
+    for part in dotted.split("."):
+        key, items = (part[:-2], True) if part.endswith("[]") else (part, False)
+        node = node["properties"][key]
+        if items:
+            node = node["items"]
+    return node
+
+
+def default_of(dotted: str) -> Any:
+    """The schema's default for a spec field, with an object default's own defaults filled in.
+
+    The one way code outside the compiler gets a default (a dataclass field for callers that
+    build settings by hand): the schema stays the single source of every default.
+    """
+    node = schema_node(dotted)
+    if "default" not in node:
+        raise KeyError(f"the spec schema has no default for {dotted}")
+    return with_defaults(node, node["default"])

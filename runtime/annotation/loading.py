@@ -30,7 +30,7 @@ class Loaded:
 
 def load_annotations(project: Project, *, skip_bad_rows: bool = False) -> Loaded:
     """Read every batch of a validated project; bad rows refuse it unless `skip_bad_rows`."""
-    batches = project.spec.get("annotation", {}).get("batches", [])
+    batches = project.spec["annotation"]["batches"]
     if not batches:
         raise RunError(f"{project.display}: annotation.batches is empty; there is nothing to read")
     keys = {
@@ -53,7 +53,7 @@ def load_annotations(project: Project, *, skip_bad_rows: bool = False) -> Loaded
         key = keys.get(entry["id"])
         if key and key.reassigned:
             out.reassigned[entry["id"]] = list(key.reassigned)
-        fmt = entry.get("format", "jsonl")
+        fmt = entry["format"]
         out.files.append(
             {
                 "batch": entry["id"],
@@ -67,7 +67,7 @@ def load_annotations(project: Project, *, skip_bad_rows: bool = False) -> Loaded
 
 def response_lengths(project: Project) -> dict[str, int]:
     """Words per response id from `annotation.responses` (for the length-preference check)."""
-    rel = project.spec.get("annotation", {}).get("responses")
+    rel = project.spec["annotation"].get("responses")
     if not rel:
         return {}
     rows = read_rows(project.path(rel), rel, ("id", "text"))

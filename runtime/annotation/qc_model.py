@@ -12,6 +12,7 @@ import numpy as np
 
 from rlhfspec.common.codes import Code, family
 from rlhfspec.common.findings import Finding, FindingsReport
+from rlhfspec.compiler.schemas import default_of
 from rlhfspec.runtime.annotation.records import CHOICES
 
 REPORT_SCHEMA = "rlhfspec-qc/1"
@@ -49,11 +50,11 @@ def asked_dimensions(spec: Mapping[str, Any]) -> tuple[str, ...]:
 
     `annotation.dimension_judgements.dimensions` empty means every dimension of the criteria.
     """
-    asked = spec.get("annotation", {}).get("dimension_judgements", {})
-    if asked.get("mode", "off") == "off":
+    asked = spec["annotation"]["dimension_judgements"]
+    if asked["mode"] == "off":
         return ()
-    ranked = [str(d["id"]) for d in spec.get("criteria", {}).get("dimensions", [])]
-    chosen = set(asked.get("dimensions") or ranked)
+    ranked = [str(d["id"]) for d in spec["criteria"]["dimensions"]]
+    chosen = set(asked["dimensions"] or ranked)
     return tuple(d for d in ranked if d in chosen)
 
 
@@ -61,20 +62,22 @@ def asked_dimensions(spec: Mapping[str, Any]) -> tuple[str, ...]:
 class QcSettings:
     """The thresholds QC applies; `from_spec` reads them from the resolved spec."""
 
-    metric: str = "cohen_kappa"
-    target: float = 0.6
-    floor: float = 0.4
+    # spec thresholds default to the schema's defaults (the single source); a resolved spec
+    # sets them all through `from_spec`
+    metric: str = default_of("annotation.agreement.metric")
+    target: float = default_of("annotation.agreement.target")
+    floor: float = default_of("annotation.agreement.floor")
     has_gold: bool = True
-    gold_share: tuple[float, float] = (0.05, 0.10)
-    min_accuracy: float = 0.8
-    max_first_share: float = 0.65
-    significance: float = 0.01
-    late_after_minutes: float = 60.0
-    max_drop: float = 0.15
-    session_max_minutes: float = 90.0
-    max_split_vote_share: float = 0.2
-    annotators_per_item: int = 3
-    justification: str = "optional"
+    gold_share: tuple[float, float] = tuple(default_of("annotation.gold.share"))
+    min_accuracy: float = default_of("annotation.gold.min_accuracy")
+    max_first_share: float = default_of("annotation.position_bias.max_first_share")
+    significance: float = default_of("annotation.position_bias.significance")
+    late_after_minutes: float = default_of("annotation.fatigue.late_after_minutes")
+    max_drop: float = default_of("annotation.fatigue.max_drop")
+    session_max_minutes: float = default_of("annotation.session_max_minutes")
+    max_split_vote_share: float = default_of("annotation.max_split_vote_share")
+    annotators_per_item: int = default_of("annotation.annotators_per_item")
+    justification: str = default_of("annotation.justification")
     batches: tuple[tuple[str, str], ...] = ()
     """(batch id, tagged criteria version), in spec order; the first is the drift baseline."""
     min_pair_overlap: int = MIN_PAIR_OVERLAP
@@ -82,50 +85,50 @@ class QcSettings:
     drift_tolerance: float = DRIFT_TOLERANCE
     fatigue_bin_minutes: float = FATIGUE_BIN_MINUTES
     confidence: float = 0.95
-    max_longer_excess: float = 0.15
-    min_speed_ratio: float = 0.4
-    min_justification_words: int = 3
-    max_repeated_justification_share: float = 0.5
+    max_longer_excess: float = default_of("annotation.gaming.max_longer_excess")
+    min_speed_ratio: float = default_of("annotation.gaming.min_speed_ratio")
+    min_justification_words: int = default_of("annotation.gaming.min_justification_words")
+    max_repeated_justification_share: float = default_of(
+        "annotation.gaming.max_repeated_justification_share"
+    )
     min_gaming_sample: int = MIN_GAMING_SAMPLE
     dimensions: tuple[str, ...] = ()
     """Quality dimensions annotators judge one by one, in rank order (empty: not asked)."""
     qualification: Mapping[str, Any] | None = None
-    """Calibration results per annotator ({"passed": bool, "score": float}); None: not required."""
+    """Calibration results per annotator ({"passed", "score", "pass_mark"}); None: not required."""
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> QcSettings:
-        """Thresholds from a resolved spec (defaults already written out by validation)."""
-        ann = spec.get("annotation", {})
-        agreement = ann.get("agreement", {})
+        """Thresholds from a resolved spec (defaults already written out by the compiler;
+        only `annotation.gold`, which has no default, may be absent)."""
+        ann = spec["annotation"]
+        agreement = ann["agreement"]
         gold = ann.get("gold")
-        bias = ann.get("position_bias", {})
-        fatigue = ann.get("fatigue", {})
-        share = (gold or {}).get("share", [0.05, 0.10])
-        gaming = ann.get("gaming", {})
+        bias = ann["position_bias"]
+        fatigue = ann["fatigue"]
+        gaming = ann["gaming"]
         return cls(
-            metric=str(agreement.get("metric", "cohen_kappa")),
-            target=float(agreement.get("target", 0.6)),
-            floor=float(agreement.get("floor", 0.4)),
+            metric=str(agreement["metric"]),
+            target=float(agreement["target"]),
+            floor=float(agreement["floor"]),
             has_gold=gold is not None,
-            gold_share=(float(share[0]), float(share[1])),
-            min_accuracy=float((gold or {}).get("min_accuracy", 0.8)),
-            max_first_share=float(bias.get("max_first_share", 0.65)),
-            significance=float(bias.get("significance", 0.01)),
-            late_after_minutes=float(fatigue.get("late_after_minutes", 60)),
-            max_drop=float(fatigue.get("max_drop", 0.15)),
-            session_max_minutes=float(ann.get("session_max_minutes", 90)),
-            max_split_vote_share=float(ann.get("max_split_vote_share", 0.2)),
-            annotators_per_item=int(ann.get("annotators_per_item", 3)),
-            justification=str(ann.get("justification", "optional")),
-            batches=tuple(
-                (str(b["id"]), str(b["criteria_version"])) for b in ann.get("batches", [])
-            ),
-            max_longer_excess=float(gaming.get("max_longer_excess", 0.15)),
-            min_speed_ratio=float(gaming.get("min_speed_ratio", 0.4)),
-            min_justification_words=int(gaming.get("min_justification_words", 3)),
-            max_repeated_justification_share=float(
-                gaming.get("max_repeated_justification_share", 0.5)
-            ),
+            gold_share=(float(gold["share"][0]), float(gold["share"][1]))
+            if gold
+            else cls.gold_share,
+            min_accuracy=float(gold["min_accuracy"]) if gold else cls.min_accuracy,
+            max_first_share=float(bias["max_first_share"]),
+            significance=float(bias["significance"]),
+            late_after_minutes=float(fatigue["late_after_minutes"]),
+            max_drop=float(fatigue["max_drop"]),
+            session_max_minutes=float(ann["session_max_minutes"]),
+            max_split_vote_share=float(ann["max_split_vote_share"]),
+            annotators_per_item=int(ann["annotators_per_item"]),
+            justification=str(ann["justification"]),
+            batches=tuple((str(b["id"]), str(b["criteria_version"])) for b in ann["batches"]),
+            max_longer_excess=float(gaming["max_longer_excess"]),
+            min_speed_ratio=float(gaming["min_speed_ratio"]),
+            min_justification_words=int(gaming["min_justification_words"]),
+            max_repeated_justification_share=float(gaming["max_repeated_justification_share"]),
             dimensions=asked_dimensions(spec),
         )
 

@@ -489,7 +489,7 @@ def read_batches(
         read = _read(
             folder / entry["path"],
             batch=entry["id"],
-            fmt=entry.get("format", "jsonl"),
+            fmt=entry["format"],
             criteria_version=entry["criteria_version"],
             display=entry["path"],
             resolve=(resolvers or {}).get(entry["id"]),

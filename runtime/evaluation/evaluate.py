@@ -66,6 +66,7 @@ import numpy as np  # noqa: E402
 
 from rlhfspec.common.errors import RunError  # noqa: E402
 from rlhfspec.common.fileio import atomic_write_text  # noqa: E402
+from rlhfspec.compiler.schemas import default_of  # noqa: E402
 from rlhfspec.runtime.report.svg import line_chart  # noqa: E402
 from rlhfspec.runtime.train.formatting import format_prompt, full_text, word_count  # noqa: E402
 from rlhfspec.runtime.train.reward_eval import pearson  # noqa: E402
@@ -88,10 +89,11 @@ class EvalSettings:
     """
 
     seed: int
-    max_new_tokens: int = 48
-    temperature: float = 0.7
-    samples_shown: int = 4
-    kl_estimator: str = "k1"
+    # the spec's settings default to the schema's defaults (the single source)
+    max_new_tokens: int = default_of("evaluation.max_new_tokens")
+    temperature: float = default_of("evaluation.temperature")
+    samples_shown: int = default_of("evaluation.samples_shown")
+    kl_estimator: str = default_of("policy.kl.estimator")
     disqualifiers: Sequence[tuple[str, str]] = field(default_factory=tuple)
     batch_size: int = 16
     device: str = "cpu"

@@ -444,8 +444,8 @@ def _facts(run: _Run) -> _Facts:
             "id": b["id"],
             "criteria_version": b["criteria_version"],
             "path": b["path"],
-            "format": b.get("format", "jsonl"),
-            "notes": b.get("notes", ""),
+            "format": b["format"],
+            "notes": b["notes"],
             "sha256": inputs.get(b["path"], {}).get("sha256"),
             "rows": inputs.get(b["path"], {}).get("rows"),
             "used_by_reward_model": b["id"] in used,
@@ -1202,23 +1202,25 @@ def build_package(
     run_dir: Path,
     out: Path,
     *,
-    weights: str = "reference",
+    weights: str | None = None,
     spec_dir: Path | None = None,
     include: Sequence[str] | None = None,
 ) -> PackageResult:
     """Build the handoff package of a finished run into `out` (a directory, or `.tar.gz`).
 
     `weights` is `include` (copy the deployment checkpoint's model files) or `reference`
-    (record their paths, relative to the run directory, and sha256). `spec_dir` is the spec's
+    (record their paths, relative to the run directory, and sha256); by default the plan's
+    `handoff.weights`. `spec_dir` is the spec's
     folder, where the gold items are read from (checked against the plan's sha256); by default
     the folder the plan names. `include` lists the parts (default: the plan's
     `handoff.include`). The package is written to a temporary sibling of `out` and renamed
     into place, so a failure never leaves a half-written package; an existing package at
     `out` is replaced, anything else there is refused.
     """
+    run = _Run(run_dir, spec_dir)
+    weights = str(run.spec["handoff"]["weights"]) if weights is None else weights
     if weights not in WEIGHTS_MODES:
         raise RunError(f"weights must be one of {', '.join(WEIGHTS_MODES)}, got {weights!r}")
-    run = _Run(run_dir, spec_dir)
     parts = tuple(include if include is not None else run.spec["handoff"]["include"])
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:

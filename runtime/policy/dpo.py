@@ -51,6 +51,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from rlhfspec.common.errors import RunError
+from rlhfspec.compiler.schemas import default_of
 from rlhfspec.runtime.policy.distributed import SINGLE, Group, launched_world_size
 from rlhfspec.runtime.train.common import (
     ProgressLines,
@@ -342,7 +343,7 @@ def train_dpo(
     ``checkpoint_every``, ``trust_remote_code``). `metadata` (data hashes, annotation batches,
     plan fingerprint...) is copied into every checkpoint's ``checkpoint.json`` so that each
     one can be traced on its own. `compute` is the spec's ``compute`` block (``device``,
-    ``mixed_precision``); without it training runs on CPU unless CUDA is available, in fp32.
+    ``mixed_precision``); without it, the schema's default block (CPU unless CUDA is available, fp32).
     `callbacks` are extra TrainerCallbacks, run after the ones here (a stage's own progress
     reporting; tests that interrupt a run).
 
@@ -361,7 +362,7 @@ def train_dpo(
         raise RunError("no preference pairs to train the policy on")
     seed_everything(seed)
     out_dir = Path(out_dir)
-    args, steps = _dpo_config(settings, seed, out_dir, len(pairs), compute or {})
+    args, steps = _dpo_config(settings, seed, out_dir, len(pairs), compute or default_of("compute"))
     # Setting up the device joins the process group (under torchrun), which the clean-up
     # below needs: the other processes must not look at out_dir while the main one edits it.
     _ = args.device
@@ -429,7 +430,7 @@ def _dpo_config(
     import torch
     from trl import DPOConfig  # type: ignore[attr-defined]
 
-    use_cpu = compute.get("device") == "cpu" or not torch.cuda.is_available()
+    use_cpu = compute["device"] == "cpu" or not torch.cuda.is_available()
     # optimizer steps are global: each one takes a batch from every process
     steps = steps_for(pair_count, settings["dpo"]["train"], launched_world_size())
     args = DPOConfig(
@@ -439,7 +440,7 @@ def _dpo_config(
             trainer_dir=out_dir / TRAINER_DIR,
             steps_hint=steps,
             use_cpu=use_cpu,
-            mixed_precision=str(compute.get("mixed_precision", "no")),
+            mixed_precision=str(compute["mixed_precision"]),
         )
     )
     return args, steps
@@ -484,7 +485,7 @@ def _make_trainer(
     from trl import DPOTrainer  # type: ignore[attr-defined]
 
     dpo = settings["dpo"]
-    trust = bool(settings.get("trust_remote_code", False))
+    trust = bool(settings["trust_remote_code"])
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
     # float32 master weights whatever the checkpoint's dtype: AdamW on bf16 weights rounds most
     # small updates away; bf16/fp16 only as autocast (DPOConfig's bf16/fp16); the frozen

@@ -305,12 +305,23 @@ def gae(
     return advantages, returns
 
 
+def token_mean(
+    values: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor | None
+) -> torch.Tensor:
+    """`masked_mean`, or with `tokens` the masked *sum* divided by `tokens`: this micro-batch's
+    share of a token mean over a larger batch that holds `tokens` real tokens in all."""
+    if tokens is None:
+        return masked_mean(values, mask)
+    return masked_sum(values, mask.to(values.dtype)) / tokens
+
+
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     cliprange: float,
+    tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise.
 
@@ -319,15 +330,19 @@ def policy_loss(
     ``clipfrac`` is the share of real tokens where the clipped term won (the gradient is zero
     there); ``approx_kl`` is the k3 estimate of KL(old || new), ``mean((ratio - 1) - log ratio)``,
     which is >= 0 and unbiased (Schulman 2020). Both diagnostics are detached.
+
+    With `tokens` (the real-token count of the whole minibatch, over every micro-batch and
+    process) every mean is a share of the minibatch's token mean (`token_mean`), so the shares
+    of a minibatch's micro-batches add up to the same number however it is split.
     """
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = token_mean(torch.maximum(unclipped, clipped), mask, tokens)
     with torch.no_grad():
-        clipfrac = masked_mean((clipped > unclipped).to(logp.dtype), mask)
-        approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
+        clipfrac = token_mean((clipped > unclipped).to(logp.dtype), mask, tokens)
+        approx_kl = token_mean((ratio - 1.0) - log_ratio, mask, tokens)
     return loss, clipfrac, approx_kl
 
 
@@ -337,19 +352,21 @@ def value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     cliprange_value: float,
+    tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped value loss (as in OpenAI's baselines PPO2 and Ziegler et al.'s lm-human-prefs).
 
     ``v_clipped = old + clip(v - old, -c, c)``; per token ``max((v - R)**2, (v_clipped - R)**2)``;
     the loss is half its mean over real tokens. Returns ``(loss, clipfrac)``, where ``clipfrac``
     (detached) is the share of real tokens where the clipped error was the larger one.
+    `tokens` as in `policy_loss`.
     """
     clipped_values = old_values + torch.clamp(
         values - old_values, -cliprange_value, cliprange_value
     )
     error = (values - returns).square()
     error_clipped = (clipped_values - returns).square()
-    loss = 0.5 * masked_mean(torch.maximum(error, error_clipped), mask)
+    loss = 0.5 * token_mean(torch.maximum(error, error_clipped), mask, tokens)
     with torch.no_grad():
-        clipfrac = masked_mean((error_clipped > error).to(values.dtype), mask)
+        clipfrac = token_mean((error_clipped > error).to(values.dtype), mask, tokens)
     return loss, clipfrac

@@ -158,7 +158,10 @@ def train_policy(
 
         device = spec["compute"]["device"]
         settings = PPOSettings.from_spec(
-            policy, int(spec["seed"]), cpu=True if device == "cpu" else None
+            policy,
+            int(spec["seed"]),
+            cpu=True if device == "cpu" else None,
+            mixed_precision=str(spec["compute"]["mixed_precision"]),
         )
         return train_ppo(
             start,

@@ -491,11 +491,9 @@ def check_prompts(project: Project) -> PromptReport:
     unreadable: dict[str, int] = {}
     leaks: dict[str, Any] = {"batches": {}, "gold": [], "sft": []}
     annotated: set[str] = set()
-    annotation = spec.get("annotation") or {}
-    for batch in annotation.get("batches") or []:
-        ids, bad = _read_ids(
-            project.path(batch["path"]), batch["path"], batch.get("format", "jsonl")
-        )
+    annotation = spec["annotation"]
+    for batch in annotation["batches"]:
+        ids, bad = _read_ids(project.path(batch["path"]), batch["path"], batch["format"])
         if bad:
             unreadable[batch["path"]] = bad
         annotated.update(ids)
@@ -512,7 +510,7 @@ def check_prompts(project: Project) -> PromptReport:
                 )
             )
     gold = annotation.get("gold")
-    sft = spec.get("sft") or {}
+    sft = spec["sft"]
     checked_files = [
         (
             "gold",
@@ -524,7 +522,7 @@ def check_prompts(project: Project) -> PromptReport:
         (
             "sft",
             "PR009",
-            sft.get("data") if sft.get("enabled", True) else None,
+            sft.get("data") if sft["enabled"] else None,
             "SFT demonstrations",
             "drop those demonstrations; holdout prompts are never trained on",
         ),

@@ -23,13 +23,13 @@ from safetensors.torch import load_file  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 from rlhfspec.common.errors import RunError  # noqa: E402
+from rlhfspec.compiler.schemas import schema_node, with_defaults  # noqa: E402
 from rlhfspec.runtime.policy.ppo import (  # noqa: E402
     CHECKPOINT_META,
     METRIC_FIELDS,
     PPOResult,
     PPOSettings,
     Rollout,
-    generation_config,
     latest_checkpoint,
     ppo_update,
     prompt_indices,
@@ -369,21 +369,6 @@ def test_resume_refuses_changed_settings(
 # Sampling and scoring agree with the rest of the pipeline
 
 
-def test_sampling_is_plain_softmax_at_the_temperature(dirs: dict[str, Path]) -> None:
-    tokenizer = load_tokenizer(dirs["tiny"])
-    model = load_causal_lm(dirs["tiny"], tokenizer=tokenizer)
-    settings = PPOSettings(kl_coef=0.0, temperature=0.7, max_new_tokens=4, threads=1)
-    config = generation_config(settings, tokenizer)
-    config.output_scores = config.output_logits = config.return_dict_in_generate = True
-    tokenizer.padding_side = "left"
-    enc = tokenizer([format_prompt(p) for p in PROMPTS[:2]], return_tensors="pt", padding=True)
-    torch.manual_seed(0)
-    out = model.generate(**enc, generation_config=config)
-    for scores, logits in zip(out.scores, out.logits, strict=True):
-        # what was sampled from is logits / temperature, untouched by top-k or top-p
-        torch.testing.assert_close(scores, logits / 0.7)
-
-
 def test_reward_is_read_at_eos_as_score_texts_reads_it(dirs: dict[str, Path]) -> None:
     tokenizer = load_tokenizer(dirs["reward"])
     model = load_reward_model(dirs["reward"], tokenizer=tokenizer)
@@ -422,7 +407,8 @@ def test_settings_from_spec_block() -> None:
         "ppo": {"rollout_batch_size": 8, "mini_batches": 4, "whiten_rewards": True},
         "checkpoint_every": 3,
     }
-    settings = PPOSettings.from_spec(block, seed=7, threads=2)
+    # the block as the compiler hands it over: the schema's defaults written in
+    settings = PPOSettings.from_spec(with_defaults(schema_node("policy"), block), seed=7, threads=2)
     assert settings.kl_coef == 0.02 and settings.kl_estimator == "k2"
     assert settings.kl_mode == "adaptive" and settings.kl_target == 6.0
     assert settings.kl_horizon == 500

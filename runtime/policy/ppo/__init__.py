@@ -10,22 +10,29 @@ EOS left the loss). This module is a small, explicit replacement; the arithmetic
 One PPO update (``rollout_batch_size`` episodes):
 
 1. *Rollout.* Prompts (raw texts, formatted with `format_prompt`) are left-padded and sampled
-   from the policy with ``do_sample=True`` at ``temperature`` and nothing else (``top_k=0``,
-   ``top_p=1``), under a torch seed derived from (seed, update). Responses are cut after their
-   first EOS; the EOS stays in the mask.
+   from ``softmax(logits / temperature)`` exactly, by our own Gumbel-max loop
+   (`rlhfspec.runtime.train.sampling`): the model's generation_config.json never leaks in
+   (hub checkpoints ship repetition penalties, min_p...). Noise comes from a generator seeded
+   from (seed, update, rank). Responses are cut after their first EOS; the EOS stays in the mask.
 2. *Scoring.* The reward model reads the truncated sequence exactly as generated (token ids,
    not re-tokenised text) at its last real token: the EOS when there is one (that is where
    `score_texts` and the reward-model trainer read it: they append EOS), else the last
-   generated token, in which case ``missing_eos_penalty`` is subtracted.
-3. *Rewards.* Per-token ``-kl_coef * KL`` against the frozen reference (estimator k1/k2/k3),
-   plus the score at the last real token; optionally whitened (scale only); GAE with the value
-   model's estimates; advantages optionally whitened over the whole rollout batch.
+   generated token, in which case ``missing_eos_penalty`` is subtracted. Evaluation scores its
+   samples with the same function (`rollout.episode_scores`).
+3. *Rewards.* Per-token ``-kl_coef * k1`` against the frozen reference (k1 whatever
+   ``kl.estimator`` says: only k1 in the reward has the gradient of KL(pi || ref); the
+   estimator is what is logged, controlled, evaluated and guarded; see `rollout`), plus the
+   score at the last real token; optionally whitened (scale only); GAE with the value model's
+   estimates; advantages optionally whitened over the whole rollout batch.
 4. *Optimisation.* ``ppo_epochs`` passes over the batch in a seeded order; each pass is split
    into ``mini_batches`` minibatches, each minibatch into ``gradient_accumulation_steps``
-   micro-batches whose losses are scaled by ``1 / gradient_accumulation_steps``. Exactly one
+   micro-batches. The losses are per-token means over the whole *global* minibatch (every
+   micro-batch's token sum divided by the minibatch's token count over all processes), so a
+   step is the same whatever the split into micro-batches and processes. Exactly one
    optimizer step per minibatch, always, so an update takes ``ppo_epochs * mini_batches``
    steps; gradients are clipped to ``max_grad_norm`` (policy and value together, one AdamW).
-   Log-probabilities in training use the same ``logits / temperature`` as the rollout.
+   Log-probabilities in training use the same ``logits / temperature`` as the rollout. The
+   policy and value model are float32; ``mixed_precision`` is autocast only.
 5. *KL coefficient.* Fixed, or the Ziegler et al. proportional controller, updated after each
    rollout with the mean per-response KL and ``n_steps = rollout_batch_size``.
 
@@ -76,7 +83,6 @@ from rlhfspec.runtime.policy.ppo.checkpoint import (  # noqa: E402
 )
 from rlhfspec.runtime.policy.ppo.models import (  # noqa: E402
     PolicyAndValue,
-    generation_config,
     policy_logits,
     sequence_scores,
     token_values,
@@ -107,7 +113,6 @@ __all__ = [
     "checkpoint_name",
     "collect_rollout",
     "derived_seed",
-    "generation_config",
     "latest_checkpoint",
     "minibatch_order",
     "policy_logits",

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from rlhfspec.common.errors import RunError
-from rlhfspec.runtime.policy.ppo.settings import PPOSettings
 from rlhfspec.runtime.policy.ppo_math import position_ids_from_mask
 
 
@@ -112,25 +111,6 @@ def sequence_scores(
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     scores: torch.Tensor = head(hidden[rows, index])
     return scores.squeeze(-1).float()
-
-
-def generation_config(settings: PPOSettings, tokenizer: Any) -> Any:
-    """Pure sampling at ``settings.temperature``: no top-k, no top-p, no other processors, so
-    the distribution sampled is exactly ``softmax(logits / temperature)``, the one trained."""
-    from transformers import GenerationConfig
-
-    return GenerationConfig(  # type: ignore[no-untyped-call]
-        do_sample=True,
-        temperature=settings.temperature,
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=settings.max_new_tokens,
-        min_new_tokens=0,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        use_cache=True,
-    )
 
 
 def same_tokenizer(a: Any, b: Any) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from rlhfspec.common.errors import RunError
+from rlhfspec.compiler.schemas import default_of
 from rlhfspec.runtime.policy.distributed import SINGLE, Group
 from rlhfspec.runtime.train.common import threads
 
@@ -61,41 +62,50 @@ class PPOSettings:
     """Everything that decides a PPO run's numbers: the spec's ``policy.kl`` and ``policy.ppo``
     blocks, the seed, the checkpoint interval and the thread count (CPU results change with it).
 
+    ``mixed_precision`` (``compute.mixed_precision``) is autocast only: the policy and value
+    model train in float32 (`rlhfspec.runtime.train.precision`).
+
     ``cpu=None`` means: on the CPU unless CUDA is available. It does not enter the comparison
     made on resume (`comparable`), and neither does ``threads``; both are recorded.
     """
 
     kl_coef: float
-    kl_estimator: str = "k1"
-    kl_mode: str = "fixed"
+    # defaults are the schema's (the single source); a spec's resolved block sets them all
+    kl_estimator: str = default_of("policy.kl.estimator")
+    kl_mode: str = default_of("policy.kl.mode")
     kl_target: float | None = None
-    kl_horizon: int = 10000
-    total_episodes: int = 512
-    rollout_batch_size: int = 32
-    mini_batches: int = 2
-    ppo_epochs: int = 2
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-5
-    temperature: float = 1.0
-    max_new_tokens: int = 48
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    whiten_rewards: bool = False
-    whiten_advantages: bool = True
-    missing_eos_penalty: float = 1.0
-    max_grad_norm: float = 1.0
-    checkpoint_every: int = 4
+    kl_horizon: int = default_of("policy.kl.horizon")
+    total_episodes: int = default_of("policy.ppo.total_episodes")
+    rollout_batch_size: int = default_of("policy.ppo.rollout_batch_size")
+    mini_batches: int = default_of("policy.ppo.mini_batches")
+    ppo_epochs: int = default_of("policy.ppo.ppo_epochs")
+    gradient_accumulation_steps: int = default_of("policy.ppo.gradient_accumulation_steps")
+    learning_rate: float = default_of("policy.ppo.learning_rate")
+    temperature: float = default_of("policy.ppo.temperature")
+    max_new_tokens: int = default_of("policy.ppo.max_new_tokens")
+    gamma: float = default_of("policy.ppo.gamma")
+    lam: float = default_of("policy.ppo.lam")
+    cliprange: float = default_of("policy.ppo.cliprange")
+    cliprange_value: float = default_of("policy.ppo.cliprange_value")
+    vf_coef: float = default_of("policy.ppo.vf_coef")
+    whiten_rewards: bool = default_of("policy.ppo.whiten_rewards")
+    whiten_advantages: bool = default_of("policy.ppo.whiten_advantages")
+    missing_eos_penalty: float = default_of("policy.ppo.missing_eos_penalty")
+    max_grad_norm: float = default_of("policy.ppo.max_grad_norm")
+    checkpoint_every: int = default_of("policy.checkpoint_every")
     seed: int = 0
     threads: int = dataclasses.field(default_factory=threads)
     cpu: bool | None = None
+    mixed_precision: str = "no"
 
     def __post_init__(self) -> None:
         problems = []
         if self.kl_estimator not in ("k1", "k2", "k3"):
             problems.append(f"kl.estimator must be k1, k2 or k3, not {self.kl_estimator!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            problems.append(
+                f"compute.mixed_precision must be no, bf16 or fp16, not {self.mixed_precision!r}"
+            )
         if self.kl_mode not in ("fixed", "adaptive"):
             problems.append(f"kl.mode must be fixed or adaptive, not {self.kl_mode!r}")
         if self.kl_mode == "adaptive" and (self.kl_target is None or self.kl_target <= 0):
@@ -137,22 +147,22 @@ class PPOSettings:
         *,
         threads: int | None = None,
         cpu: bool | None = None,
+        mixed_precision: str = "no",
     ) -> PPOSettings:
-        """Settings from a spec's ``policy`` block (schema defaults for what it leaves out)."""
+        """Settings from a spec's resolved ``policy`` block (every default written out by the
+        compiler: nothing is filled in here)."""
         kl = policy_block["kl"]
-        ppo = policy_block.get("ppo", {})
-        defaults = cls(kl_coef=float(kl["coef"]), threads=1)  # only read for its defaults
+        ppo = policy_block["ppo"]
         values: dict[str, Any] = {
             "kl_coef": float(kl["coef"]),
-            "kl_estimator": kl.get("estimator", "k1"),
-            "kl_mode": kl.get("mode", "fixed"),
+            "kl_estimator": kl["estimator"],
+            "kl_mode": kl["mode"],
             "kl_target": None if kl.get("target") is None else float(kl["target"]),
-            "kl_horizon": int(kl.get("horizon", defaults.kl_horizon)),
-            "checkpoint_every": int(
-                policy_block.get("checkpoint_every", defaults.checkpoint_every)
-            ),
+            "kl_horizon": int(kl["horizon"]),
+            "checkpoint_every": int(policy_block["checkpoint_every"]),
             "seed": int(seed),
             "cpu": cpu,
+            "mixed_precision": mixed_precision,
         }
         for name in (
             "total_episodes",
@@ -162,7 +172,7 @@ class PPOSettings:
             "gradient_accumulation_steps",
             "max_new_tokens",
         ):
-            values[name] = int(ppo.get(name, getattr(defaults, name)))
+            values[name] = int(ppo[name])
         for name in (
             "learning_rate",
             "temperature",
@@ -174,9 +184,9 @@ class PPOSettings:
             "missing_eos_penalty",
             "max_grad_norm",
         ):
-            values[name] = float(ppo.get(name, getattr(defaults, name)))
+            values[name] = float(ppo[name])
         for name in ("whiten_rewards", "whiten_advantages"):
-            values[name] = bool(ppo.get(name, getattr(defaults, name)))
+            values[name] = bool(ppo[name])
         if threads is not None:
             values["threads"] = int(threads)
         return cls(**values)

@@ -57,6 +57,7 @@ from rlhfspec.runtime.train.models import (
     load_reward_model,
     load_tokenizer,
 )
+from rlhfspec.runtime.train.precision import autocast_dtype
 
 KLController = FixedKLController | AdaptiveKLController
 
@@ -153,6 +154,7 @@ class _Models:
     reference: nn.Module
     reward_model: nn.Module | None
     reward_fn: RewardFn | None
+    scaler: Any  # torch.amp.GradScaler for fp16 autocast on CUDA, else None
 
 
 @dataclasses.dataclass
@@ -182,6 +184,8 @@ def _train_ppo(
     torch.set_num_threads(settings.threads)
     cpu = settings.cpu if settings.cpu is not None else not torch.cuda.is_available()
     # with several processes this joins their process group (gloo on CPU, NCCL on CUDA)
+    # mixed precision is our own autocast (rollout and update), not accelerate's: its state is
+    # one per process and refuses a second precision (SFT, the reward model or a test before)
     accelerator = Accelerator(cpu=cpu)
     # accelerate may pick its own CPU thread count for several processes; ours decides results
     torch.set_num_threads(settings.threads)
@@ -376,8 +380,11 @@ def _load_models(
     model, optimizer = accelerator.prepare(pair, optimizer)
     model.eval()
     unwrapped = accelerator.unwrap_model(model)
+    scaler = None
+    if autocast_dtype(settings.mixed_precision, device) == torch.float16:
+        scaler = torch.amp.GradScaler(device.type)  # fp16 gradients underflow without it
     return _Models(
-        tokenizer, model, unwrapped, optimizer, reference, reward_model, inputs.reward_fn
+        tokenizer, model, unwrapped, optimizer, reference, reward_model, inputs.reward_fn, scaler
     )
 
 
@@ -441,6 +448,7 @@ def _one_update(
         settings=settings,
         update=state.update,
         group=group,
+        scaler=models.scaler,
     )
     # every process ran as many micro-batches: the mean of the means is the global mean
     train_stats = group.mean_of(train_stats)
