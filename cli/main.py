@@ -385,15 +385,25 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
         require_pairs,
         write_pairs,
     )
+    from rlhfspec.runtime.annotation.judge.use import gate_state, records_for_aggregation
     from rlhfspec.runtime.annotation.qc import run_qc
     from rlhfspec.runtime.prompts.check import production_holdout
 
     project = _project(spec)
-    failed = run_qc(project, skip_bad_rows=skip_bad_rows).excluded_annotators
+    report = run_qc(project, skip_bad_rows=skip_bad_rows)
+    failed = report.excluded_annotators
     holdout = [row["id"] for row in production_holdout(project)]
+    records, ai_use = records_for_aggregation(
+        load_records(project, skip_bad_rows=skip_bad_rows), gate_state(report.to_dict())
+    )
+    if ai_use:
+        click.echo(
+            f"AI labels: {ai_use['ai_labels_used']} of {ai_use['ai_labels']} used "
+            f"(agreement gate {ai_use['gate']}; pairs people labelled are theirs)"
+        )
     result = run_aggregate(
         project,
-        load_records(project, skip_bad_rows=skip_bad_rows),
+        records,
         failed_annotators=failed,
         holdout_prompts=holdout,
     )
@@ -443,6 +453,11 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
     multiple=True,
     help="Proceed although this gate failed; recorded in lineage.json. Repeatable.",
 )
+@click.option(
+    "--policy-checkpoints",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Import the policy's checkpoints from a job exported with `compile --target verl`.",
+)
 @guarded
 def run_command(
     target: Path,
@@ -451,6 +466,7 @@ def run_command(
     until: str | None,
     resume: bool,
     overrides: tuple[str, ...],
+    policy_checkpoints: Path | None,
 ) -> None:
     """Run a spec's (or a compiled plan's) stages in a run directory with lineage."""
     from rlhfspec.runtime.run import run
@@ -467,6 +483,7 @@ def run_command(
         overrides=frozenset(overrides),
         log=lambda m: click.echo(m),
         on_stage_start=hooks.get("on_stage_start"),
+        policy_checkpoints=policy_checkpoints,
     )
     click.echo(f"run directory: {directory}")
     click.echo(f"lineage: {directory / 'lineage.json'}")
@@ -567,6 +584,10 @@ def verify(package: Path) -> None:
         click.echo(line)
     sys.exit(result.exit_code)
 
+
+from rlhfspec.cli.judge import judge  # noqa: E402
+
+main.add_command(judge)
 
 if __name__ == "__main__":
     main()

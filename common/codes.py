@@ -50,10 +50,14 @@ GROUPS: tuple[Group, ...] = (
     Group("R", "Reward-model settings", "`rlhfspec validate` / `compile`"),
     Group("O", "Policy settings", "`rlhfspec validate` / `compile`"),
     Group("E", "Evaluation settings", "`rlhfspec validate` / `compile`"),
+    Group("M", "Compute settings", "`rlhfspec validate` / `compile`"),
     Group("X", "Export targets", "`rlhfspec compile SPEC --target verl`"),
     Group("F", "Files", "`rlhfspec validate` / `compile`"),
     Group("PR", "Prompt distribution", "`rlhfspec prompts`, the `prompts` stage"),
     Group("Q", "Annotation QC", "`rlhfspec qc`, the `annotation_qc` stage"),
+    Group(
+        "J", "AI judge against its human review sample", "`rlhfspec qc`, the `annotation_qc` stage"
+    ),
 )
 
 _ERR: Severity = "error"
@@ -226,6 +230,17 @@ REGISTRY: tuple[Code, ...] = (
          "An adversarial prompt source exists but evaluation leaves the adversarial set out, "
          "where reward hacking shows first.",
          "Add `adversarial` to `evaluation.prompt_sets`."),
+    # Compute
+    Code("M001", _ERR, "qlora-needs-cuda",
+         "LoRA with 4-bit quantisation (QLoRA, bitsandbytes) runs only on CUDA GPUs.",
+         "Use `lora.quantize: none` on CPU, or `compute.device: cuda`."),
+    Code("M002", _WARN, "memory-over-device",
+         "A training stage's memory estimate per device exceeds compute.memory_per_device.",
+         "Enable LoRA, gradient checkpointing or FSDP, add processes, or lower the batch size."),
+    Code("M003", _WARN, "fsdp-on-cpu-runs-ddp",
+         "accelerate applies FSDP only on accelerators: on CPU the TRL stages (SFT, reward "
+         "model, DPO) run replicated (DDP); PPO shards with torch's fully_shard on CPU too.",
+         "Use `compute.device: cuda` for FSDP, or `strategy: ddp` to say what runs."),
     # Export targets (`rlhfspec compile SPEC --target verl`)
     Code("X001", _ERR, "export-refused-setting",
          "A setting the target engine cannot express, not acknowledged under "
@@ -361,6 +376,25 @@ REGISTRY: tuple[Code, ...] = (
     Code("Q028", _WARN, "split_votes_in_period",
          "A batch has more split items than max_split_vote_share.",
          "Read the batch's split items (preferences/split_items.jsonl) and clarify the criteria."),
+    # AI judge (runtime/annotation/judge/review.py): each fails the ai_judge_agreement gate
+    Code("J001", _ERR, "judge_agreement_low",
+         "The AI judge's kappa with the human majority on its review sample is below judge.gate.min_kappa.",
+         "Improve the judge (model, templates) or the criteria' worked examples; do not train on its labels."),
+    Code("J002", _ERR, "judge_review_too_small",
+         "Fewer reviewed pairs with a human majority than judge.gate.min_reviewed_pairs.",
+         "Have people label more of the review sample (rlhfspec judge --reviewers)."),
+    Code("J003", _ERR, "judge_position_bias",
+         "The AI judge's share of first-shown picks departs from 0.5 by more than judge.gate.max_position_bias.",
+         "Use a stronger judge or `order_disagreement: flag`; the labels follow the order, not the criteria."),
+    Code("J004", _ERR, "judge_length_bias",
+         "The AI judge picks the longer response more often than people by over judge.gate.max_length_bias.",
+         "Tell the judge conciseness counts (templates, worked examples) or use another model."),
+    Code("J005", _ERR, "judge_gold_accuracy_low",
+         "The AI judge's accuracy on gold items is below judge.gate.min_gold_accuracy.",
+         "Read the gold items it misses; fix the prompt or the criteria they expose."),
+    Code("J006", _ERR, "judge_order_disagreement",
+         "The AI judge's two orders agree on fewer pairs than judge.gate.min_order_agreement.",
+         "The judge is unstable under a swap of positions: use a stronger model."),
 )
 # fmt: on
 

@@ -16,7 +16,7 @@ from rlhfspec.common.codes import Code, family
 from rlhfspec.common.findings import Finding
 
 # The compiler's codes: every group but the prompt check's and QC's (common/codes.py holds them).
-CODES: dict[str, Code] = family("Y", "S", "C", "P", "V", "A", "R", "O", "E", "X", "F")
+CODES: dict[str, Code] = family("Y", "S", "C", "P", "V", "A", "R", "O", "E", "M", "X", "F")
 
 Diagnostic = Finding
 """A located finding: file, line, col, and the spec path in `subject` (also `path`)."""

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import copy
 import os
-import shlex
 from pathlib import Path
 from typing import Any
 
 from rlhfspec.common.hashing import canonical_json, file_fingerprint, sha256_bytes, sha256_text
 from rlhfspec.common.version import __version__
+from rlhfspec.compiler.compute import TRAINING_STAGES, launch_command, run_command, stage_compute
 from rlhfspec.compiler.diagnostics import json_path
 from rlhfspec.compiler.lockfile import criteria_hash, lock_path_for, read_lock
+from rlhfspec.compiler.memory import stage_memory
 from rlhfspec.compiler.schemas import PLAN_SCHEMA, SPEC_SCHEMA, load_schema
 from rlhfspec.compiler.semantic import iter_paths
 
 PLAN_VERSION = 1
-TRAINING_STAGES = {"sft", "reward_model", "policy"}
 
 
 def generator() -> str:
@@ -51,6 +51,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "annotation.gaming",
         "annotation.annotator_ids",
         "annotation.responses",
+        "judge.gate",  # the AI judge's agreement gate (runtime/annotation/judge/review.py)
     ),
     "aggregate": (
         "criteria.tie_breaking",
@@ -247,7 +248,9 @@ def _graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return stages
 
 
-def stage_graph(spec: dict[str, Any], inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def stage_graph(
+    spec: dict[str, Any], inputs: list[dict[str, Any]], spec_dir: Path | None = None
+) -> list[dict[str, Any]]:
     """The plan's stage entries in run order: each one's whole contract with the runtime.
 
     An entry carries the resolved settings the stage reads, the spec files it reads (with
@@ -256,13 +259,11 @@ def stage_graph(spec: dict[str, Any], inputs: list[dict[str, Any]]) -> list[dict
     """
     schema = load_schema(SPEC_SCHEMA)
     by_path = {i["path"]: i["sha256"] for i in inputs}
-    compute = spec["compute"]
-    entries = []
+    entries: list[dict[str, Any]] = []
     for stage in _graph(spec):
         name = stage["name"]
         settings = pick(spec, _settings_paths(spec, name))
         files = list(dict.fromkeys(value for _, value in iter_paths(schema, settings)))
-        argv = ["rlhfspec", "run", "plan.json", "--stage", name]
         entry: dict[str, Any] = {
             "name": name,
             "description": stage["description"],
@@ -273,24 +274,12 @@ def stage_graph(spec: dict[str, Any], inputs: list[dict[str, Any]]) -> list[dict
             "human_inputs": HUMAN_INPUTS.get(name, []),
             "outputs": stage["outputs"],
             "work": WORK.get(name, []),
-            "command": shlex.join(argv),
+            "command": run_command(name, first=not entries),
         }
         if name in TRAINING_STAGES:
-            entry["launch"] = shlex.join(
-                [
-                    "accelerate",
-                    "launch",
-                    "--num_processes",
-                    str(compute["num_processes"]),
-                    "--mixed_precision",
-                    compute["mixed_precision"],
-                    "-m",
-                    "rlhfspec.cli.launch",
-                    "plan.json",
-                    "--stage",
-                    name,
-                ]
-            )
+            entry["compute"] = stage_compute(spec, name)
+            entry["launch"] = launch_command(name, entry["compute"])
+            entry["memory"] = stage_memory(spec, name, entry["compute"], spec_dir)
         entries.append(entry)
     return entries
 
@@ -343,7 +332,7 @@ def build_plan(
         },
         "inputs": inputs,
         "resolved": spec,
-        "stages": stage_graph(spec, inputs),
+        "stages": stage_graph(spec, inputs, spec_dir),
         "documents": [
             {"file": name, "sha256": sha256_text(text)} for name, text in sorted(documents.items())
         ],

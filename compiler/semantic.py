@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfspec.common.errors import CompilerError
+from rlhfspec.compiler.compute import TRAINING_STAGES, stage_compute
 from rlhfspec.compiler.diagnostics import Diagnostic, json_path, make
 from rlhfspec.compiler.lockfile import (
     LockEntry,
@@ -22,6 +23,7 @@ from rlhfspec.compiler.lockfile import (
     read_lock,
     version_key,
 )
+from rlhfspec.compiler.memory import GIB, parse_size, stage_memory
 from rlhfspec.compiler.schema_check import Locator
 from rlhfspec.compiler.schemas import JsonPath, walk
 
@@ -70,6 +72,7 @@ class Checker:
         self.reward_model()
         self.policy()
         self.evaluation()
+        self.compute()
         self.files()
         return self.out
 
@@ -535,6 +538,50 @@ class Checker:
                     "E001",
                     "prompt set 'production_holdout' is empty: no usage-log prompts are held out",
                     ("evaluation", "prompt_sets", i),
+                )
+
+    # Compute -----------------------------------------------------------------
+    def compute(self) -> None:
+        stages = [s for s in TRAINING_STAGES if s != "sft" or self.spec["sft"]["enabled"]]
+        limit = self.spec["compute"].get("memory_per_device")
+        spec_dir = self.spec_path.parent if self.spec_path is not None else None
+        for stage in stages:
+            compute = stage_compute(self.spec, stage)
+            overrides = self.spec["compute"]["stages"].get(stage, {})
+            where: JsonPath = ("compute", "stages", stage) if overrides else ("compute",)
+            lora = compute["lora"]
+            if lora["enabled"] and lora["quantize"] == "4bit" and compute["device"] == "cpu":
+                self.emit(
+                    "M001",
+                    f"{stage}: QLoRA (lora.quantize 4bit) needs a CUDA GPU, but compute.device is cpu",
+                    where,
+                    key=True,
+                    hint="use quantize: none on CPU, or device: cuda",
+                )
+            trl_stage = stage != "policy" or self.spec["policy"]["method"] == "dpo"
+            if compute["strategy"] == "fsdp" and compute["device"] == "cpu" and trl_stage:
+                self.emit(
+                    "M003",
+                    f"{stage}: strategy fsdp on CPU runs as DDP (accelerate shards only on GPUs)",
+                    where,
+                    key=True,
+                    hint="use device: cuda for FSDP, or strategy: ddp to say what runs",
+                )
+            if limit is None:
+                continue
+            memory = stage_memory(self.spec, stage, compute, spec_dir)
+            estimate = memory["estimate"]
+            if estimate is not None and estimate["total"] > parse_size(limit):
+                parts = ", ".join(
+                    f"{k} {estimate[k] / GIB:.2f}"
+                    for k in ("weights", "gradients", "optimizer", "activations")
+                )
+                self.emit(
+                    "M002",
+                    f"{stage}: about {estimate['total_gib']:.2f} GiB per device ({parts} GiB) "
+                    f"exceeds compute.memory_per_device {limit}",
+                    ("compute", "memory_per_device"),
+                    hint="enable LoRA, gradient checkpointing or FSDP, add processes, or lower the batch size",
                 )
 
     # Files -----------------------------------------------------------------

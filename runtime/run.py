@@ -66,6 +66,10 @@ STAGES: dict[str, StageImpl] = {
 }
 
 
+# the policy stage when its checkpoints come from an exported job (--policy-checkpoints)
+EXTERNAL_POLICY = "rlhfspec.runtime.policy.external:import_policy_stage"
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -270,12 +274,14 @@ def run(
     overrides: frozenset[str] = frozenset(),
     log: Callable[[str], None] = print,
     on_stage_start: Callable[[StageContext], None] | None = None,
+    policy_checkpoints: Path | None = None,
 ) -> Path:
     """Run the plan's stages; returns the run directory.
 
     `on_stage_start` is called with a stage's context right before the stage runs (after the
     lock, the dependency checks and the resume decision): the multi-process launch tells its
-    other processes to train there.
+    other processes to train there. `policy_checkpoints` (a job exported with `compile
+    --target verl`) makes the policy stage an import of that job's checkpoints.
     """
     loaded = load_plan(target, display)
     chosen = select_stages(loaded.plan, only, until)
@@ -283,6 +289,10 @@ def run(
     loaded = loaded.in_folder(directory / "plan")
     plan = loaded.plan
     chosen = select_stages(plan, only, until)
+    if policy_checkpoints is not None:
+        from rlhfspec.runtime.policy.external import with_external_policy
+
+        chosen = with_external_policy(plan["stages"], chosen, policy_checkpoints)
     with run_lock(directory, log):
         lineage = Lineage(directory)
         recorded = lineage.doc.get("plan", {}).get("fingerprint")
@@ -332,7 +342,7 @@ def _run_stage(
     ):
         log(f"[{name}] unchanged since {previous.get('finished')}; skipped")
         return
-    impl = implementation(name)
+    impl = implementation(name) if "external" not in stage else _import(EXTERNAL_POLICY)
     started = now()
     inputs = _describe_inputs(stage, lineage)
     lineage.record(

@@ -143,12 +143,12 @@ def test_a_compiled_plan_runs_and_guards_its_inputs(project: Path, tmp_path: Pat
         run(out / "plan.json", display="plan.json", run_dir=tmp_path / "run3", log=quiet)
 
 
-def test_accelerate_launch_entry_runs_a_plan_stage(project: Path, tmp_path: Path) -> None:
+def test_launch_entry_runs_a_plan_stage(project: Path, tmp_path: Path) -> None:
     out = tmp_path / "build"
     assert CliRunner().invoke(main, ["compile", str(project), "-o", str(out)]).exit_code == 0
     plan = json.loads((out / "plan.json").read_text())
     launch = next(s["launch"] for s in plan["stages"] if s["name"] == "reward_model")
-    assert launch.endswith("-m rlhfspec.cli.launch plan.json --stage reward_model")
+    assert launch.endswith("-m rlhfspec.cli.launch plan.json --stage reward_model --resume")
     command = [
         sys.executable,
         "-m",

@@ -108,7 +108,8 @@ def mapping_md(
         "## Data",
         "",
         f"- `data/train.parquet`: {facts.train_prompts} training prompts as chat messages "
-        "(the evaluation sets and the production holdout are never among them).",
+        "(the evaluation sets and the production holdout are never among them, by id nor by "
+        "text).",
         f"- `data/val.parquet`: the {facts.val_prompts} prompts of the validation set, which "
         "verl loads but, with validation off, does not train on.",
         "- `eval/prompt_sets.json`: the evaluation sets rlhfspec evaluates the imported "
@@ -128,8 +129,8 @@ while IFS= read -r line || [ -n "$line" ]; do
 done < "$JOB_DIR/overrides.txt"
 args+=("hydra.run.dir=$JOB_DIR/outputs")
 if [ "${RLHFSPEC_VERL_PRINT:-}" = 1 ]; then printf '%s\n' "${args[@]}" "$@"; exit 0; fi
-python3 - <<'PY'
-import sys
+RLHFSPEC_JOB_DIR="$JOB_DIR" python3 - <<'PY'
+import datetime, json, os, pathlib, socket, sys
 from importlib.metadata import PackageNotFoundError, version
 try:
     found = version("verl")
@@ -138,6 +139,12 @@ except PackageNotFoundError:
 major, minor = (int(p) for p in found.split(".")[:2])
 if (major, minor) != (@MAJOR@, @MINOR@):
     sys.exit(f"verl {found} is installed; this job was exported for verl @SUPPORTED@")
+out = pathlib.Path(os.environ["RLHFSPEC_JOB_DIR"]) / "outputs"
+out.mkdir(exist_ok=True)
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+record = {"format": "rlhfspec.verl_launch/1", "engine": "verl", "version": found,
+          "started": now, "host": socket.gethostname()}
+(out / "launch.json").write_text(json.dumps(record, indent=2) + "\n")
 PY
 """
 
@@ -199,6 +206,8 @@ def manifest(
         "verl_supported": verl.SUPPORTED_VERL,
         "spec": plan["spec"]["name"],
         "plan_fingerprint": plan["fingerprint"],
+        # the plan's fingerprint depends on where it was compiled; the spec's bytes do not
+        "spec_sha256": plan["spec"]["sha256"],
         "criteria_version": plan["criteria"]["version"],
         "run": run,
         "overrides_file": "overrides.txt",

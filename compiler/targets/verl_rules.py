@@ -455,6 +455,88 @@ def _device(setting: str, value: Any, s: dict[str, Any]) -> Row:
     )
 
 
+@rule("compute.nodes.count", "compute.nodes.main_address", "compute.nodes.main_port")
+def _nodes(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    return Row(
+        setting,
+        value,
+        "unused",
+        {},
+        "a torchrun rendezvous for `rlhfspec` launches; the verl job's nodes are "
+        "export.verl.nnodes on its Ray cluster",
+    )
+
+
+@rule("compute.strategy")
+def _strategy(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    keys = {"actor_rollout_ref.actor.strategy": "fsdp2", "critic.strategy": "fsdp2"}
+    if value == "fsdp":
+        return _exact(setting, value, keys, "FSDP2 full sharding of actor and critic")
+    return Row(setting, value, "difference", keys, "verl's workers always shard with FSDP2")
+
+
+@rule("compute.fsdp.cpu_offload")
+def _cpu_offload(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    keys = {
+        f"{section}.{kind}_offload": bool(value)
+        for section in ("actor_rollout_ref.actor.fsdp_config", "critic.fsdp")
+        for kind in ("param", "optimizer")
+    }
+    return _exact(setting, value, keys, "parameters and optimizer state offloaded to CPU")
+
+
+@rule("compute.gradient_checkpointing")
+def _gradient_checkpointing(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    keys = {
+        "actor_rollout_ref.model.enable_gradient_checkpointing": bool(value),
+        "critic.model.enable_gradient_checkpointing": bool(value),
+    }
+    return _exact(setting, value, keys, "activation recomputation in actor and critic")
+
+
+@rule("compute.lora.enabled", "compute.lora.r", "compute.lora.alpha", "compute.lora.dropout")
+@rule("compute.lora.target_modules", "compute.lora.quantize")
+def _lora(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    lora = s["compute"]["lora"]
+    if not lora["enabled"]:
+        return Row(setting, value, "unused", {}, "LoRA is off")
+    if setting == "compute.lora.enabled":
+        return _exact(setting, value, {"actor_rollout_ref.model.lora_rank": lora["r"]}, "LoRA on")
+    if setting == "compute.lora.r":
+        return _exact(setting, value, {"actor_rollout_ref.model.lora_rank": value}, "adapter rank")
+    if setting == "compute.lora.alpha":
+        return _exact(setting, value, {"actor_rollout_ref.model.lora_alpha": value}, "scaling")
+    if setting == "compute.lora.target_modules":
+        modules = "all-linear" if "all-linear" in value else list(value)
+        return _exact(
+            setting, value, {"actor_rollout_ref.model.target_modules": modules}, "adapted layers"
+        )
+    if value in (0, 0.0, "none"):
+        return _exact(setting, value, {}, "as verl (no adapter dropout, no quantisation)")
+    return Row(setting, value, "refused", {}, "verl's LoRA has no dropout or 4-bit base")
+
+
+@rule("compute.memory_per_device")
+def _memory(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    return Row(setting, value, "unused", {}, "read by validate's memory check only")
+
+
+def _stage_overrides(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    if setting.startswith("compute.stages.policy."):
+        return Row(
+            setting,
+            value,
+            "refused",
+            {},
+            "per-stage overrides are not exported: put the policy's compute settings in the "
+            "compute section. If acknowledged: the section's values are exported",
+        )
+    return Row(setting, value, "unused", {}, "the verl job runs the policy stage only")
+
+
+PREFIX_RULES["compute.stages."] = _stage_overrides
+
+
 def no_rule(setting: str, value: Any, s: dict[str, Any]) -> Row:
     return Row(
         setting,

@@ -21,6 +21,9 @@ Which statistic to use:
   to find the pair (and so the annotator) that disagrees with everyone.
 * `leave_one_out_agreement` -- each annotator against the majority of the others, the standard
   screen for a careless or adversarial annotator.
+* `cohen_kappa_interval` -- Cohen's kappa with its large-sample confidence interval (Fleiss,
+  Cohen & Everitt 1969), for an AI judge against the human majority on a review sample: a
+  small sample must not pass an agreement gate by luck.
 * `landis_koch_band` -- the verbal bands of Landis & Koch (1977), for reports.
 * `wilson_interval` and `binomial_test_two_sided` -- accuracy on gold questions needs a
   confidence interval that behaves near 0 % and 100 % (Wilson's does, the Wald interval does
@@ -68,7 +71,9 @@ __all__ = [
     "PairwiseAgreement",
     "binomial_test_two_sided",
     "category_counts",
+    "KappaInterval",
     "cohen_kappa",
+    "cohen_kappa_interval",
     "fleiss_kappa",
     "krippendorff_alpha",
     "landis_koch_band",
@@ -984,3 +989,52 @@ def binomial_test_two_sided(k: int, n: int, p: float = 0.5) -> float:
         tail = pmf[: math.floor(prob * trials) + 1]
         other = tail[tail <= threshold].sum()
     return float(min(1.0, lower + other))
+
+
+class KappaInterval(NamedTuple):
+    """Cohen's kappa, its standard error and confidence interval over `n` items."""
+
+    kappa: float
+    low: float
+    high: float
+    se: float
+    n: int
+
+
+def cohen_kappa_interval(a: Labels, b: Labels, confidence: float = 0.95) -> KappaInterval:
+    """Cohen's kappa with the Fleiss-Cohen-Everitt (1969) large-sample confidence interval.
+
+    Why: a gate on agreement measured on a review sample of a few hundred pairs must know how
+    far the estimate can be off. The variance is the non-null asymptotic one,
+    ``var = (A + B - C) / ((1 - p_e)^2 n)`` with ``A = sum_i p_ii (1 - (p_i. + p_.i)(1 - k))^2``,
+    ``B = (1 - k)^2 sum_{i != j} p_ij (p_.i + p_j.)^2`` and ``C = (k - p_e (1 - k))^2``; the
+    interval is ``k -+ z se``. Equals ``statsmodels.stats.inter_rater.cohens_kappa(table)``'s
+    ``kappa``, ``std_kappa``, ``kappa_low`` and ``kappa_upp`` (at ``alpha = 1 - confidence``).
+
+    Raises:
+        AgreementError: as `cohen_kappa`, or ``confidence`` not in (0, 1).
+    """
+    if not 0.0 < confidence < 1.0:
+        raise AgreementError(f"confidence must be between 0 and 1, got {confidence!r}")
+    kappa = cohen_kappa(a, b)
+    codes, domain = _encode(
+        np.concatenate([_as_array(a, 1, "a").astype(object), _as_array(b, 1, "b").astype(object)]),
+        None,
+        unknown_ok=True,
+        name="labels",
+    )
+    n = codes.size // 2
+    k = domain.size
+    table = np.bincount(codes[:n] * k + codes[n:], minlength=k * k).reshape(k, k) / n
+    rows, cols = table.sum(axis=1), table.sum(axis=0)
+    expected = float((rows * cols).sum())
+    if expected >= 1.0:  # one label throughout: no spread to estimate
+        return KappaInterval(kappa, kappa, kappa, 0.0, n)
+    term_a = float((np.diag(table) * (1 - (rows + cols) * (1 - kappa)) ** 2).sum())
+    weights = table * (cols[:, None] + rows[None, :]) ** 2
+    np.fill_diagonal(weights, 0.0)
+    term_b = (1 - kappa) ** 2 * float(weights.sum())
+    term_c = (kappa - expected * (1 - kappa)) ** 2
+    se = math.sqrt(max(0.0, (term_a + term_b - term_c) / (1 - expected) ** 2 / n))
+    z = NormalDist().inv_cdf(0.5 + 0.5 * confidence)
+    return KappaInterval(kappa, kappa - z * se, kappa + z * se, se, n)

@@ -23,6 +23,10 @@ Codes are stable (a code never changes meaning or severity). They are registered
 common/codes.py with every other family's and listed in docs/diagnostics.md; `QC_CODES` is
 QC's view of the registry.
 
+Records of an AI judge (annotator `ai:<model>`) are kept out of every Q check, which measures
+people, and measured against the human review sample instead (J001-J006,
+`runtime/annotation/judge/review.py`); a J error fails the `ai_judge_agreement` gate.
+
 An error with a code marked `excludes` (Q003, Q004, Q005, Q007, Q023, Q024, Q027) puts the annotator in `QcReport.excluded_annotators`:
 their labels are unreliable, so the aggregation step leaves their votes out when
 `aggregation.exclude_failed_annotators` is on. Q006 (sessions over the limit) is an error
@@ -426,7 +430,14 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
             f"{project.display}: the annotation batches hold no usable records"
             + (" (every row was skipped as bad)" if loaded.skipped else "")
         )
+    from rlhfspec.runtime.annotation.judge.review import review_judges, split_ai
+
+    records, ai_records = split_ai(records)  # the AI judge is measured against people, apart
+    if not records:
+        raise RunError(f"{project.display}: the annotation batches hold no human records")
     settings = QcSettings.from_spec(spec)
+    ai_only = {r["batch"] for r in ai_records} - {r["batch"] for r in records}
+    settings = replace(settings, batches=tuple(b for b in settings.batches if b[0] not in ai_only))
     qualification = read_qualification(project)
     if qualification is not None:
         settings = replace(settings, qualification=qualification)
@@ -449,6 +460,11 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
         gold_items=len(gold),
     )
     report = analyse(table, gold, settings, inputs=inputs)
+    if ai_records:
+        report.metrics["ai_judge"], found = review_judges(
+            spec, ai_records, records, gold, report.excluded_annotators
+        )
+        report.findings.extend(found)
     report.samples = _samples(report, table, records, gold)
     return report
 

@@ -36,7 +36,7 @@ REQUIRED = (
     "batch",
     "gold",
 )
-OPTIONAL = ("justification", "dimension_choices", "task_id")
+OPTIONAL = ("justification", "dimension_choices", "task_id", "judge")
 STRING_FIELDS = (
     "item_id",
     "prompt_id",
@@ -126,6 +126,12 @@ def check_record(record: Any, *, batch: str) -> list[tuple[str | None, str]]:
         not isinstance(dims, dict) or any(v not in CHOICES for v in dims.values())
     ):
         problems.append(("dimension_choices", "must map dimension ids to A, B or tie"))
+    judge = record.get("judge")
+    if judge is not None and not (
+        isinstance(judge, dict)
+        and all(isinstance(judge.get(k), str) for k in ("model", "prompt_sha256"))
+    ):
+        problems.append(("judge", "must be an object naming the judge's model and prompt_sha256"))
     times: dict[str, datetime] = {}
     for name in ("started_at", "submitted_at"):
         value = record.get(name)

@@ -10,6 +10,8 @@ from rlhfspec.runtime.annotation.aggregate import (
     require_pairs,
     write_pairs,
 )
+from rlhfspec.runtime.annotation.judge.review import ai_judge_gate, ai_judge_lineage
+from rlhfspec.runtime.annotation.judge.use import gate_state, records_for_aggregation
 from rlhfspec.runtime.annotation.qc import QC_CODES, QcReport, run_qc
 from rlhfspec.runtime.prompts.check import (
     HOLDOUT_FILE,
@@ -51,7 +53,7 @@ def blocking_findings(report: QcReport, exclude_failed: bool) -> list[str]:
     agreement = report.metrics.get("agreement", {})
     blocking = []
     for finding in report.findings:
-        if finding.severity != "error":
+        if finding.severity != "error" or finding.code.startswith("J"):  # J: the AI judge's gate
             continue
         if finding.code in RESOLVED_BY_EXCLUSION and finding.annotator in excluded:
             continue
@@ -76,6 +78,10 @@ def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
         0.0,
         "; ".join(blocking) if blocking else "no error remains after excluding failed annotators",
     )
+    gates = [gate]
+    ai = report.metrics.get("ai_judge")
+    if ai:
+        gates.append(ai_judge_gate(ai))
     outcome = StageOutcome(
         ["qc/report.json", "qc/report.md", "qc/report.html"],
         {
@@ -86,8 +92,9 @@ def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
             "agreement_without_excluded": report.metrics.get("agreement", {}).get(
                 "value_without_excluded"
             ),
+            **({"ai_judge": ai_judge_lineage(ai)} if ai else {}),
         },
-        [gate],
+        gates,
         f"{len(report.errors)} error(s), {len(report.warnings)} warning(s); excluded: {', '.join(excluded) or 'none'}",
     )
     return apply_gates(ctx, outcome)
@@ -96,9 +103,12 @@ def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
 def aggregate_stage(ctx: StageContext) -> StageOutcome:
     qc = json.loads(ctx.upstream("qc/report.json").read_text(encoding="utf-8"))
     holdout = [row["id"] for row in read_holdout(ctx.upstream(HOLDOUT_FILE))]
+    records, ai_use = records_for_aggregation(
+        load_records(ctx.project), gate_state(qc, ctx.overrides)
+    )
     result = aggregate(
         ctx.project,
-        load_records(ctx.project),
+        records,
         failed_annotators=qc.get("excluded_annotators", []),
         holdout_prompts=holdout,
     )
@@ -112,6 +122,9 @@ def aggregate_stage(ctx: StageContext) -> StageOutcome:
             "preferences/split_items.jsonl",
             "preferences/summary.json",
         ],
-        result.summary(),
-        summary=f"{len(result.pairs)} preference pairs",
+        {**result.summary(), **({"ai_labels": ai_use} if ai_use else {})},
+        summary=f"{len(result.pairs)} preference pairs"
+        + (
+            f" ({ai_use['ai_labels_used']} AI labels used, gate {ai_use['gate']})" if ai_use else ""
+        ),
     )

@@ -189,7 +189,12 @@ def prepare_job(
     ctx = stage_context(plan, project, run_dir)
     pool = prompt_pool(ctx)
     eval_sets = evaluation_prompts(ctx, pool)
-    train = training_prompts(pool, eval_sets)
+    kept = training_prompts(pool, eval_sets)
+    # by text as well as by id: a prompt repeated under another id must not leak either
+    held = {p["text"] for rows in eval_sets.values() for p in rows} | {p.text for p in pool.holdout}
+    train = [text for text in kept if text not in held]
+    if len(train) < len(kept):
+        log(f"{len(kept) - len(train)} training prompt(s) left out: same text as a held-out one")
     validation = [p["text"] for p in eval_sets.get("validation", [])]
     atomic_write_text(
         job_dir / PROMPT_SETS, json.dumps(eval_sets, indent=2, ensure_ascii=False) + "\n"

@@ -511,6 +511,8 @@ def _facts(run: _Run) -> _Facts:
             "settings": policy[policy["method"]],
             "checkpoint_every": policy["checkpoint_every"],
             "final_kl_coef": (checkpoint_meta or {}).get("kl_coef"),
+            # who trained it: rlhfspec itself, or an external engine's imported checkpoints
+            "engine": metadata.get("engine"),
         },
         selection=selection,
         chosen=chosen,
@@ -520,6 +522,30 @@ def _facts(run: _Run) -> _Facts:
         human=human,
         warnings=warnings,
     )
+
+
+ENGINE_FILES = {
+    "overrides.txt": "config as exported (Hydra overrides of verl's main_ppo)",
+    "MAPPING.md": "mapping of every spec setting to the engine's keys",
+    "rlhfspec_export.json": "export manifest",
+    "config.yaml": "own composed config (Hydra)",
+    "overrides.yaml": "command-line overrides (Hydra)",
+    "launch.json": "launch record (engine version)",
+}
+
+
+def _engine(engine: dict[str, Any] | None) -> dict[str, Any]:
+    """Who trained the policy, for the model card: rlhfspec, or the engine of an imported job."""
+    if not engine:
+        return {"external": False, "name": "rlhfspec"}
+    return {
+        "external": True,
+        "name": str(engine.get("name")),
+        "version": str(engine.get("version") or "not recorded"),
+        "config_sha256": str(engine.get("exported_config_sha256")),
+        "job_config": sorted(engine.get("job_config") or {}),
+        "acknowledged": sorted((engine.get("acknowledged") or {}).items()),
+    }
 
 
 def _checkpoint_meta_path(run_dir: Path, rel: str) -> Path | None:
@@ -645,6 +671,15 @@ def _collect(run: _Run, facts: _Facts, parts: Sequence[str], weights: str) -> li
             part,
             "The checkpoint index with the KL settings and the reward-model version",
         )
+        engine = run.dir / "models/policy/engine"
+        for name in sorted(p.name for p in engine.iterdir()) if engine.is_dir() else []:
+            copy(
+                f"models/policy/engine/{name}",
+                f"evidence/engine/{name}",
+                part,
+                f"The external training job's {ENGINE_FILES.get(name, name)}",
+                "policy",
+            )
         if (run.dir / "models/policy/metrics.jsonl").is_file():
             copy(
                 "models/policy/metrics.jsonl",
@@ -1048,6 +1083,7 @@ def _context(
                 if not isinstance(v, dict)
             ],
             "checkpoint_every": _num(facts.policy["checkpoint_every"]),
+            "engine": _engine(facts.policy["engine"]),
         },  # fmt: skip
         "sft": {
             "enabled": bool(spec["sft"]["enabled"]),

@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from rlhfspec.common.errors import RunError
+from rlhfspec.common.model_shapes import BUILTIN_TINY, TINY_CONFIG, TINY_VOCAB_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-BUILTIN_TINY = "builtin:tiny"
 
 #: Bumped whenever `build_tiny`'s recipe changes, so that cached builds from an older recipe
 #: are not reused (it is part of the cache key and of the manifest).
@@ -61,19 +61,6 @@ UNK_TOKEN = "<unk>"
 # Order fixes the ids: <pad>=0, <s>=1, </s>=2, <unk>=3.
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
 
-#: The tiny model's shape. Small enough to train a few hundred steps on two CPU cores in
-#: minutes, big enough to have every part of a real Llama block (GQA, RoPE, RMSNorm, SwiGLU).
-TINY_CONFIG: dict[str, Any] = {
-    "hidden_size": 64,
-    "intermediate_size": 192,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 512,
-    "tie_word_embeddings": True,
-    "initializer_range": 0.02,
-    "rms_norm_eps": 1e-6,
-}
 
 _WEIGHT_SUFFIXES_SAFE = (".safetensors", ".safetensors.index.json")
 _WEIGHT_SUFFIXES_UNSAFE = (".bin", ".bin.index.json", ".pt", ".pth", ".ckpt", ".pkl")
@@ -137,7 +124,9 @@ def _wrap_tokenizer(raw: Any) -> PreTrainedTokenizerBase:
     )
 
 
-def build_tiny(texts: Iterable[str], *, seed: int, out_dir: Path, vocab_size: int = 2048) -> Path:
+def build_tiny(
+    texts: Iterable[str], *, seed: int, out_dir: Path, vocab_size: int = TINY_VOCAB_SIZE
+) -> Path:
     """Build the ``builtin:tiny`` model and tokenizer from `texts` into `out_dir`.
 
     Writes ``tokenizer.json`` (+ its config), ``config.json``, ``model.safetensors``,
@@ -216,7 +205,7 @@ def resolve_model(
     texts_for_builtin: Callable[[], Iterable[str]] | None,
     seed: int,
     cache_dir: Path,
-    vocab_size: int = 2048,
+    vocab_size: int = TINY_VOCAB_SIZE,
 ) -> Path | str:
     """Turn a spec's model reference into something ``from_pretrained`` accepts.
 

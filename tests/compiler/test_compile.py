@@ -96,7 +96,7 @@ def test_plan_round_trips(tmp_path: Path) -> None:
     assert resolved["annotation"]["aggregation"]["method"] == "majority"
     assert resolved["compute"]["num_processes"] == 1
     stages = {s["name"]: s for s in plan["stages"]}
-    assert stages["reward_model"]["launch"].startswith("accelerate launch --num_processes 1")
+    assert stages["reward_model"]["launch"].startswith("torchrun --standalone --nproc_per_node 1")
     assert stages["policy"]["depends_on"] == ["prompts", "reward_model", "sft"]
     # a stage's entry carries the resolved settings it reads, with every default
     assert stages["policy"]["settings"]["policy"] == resolved["policy"]

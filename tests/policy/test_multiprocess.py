@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -449,28 +450,44 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root, run_dir
 
 
+def run_printed(command: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """A command exactly as the plan prints it (plus `extra` arguments), through the shell,
+    with this environment's scripts (torchrun, rlhfspec) first on PATH."""
+    bindir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RLHFSPEC_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    line = " ".join([command, *(shlex.quote(a) for a in extra)])
+    done = subprocess.run(
+        ["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-6000:]
+    return done
+
+
 def launch_policy(root: Path, method: str, base_run: Path) -> tuple[dict[str, Any], Path]:
-    """Compile the spec, then run the plan's launch command for the policy stage with torchrun
-    (the plan says ``accelerate launch``; on CPU that starts one process here)."""
+    """Compile the spec, then run the plan's printed launch command for the policy stage
+    (torchrun with two processes) on a copy of a run directory whose upstream stages ran."""
     project = root / method
     spec = small_spec(project, method)
     build = project / "build"
     result = CliRunner().invoke(cli_main, ["compile", str(spec), "-o", str(build)])
     assert result.exit_code == 0, result.output
     plan = json.loads((build / "plan.json").read_text())
-    launch = next(s["launch"] for s in plan["stages"] if s["name"] == "policy").split()
-    assert launch[:4] == ["accelerate", "launch", "--num_processes", "2"]
-    module_args = launch[launch.index("-m") :]
-    assert module_args == ["-m", "rlhfspec.cli.launch", "plan.json", "--stage", "policy"]
+    launch = next(s["launch"] for s in plan["stages"] if s["name"] == "policy")
+    assert launch.startswith("torchrun --standalone --nproc_per_node 2 -m rlhfspec.cli.launch")
     run_dir = project / "run"
     shutil.copytree(base_run, run_dir)
-    done = torchrun([*module_args, "--run-dir", str(run_dir)], cwd=build)
+    done = run_printed(launch, build, "--run-dir", str(run_dir))
     assert "[policy] done in" in done.stdout, done.stdout
     assert not (run_dir / "run.lock").exists()
     lineage = json.loads((run_dir / "lineage.json").read_text())
     assert lineage["stages"]["policy"]["status"] == "done"
     # a second launch finds the stage unchanged: rank 0 skips it and the worker stops with it
-    again = torchrun([*module_args, "--run-dir", str(run_dir)], cwd=build)
+    again = run_printed(launch, build, "--run-dir", str(run_dir))
     assert "[policy] unchanged" in again.stdout, again.stdout
     return lineage, run_dir
 
