@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from rlhfspec.common.errors import RunError
+from rlhfspec.common.findings import Finding
 from rlhfspec.common.hashing import file_fingerprint
 from rlhfspec.common.jsonl import missing_strings, read_objects, refusal
 from rlhfspec.compiler.lockfile import criteria_hash
@@ -93,7 +94,6 @@ from rlhfspec.runtime.annotation.qc_model import (
     MAX_SAMPLES_PER_ANNOTATOR,
     QC_CODES,
     SAMPLE_CHARS,
-    Finding,
     QcCode,
     QcInputs,
     QcReport,

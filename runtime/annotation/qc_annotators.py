@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from rlhfspec.common.findings import Finding
 from rlhfspec.runtime.annotation.agreement import (
     AgreementError,
     binomial_test_two_sided,
@@ -24,7 +25,7 @@ from rlhfspec.runtime.annotation.agreement import (
     wilson_interval,
 )
 from rlhfspec.runtime.annotation.qc_frame import _Agreement, _band, _Frame, _pair_means
-from rlhfspec.runtime.annotation.qc_model import Finding, QcSettings, _finding, _p_text, _rate
+from rlhfspec.runtime.annotation.qc_model import QcSettings, _finding, _p_text, _rate
 
 Part = tuple[list[Finding], dict[str, dict[str, Any]]]
 

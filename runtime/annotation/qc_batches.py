@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from rlhfspec.common.findings import Finding
 from rlhfspec.runtime.annotation.qc_frame import _agreement, _band, _Frame, _iso_weeks
-from rlhfspec.runtime.annotation.qc_model import _LABELS, Finding, QcSettings, _finding, _rate
+from rlhfspec.runtime.annotation.qc_model import _LABELS, QcSettings, _finding, _rate
 from rlhfspec.runtime.annotation.records import AnnotationTable
 
 

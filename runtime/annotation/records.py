@@ -327,7 +327,7 @@ def _ls_record(
         "batch": batch,
         "gold": data.get("gold", False),
     }
-    meta = task.get("meta") if isinstance(task.get("meta"), dict) else {}
+    meta: dict[str, Any] = task["meta"] if isinstance(task.get("meta"), dict) else {}
     if data.get("task_id") or meta.get("task_id"):
         record["task_id"] = data.get("task_id") or meta.get("task_id")
     errors = resolve(record) if resolve else []
