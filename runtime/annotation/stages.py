@@ -110,6 +110,8 @@ def aggregate_stage(ctx: StageContext) -> StageOutcome:
     )
     require_pairs(result, ctx.project.display)
     write_pairs(result, ctx.path("preferences"))
+    for warning in result.warnings:
+        ctx.log(f"warning: {warning}")
     return StageOutcome(
         [
             "preferences/pairs.jsonl",
