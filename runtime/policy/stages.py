@@ -172,6 +172,7 @@ def train_policy(
             cpu=True if compute["device"] == "cpu" else None,
             mixed_precision=str(compute["mixed_precision"]),
             gradient_checkpointing=bool(compute["gradient_checkpointing"]),
+            lora=_ppo_lora(compute),
         )
         with tracking_env(ctx) as tracking:
             tracker = MetricsTracker(tracking, ctx.run_dir, group().is_main)
@@ -212,6 +213,20 @@ def train_policy(
     )
 
 
+def _ppo_lora(compute: dict[str, Any]) -> dict[str, Any] | None:
+    """PPO's LoRA settings (None without LoRA); the 4-bit base (QLoRA) is not PPO's yet."""
+    lora = compute["lora"]
+    if not lora["enabled"]:
+        return None
+    if lora["quantize"] != "none":
+        raise RunError(
+            "PPO trains LoRA adapters on a 16/32-bit base; QLoRA (lora.quantize: 4bit) is "
+            "supported for SFT and the reward model only: set compute.stages.policy.lora."
+            "quantize: none"
+        )
+    return {k: lora[k] for k in ("r", "alpha", "dropout", "target_modules")}
+
+
 def _ppo_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for folder in sorted((out_dir / "checkpoints").glob("update-*")):
@@ -220,9 +235,39 @@ def _ppo_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
+def eval_settings(spec: dict[str, Any]) -> Any:
+    """Evaluation as PPO sees it: KL at the policy's sampling temperature (PPO's, or 1 for DPO,
+    whose implicit KL is at temperature 1), PPO's missing-EOS penalty, the spec's device and
+    precision, batched."""
+    import torch
+
+    from rlhfspec.runtime.evaluation.evaluate import EvalSettings
+
+    evaluation, policy, compute = spec["evaluation"], spec["policy"], spec["compute"]
+    device = compute["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return EvalSettings(
+        seed=int(spec["seed"]),
+        max_new_tokens=int(evaluation["max_new_tokens"]),
+        temperature=float(evaluation["temperature"]),
+        samples_shown=int(evaluation["samples_shown"]),
+        kl_estimator=policy["kl"]["estimator"],
+        disqualifiers=tuple(
+            (d["id"], d["detect"]["regex"])
+            for d in spec["criteria"]["disqualifiers"]
+            if "detect" in d
+        ),
+        batch_size=int(evaluation["batch_size"]),
+        device=device,
+        kl_temperature=float(policy["ppo"]["temperature"]) if policy["method"] == "ppo" else 1.0,
+        missing_eos_penalty=float(policy["ppo"]["missing_eos_penalty"]),
+        mixed_precision=str(compute["mixed_precision"]),
+    )
+
+
 def evaluate_stage(ctx: StageContext) -> StageOutcome:
     from rlhfspec.runtime.evaluation.evaluate import (
-        EvalSettings,
         evaluate_checkpoint,
         trajectory_svg,
         write_eval,
@@ -237,25 +282,13 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
     eval_sets = json.loads(ctx.upstream(PROMPT_SETS).read_text(encoding="utf-8"))
     prompt_sets = {name: [p["text"] for p in rows] for name, rows in eval_sets.items()}
     evaluation = spec["evaluation"]
-    settings = EvalSettings(
-        seed=int(spec["seed"]),
-        max_new_tokens=int(evaluation["max_new_tokens"]),
-        temperature=float(evaluation["temperature"]),
-        samples_shown=int(evaluation["samples_shown"]),
-        kl_estimator=spec["policy"]["kl"]["estimator"],
-        disqualifiers=tuple(
-            (d["id"], d["detect"]["regex"])
-            for d in spec["criteria"]["disqualifiers"]
-            if "detect" in d
-        ),
-    )
+    settings = eval_settings(spec)
     reward_model = ctx.upstream("models/reward_model")
     reference = Path(index["start"])
     targets = [{"label": "start", "step": 0, "path": str(reference)}] + [
         {**c, "path": str(ctx.path(c["path"]))} for c in index["checkpoints"]
     ]
-    results = []
-    start_responses = None
+    results: list[dict[str, Any]] = []
     for target in targets:
         ctx.log(f"evaluating {target['label']} (step {target['step']})")
         result = evaluate_checkpoint(
@@ -264,17 +297,16 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
             reward_model,
             prompt_sets,
             settings,
-            start_responses=start_responses,
+            start=results[0] if results else None,
             step=target["step"],
             label=target["label"],
         )
-        if start_responses is None:
-            start_responses = result["responses"]
         write_eval(result, ctx.path(f"eval/{target['label']}.json"))
         overall = result["overall"]
         ctx.log(
             f"{target['label']}: reward {overall['reward']['mean']}, KL {overall['kl']['mean']}, "
-            f"words {overall['length']['words_mean']}, win rate {overall.get('win_rate_vs_start')}"
+            f"words {overall['length']['words_mean']}, no EOS {overall['no_eos_rate']}, "
+            f"win rate {overall.get('win_rate_vs_start')}"
         )
         results.append(result)
     guards = evaluation["select"]["guards"]
@@ -312,6 +344,7 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
             "words_mean": r["overall"]["length"]["words_mean"],
             "length_reward_correlation": r["overall"]["length_reward_correlation"],
             "disqualifier_rate": r["overall"]["disqualifier_rate"],
+            "no_eos_rate": r["overall"]["no_eos_rate"],
             "win_rate_vs_start": r["overall"].get("win_rate_vs_start"),
         }
         for r in results
