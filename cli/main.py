@@ -534,13 +534,31 @@ def run_command(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append the summary to this JSONL, to track quality over time.",
 )
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--precision", type=click.Choice(["no", "bf16", "fp16"]), default="no")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32)
 @guarded
-def score(input_file: Path, model_dir: Path, output: Path, history: Path | None) -> None:
+def score(
+    input_file: Path,
+    model_dir: Path,
+    output: Path,
+    history: Path | None,
+    device: str,
+    precision: str,
+    batch_size: int,
+) -> None:
     """Score a JSONL of prompt/response/system rows with a reward model (evaluation only)."""
     from rlhfspec.runtime.train.scoring import score_file
 
     summary = score_file(
-        model_dir, input_file, output, history=history, input_display=display_path(input_file)
+        model_dir,
+        input_file,
+        output,
+        history=history,
+        input_display=display_path(input_file),
+        batch_size=batch_size,
+        device=device,
+        mixed_precision=precision,
     )
     echo(f"scored {summary['input']['rows']} rows -> {output}")
     for system, stats in summary["systems"].items():
