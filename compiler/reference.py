@@ -52,7 +52,9 @@ GitHub Actions annotations (chosen automatically when `GITHUB_ACTIONS=true`).
 The YAML loader follows YAML 1.2: `yes`, `no`, `on` and `off` are strings (a
 boolean field given one gets a hint), `1e-4` is a float, dates stay strings,
 keys must be strings, duplicate keys are errors naming both lines. File size
-(5 MB), nesting depth (64) and alias expansion are bounded.
+(5 MB), nesting depth (64) and alias expansion are bounded. Every number
+must be finite. What happens to hostile or careless input is in
+[hardening.md](hardening.md).
 
 The prompt check (`PR`, in `prompts/report.json`) and annotation QC (`Q`, in
 `qc/report.json`) report findings with the same codes and severities; an

@@ -425,12 +425,7 @@ def write_pairs(result: AggregateResult, out_dir: Path) -> list[Path]:
         written.append(out_dir / name)
     atomic_write_text(
         out_dir / "summary.json",
-        json.dumps(
-            {"format": "rlhfspec.aggregation_summary/1", **result.summary()},
-            indent=2,
-            ensure_ascii=False,
-        )
-        + "\n",
+        json.dumps(result.summary(), indent=2, ensure_ascii=False) + "\n",
     )
     written.append(out_dir / "summary.json")
     return written

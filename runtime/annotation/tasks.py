@@ -511,7 +511,6 @@ def generate_tasks(
 
     paths = [out_dir / "tasks.jsonl", out_dir / "unblinding_key.json", out_dir / "summary.json"]
     atomic_write_text(paths[0], "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in tasks))
-    unblinding = {"format": "rlhfspec.unblinding_key/1", **unblinding}
     atomic_write_text(paths[1], json.dumps(unblinding, indent=2, ensure_ascii=False) + "\n")
     summary = TaskSummary(data, [])
     atomic_write_text(paths[2], summary.to_json())
