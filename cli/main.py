@@ -380,7 +380,12 @@ def qc(spec: Path, out_dir: Path | None, fmt: str, skip_bad_rows: bool) -> None:
 def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_rows: bool) -> None:
     """Turn votes into preference pairs (TRL format) with provenance; QC failures left out."""
     from rlhfspec.runtime.annotation.aggregate import aggregate as run_aggregate
-    from rlhfspec.runtime.annotation.aggregate import compare_with_truth, load_records, write_pairs
+    from rlhfspec.runtime.annotation.aggregate import (
+        compare_with_truth,
+        load_records,
+        require_pairs,
+        write_pairs,
+    )
     from rlhfspec.runtime.annotation.judge.use import gate_state, records_for_aggregation
     from rlhfspec.runtime.annotation.qc import run_qc
     from rlhfspec.runtime.prompts.pool import production_holdout
@@ -403,6 +408,7 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
         failed_annotators=failed,
         holdout_prompts=holdout,
     )
+    require_pairs(result, project.display)
     if truth is not None:
         result.truth = compare_with_truth(result.pairs, truth, display_path(truth))
     target = _out(out_dir, project, "preferences")
