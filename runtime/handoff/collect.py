@@ -237,7 +237,7 @@ def _deployment_checkpoint(c: _Collector) -> None:
             "evidence/human_eval/results.json",
             part,
             "Human win rate of each checkpoint against the start",
-            json_bytes(c.facts.human),
+            json_bytes({"format": "rlhfspec.human_eval_results/1", "checkpoints": c.facts.human}),
         )
     add_weights(c.run, c.facts, c.entries, c.weights)
 
@@ -293,6 +293,7 @@ def _history(run: RunDir, facts: Facts) -> dict[str, Any]:
         for entry in facts.criteria["history"]
     ]
     return {
+        "format": "rlhfspec.criteria_history/1",
         "current": {"version": facts.criteria["version"], "sha256": facts.criteria["sha256"]},
         "lock_file": lock_name,
         "source": source,
