@@ -304,6 +304,9 @@ def _history(run: RunDir, facts: Facts) -> dict[str, Any]:
 def add_weights(run: RunDir, facts: Facts, entries: list[Entry], weights: str) -> None:
     rel = facts.chosen["path"]
     files = _weight_files(run.dir, rel)
+    if weights == "merged":  # LoRA: the merged weights only, without the adapters beside them
+        folder = run.dir / rel
+        files = [p for p in files if p.relative_to(folder).parts[0] != "adapter"]
     producer = run.producer(rel) or "policy"
     meta_path = checkpoint_meta_path(run.dir, rel)
     if meta_path is not None:
@@ -336,7 +339,7 @@ def add_weights(run: RunDir, facts: Facts, entries: list[Entry], weights: str) -
         "`rlhfspec verify PACKAGE` given the run directory, or with sha256sum",
         "files": listed,
     }
-    if weights == "include":
+    if weights in ("include", "merged"):
         for path, item in zip(files, listed, strict=True):
             name = path.relative_to(run.dir / rel).as_posix()
             entries.append(
