@@ -56,6 +56,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "annotation.batches",
         "annotation.responses",
         "prompts.sources",
+        "prompts.focus",
     ),
     "sft": ("seed", "sft", "compute"),
     "reward_model": ("seed", "criteria.version", "reward_model", "compute"),
@@ -66,6 +67,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "evaluation.prompts_per_set",
         "evaluation.prompt_sets",
         "prompts.sources",
+        "prompts.focus",
     ),
     "evaluate": (
         "seed",
@@ -120,6 +122,8 @@ def _settings_paths(spec: dict[str, Any], name: str) -> list[str]:
     paths = list(STAGE_SETTINGS[name])
     if name == "prompts" and spec["sft"]["enabled"]:
         paths.append("sft.data")  # read to prove the holdout never leaks into it
+    if name == "sft" and spec["prompts"]["focus"]:
+        paths.extend(("prompts.sources", "prompts.focus"))  # demonstrations inside the focus only
     builtin = {
         "sft": spec["sft"]["base_model"],
         "reward_model": None

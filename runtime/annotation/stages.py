@@ -11,6 +11,7 @@ from rlhfspec.runtime.annotation.qc import QcReport, run_qc
 from rlhfspec.runtime.prompts.check import (
     HOLDOUT_FILE,
     check_prompts,
+    pool_with_holdout,
     read_holdout,
     write_prompt_report,
 )
@@ -96,10 +97,12 @@ def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
 
 def aggregate_stage(ctx: StageContext) -> StageOutcome:
     qc = json.loads(ctx.upstream("qc/report.json").read_text(encoding="utf-8"))
-    holdout = [row["id"] for row in read_holdout(ctx.upstream(HOLDOUT_FILE))]
-    records, ai_use = records_for_aggregation(
-        load_records(ctx.project), gate_state(qc, ctx.overrides)
+    holdout_rows = read_holdout(ctx.upstream(HOLDOUT_FILE))
+    holdout = [row["id"] for row in holdout_rows]
+    focused, outside = pool_with_holdout(ctx.project, holdout_rows).keep_in_focus(
+        load_records(ctx.project)
     )
+    records, ai_use = records_for_aggregation(focused, gate_state(qc, ctx.overrides))
     result = aggregate(
         ctx.project,
         records,
@@ -109,7 +112,11 @@ def aggregate_stage(ctx: StageContext) -> StageOutcome:
     write_pairs(result, ctx.path("preferences"))
     return StageOutcome(
         ["preferences/pairs.jsonl", "preferences/provenance.jsonl", "preferences/summary.json"],
-        {**result.summary(), **({"ai_labels": ai_use} if ai_use else {})},
+        {
+            **result.summary(),
+            "outside_focus_records": outside,
+            **({"ai_labels": ai_use} if ai_use else {}),
+        },
         summary=f"{len(result.pairs)} preference pairs"
         + (
             f" ({ai_use['ai_labels_used']} AI labels used, gate {ai_use['gate']})" if ai_use else ""

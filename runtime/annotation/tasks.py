@@ -309,7 +309,7 @@ def generate_tasks(
     # Items -----------------------------------------------------------------
     items: list[_Item] = []
     single_system = gold_duplicates = no_responses = 0
-    for prompt in pool.available:
+    for prompt in pool.focused:  # prompts.focus narrows annotation to a high-value subset
         systems = by_prompt.get(prompt.id)
         if systems is None:
             no_responses += 1
@@ -491,6 +491,7 @@ def generate_tasks(
             "unknown_prompt_ids": sorted(unknown)[:MAX_LISTED],
             "single_system_prompts": single_system,
             "prompts_without_responses": no_responses,
+            "outside_focus_prompts": len(pool.outside_focus),
             "gold_duplicate_pairs": gold_duplicates,
             "over_limit": over_limit,
         },

@@ -67,6 +67,7 @@ import numpy as np  # noqa: E402
 from rlhfspec.common.errors import RunError  # noqa: E402
 from rlhfspec.common.fileio import atomic_write_text  # noqa: E402
 from rlhfspec.compiler.schemas import default_of  # noqa: E402
+from rlhfspec.runtime.prompts.check import OUTSIDE_FOCUS  # noqa: E402
 from rlhfspec.runtime.report.svg import line_chart  # noqa: E402
 from rlhfspec.runtime.train.formatting import format_prompt, full_text, word_count  # noqa: E402
 from rlhfspec.runtime.train.reward_eval import pearson  # noqa: E402
@@ -602,10 +603,11 @@ def evaluate_checkpoint(
         sets[name] = block
         responses[name] = texts
         scores[name] = [_r(s) or 0.0 for s in rows.rewards]
-        pooled.extend(rows)
+        if name != OUTSIDE_FOCUS:  # the excluded slice is reported, not selected on
+            pooled.extend(rows)
 
     overall = _metrics(pooled, ids, settings.temperature)
-    overall["sets"] = list(prompt_sets)
+    overall["sets"] = [name for name in prompt_sets if name != OUTSIDE_FOCUS]
     return {
         "format": EVAL_FORMAT,
         "label": label,

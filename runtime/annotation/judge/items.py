@@ -141,6 +141,8 @@ def load_items(project: Project, source: str, *, limit: int | None = None) -> li
     seen: set[str] = set()
     for row in rows:
         prompt = pool.by_id.get(str(row["prompt_id"]))
+        if prompt is not None and prompt.id not in pool.holdout_ids and not pool.in_focus(prompt):
+            continue  # prompts.focus: outside the subset this project annotates
         if prompt is None or prompt.id in pool.holdout_ids:
             problems.append(
                 f"item {row['item_id']}: prompt {row['prompt_id']} is "
