@@ -382,7 +382,7 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
     from rlhfspec.runtime.annotation.aggregate import compare_with_truth, load_records, write_pairs
     from rlhfspec.runtime.annotation.judge.use import gate_state, records_for_aggregation
     from rlhfspec.runtime.annotation.qc import run_qc
-    from rlhfspec.runtime.prompts.check import load_prompt_pool, production_holdout
+    from rlhfspec.runtime.prompts.pool import load_prompt_pool, production_holdout
 
     project = _project(spec)
     report = run_qc(project, skip_bad_rows=skip_bad_rows)

@@ -260,6 +260,9 @@ REGISTRY: tuple[Code, ...] = (
          "Move the data inside the spec's folder and use a relative path."),
     Code("F003", _ERR, "missing-data-path", "A stage is enabled without the data it needs.",
          "Give the stage its data path, or disable the stage."),
+    Code("F004", _ERR, "unusable-path",
+         "The operating system refuses the path (a NUL byte, a name too long, no permission).",
+         "Give a short relative path of ordinary characters to a readable file."),
     # Prompt distribution (`rlhfspec prompts`)
     Code("PR001", _ERR, "mix-out-of-range",
          "A source kind's share of the prompts available for annotation is outside its "

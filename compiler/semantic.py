@@ -7,12 +7,13 @@ a check about a defaulted value points at the block that would hold it.
 
 from __future__ import annotations
 
-import re
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rlhfspec.common.errors import CompilerError
+from rlhfspec.common.patterns import regex_problem
 from rlhfspec.compiler.compute import TRAINING_STAGES, stage_compute
 from rlhfspec.compiler.diagnostics import Diagnostic, json_path, make
 from rlhfspec.compiler.lockfile import (
@@ -96,13 +97,13 @@ class Checker:
         for i, item in enumerate(crit["disqualifiers"]):
             regex = item.get("detect", {}).get("regex")
             if regex is not None:
-                try:
-                    re.compile(regex)
-                except re.error as exc:
+                problem = regex_problem(regex)
+                if problem is not None:
                     self.emit(
                         "C008",
-                        f"detector for '{item['id']}' is not a valid regular expression: {exc}",
+                        f"detector for '{item['id']}' is not a valid regular expression: {problem}",
                         ("criteria", "disqualifiers", i, "detect", "regex"),
+                        hint="keep detectors short and simple: they run on every sampled reply",
                     )
         for i, example in enumerate(crit["examples"]):
             ref = example.get("decided_by")
@@ -623,7 +624,23 @@ def iter_paths(schema: dict[str, Any], data: Any) -> Iterator[tuple[JsonPath, st
 
 
 def check_path(base: Path, value: str) -> tuple[str, str, str] | None:
-    """Refuse paths that leave the spec's folder; then require the file to exist."""
+    """Refuse paths that leave the spec's folder; then require a readable file.
+
+    Every OS error a path can raise (a NUL byte, a name too long, a loop of
+    symlinks, no permission) is a diagnostic here, never an internal error.
+    """
+    try:
+        return _check_path(base, value)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return (
+            "F004",
+            f"'{value[:80]}' cannot be used as a path: {reason}",
+            "give a short relative path of ordinary characters inside the spec's folder",
+        )
+
+
+def _check_path(base: Path, value: str) -> tuple[str, str, str] | None:
     candidate = Path(value)
     if candidate.is_absolute():
         return (
@@ -644,4 +661,6 @@ def check_path(base: Path, value: str) -> tuple[str, str, str] | None:
             f"file '{value}' does not exist (looked in {base.name}/)",
             "check the path; it is relative to the spec's folder",
         )
+    if not os.access(resolved, os.R_OK):
+        raise PermissionError(13, "permission denied")
     return None

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhfspec.common.errors import CompilerError
 from rlhfspec.compiler import schema_check
 from rlhfspec.compiler.diagnostics import Diagnostic, count, make, strictify
 from rlhfspec.compiler.schemas import SPEC_SCHEMA, load_schema, with_defaults
@@ -90,6 +91,9 @@ def validate_text(
 def validate_file(
     path: Path, *, strict: bool = False, display: str | None = None
 ) -> ValidationResult:
-    """Validate a spec file. Raises OSError when it cannot be read."""
-    data = path.read_bytes()
+    """Validate a spec file; one that cannot be read is a CompilerError (exit 1)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CompilerError(f"{display or path}: cannot read: {exc.strerror or exc}") from None
     return validate_text(data, file=display or str(path), spec_path=path, strict=strict)

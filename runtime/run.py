@@ -10,6 +10,7 @@ run directory at a time (`run.lock`); a second is refused.
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import os
@@ -23,11 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rlhfspec.common.errors import RunError
-from rlhfspec.common.hashing import canonical_json, sha256_file, sha256_text
+from rlhfspec.common.errors import CompilerError, RunError
+from rlhfspec.common.hashing import sha256_file
 from rlhfspec.common.version import __version__ as rlhfspec_version
 from rlhfspec.compiler.compile import CompileResult, compile_spec, write_outputs
 from rlhfspec.compiler.diagnostics import format_text
+from rlhfspec.compiler.plan_check import load_compiled_plan
 from rlhfspec.runtime.lineage import LINEAGE_FILE, Lineage, describe, signature
 from rlhfspec.runtime.project import Project
 from rlhfspec.runtime.stage_api import GateFailure, StageContext, StageOutcome, covers
@@ -92,30 +94,14 @@ class LoadedPlan:
 
 
 def load_plan(path: Path, display: str, plan_dir: Path = Path("plan")) -> LoadedPlan:
-    """A spec is compiled in memory; a plan.json is checked against its fingerprint and inputs."""
+    """A spec is compiled in memory; a plan.json is re-validated as the compiler would
+    (compiler/plan_check.py), since anyone can write a plan with a matching fingerprint."""
     if path.suffix == ".json":
         try:
-            plan = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RunError(f"{display}: not a readable plan: {exc}") from None
-        if not isinstance(plan, dict) or plan.get("plan_version") != 1 or "fingerprint" not in plan:
-            raise RunError(
-                f"{display}: not an rlhfspec plan (compile a spec with `rlhfspec compile`)"
-            )
-        body = {k: v for k, v in plan.items() if k != "fingerprint"}
-        if sha256_text(canonical_json(body)) != plan["fingerprint"]:
-            raise RunError(
-                f"{display}: the plan was edited after compiling (fingerprint mismatch); recompile it"
-            )
-        spec_dir = (path.parent / plan["spec"]["dir"]).resolve()
-        for item in plan["inputs"]:
-            file = spec_dir / item["path"]
-            if not file.is_file() or sha256_file(file) != item["sha256"]:
-                raise RunError(
-                    f"input {item['path']} ({item['field']}) changed since {display} was compiled; "
-                    "recompile the spec"
-                )
-        return LoadedPlan(plan, spec_dir, {"plan.json": path.read_bytes()})
+            plan, spec_path = load_compiled_plan(path, display)
+        except CompilerError as exc:
+            raise RunError(exc.message) from None
+        return LoadedPlan(plan, spec_path.parent, {"plan.json": path.read_bytes()})
     # plan_dir is where plan.json will live: its `spec.dir` is relative to it
     result = compile_spec(path, plan_dir, display=display)
     if result.plan is None:
@@ -144,37 +130,72 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _owner(fd: int) -> dict[str, Any]:
+    """What the lock file says about its owner ({} when unreadable)."""
+    try:
+        owner = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _busy(run_dir: Path, lock: Path, owner: dict[str, Any]) -> RunError:
+    return RunError(
+        f"{run_dir} is in use by another run (pid {owner.get('pid', '?')} on "
+        f"{owner.get('host', '?')}, since {owner.get('since', '?')}); wait for it, or remove "
+        f"{lock} if that run is gone",
+        exit_code=EXIT_BUSY,
+    )
+
+
+def _acquire(run_dir: Path, lock: Path, log: Callable[[str], None]) -> int:
+    """An fd holding an exclusive flock on the lock file that is at `lock` right now.
+
+    The kernel drops a flock when its process dies, so a dead run's lock is
+    taken over by whoever locks first, atomically: no check-then-unlink race
+    (two of four runners used to become owners at once). The owner unlinks
+    the file before releasing it, so a runner that locked an unlinked file
+    (the inode check) starts again.
+    """
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _owner(fd)
+            os.close(fd)
+            raise _busy(run_dir, lock, owner) from None
+        try:
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if not current:
+            os.close(fd)
+            continue
+        owner = _owner(fd)
+        pid = owner.get("pid")
+        if isinstance(pid, int):
+            if owner.get("host") == socket.gethostname() and _pid_alive(pid):
+                os.close(fd)  # a live owner from a version that did not flock
+                raise _busy(run_dir, lock, owner)
+            log(f"taking over the lock of a run that died (pid {pid})")
+        mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": now()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, mine.encode("utf-8"), 0)
+        return fd
+
+
 @contextmanager
 def run_lock(run_dir: Path, log: Callable[[str], None]) -> Iterator[None]:
     """Exclusive ownership of a run directory; a lock left by a dead process is taken over."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                owner = {}
-            pid = owner.get("pid")
-            same_host = owner.get("host") == socket.gethostname()
-            if isinstance(pid, int) and same_host and not _pid_alive(pid):
-                log(f"taking over the lock of a run that died (pid {pid})")
-                lock.unlink(missing_ok=True)
-                continue
-            raise RunError(
-                f"{run_dir} is in use by another run (pid {pid} on {owner.get('host', '?')}, "
-                f"since {owner.get('since', '?')}); wait for it, or remove {lock} if that run is gone",
-                exit_code=EXIT_BUSY,
-            ) from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}, handle)
-        break
+    fd = _acquire(run_dir, lock, log)
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)  # still holding the flock: see _acquire
+        os.close(fd)
 
 
 def read_outputs(stage: dict[str, Any], lineage: Lineage) -> list[dict[str, Any]]:

@@ -120,6 +120,17 @@ VERL_DEFAULTS: dict[str, Any] = {
     "trainer.val_before_train": True,
     "trainer.default_local_dir": "checkpoints/verl_examples/gsm8k",
     "trainer.device": "cuda",
+    "actor_rollout_ref.actor.strategy": "fsdp",
+    "critic.strategy": "fsdp",
+    "actor_rollout_ref.actor.fsdp_config.param_offload": False,
+    "actor_rollout_ref.actor.fsdp_config.optimizer_offload": False,
+    "critic.fsdp.param_offload": False,
+    "critic.fsdp.optimizer_offload": False,
+    "actor_rollout_ref.model.enable_gradient_checkpointing": True,
+    "critic.model.enable_gradient_checkpointing": True,
+    "actor_rollout_ref.model.lora_rank": 0,
+    "actor_rollout_ref.model.lora_alpha": 16,
+    "actor_rollout_ref.model.target_modules": "all-linear",
 }
 
 

@@ -8,13 +8,8 @@ from rlhfspec.runtime.annotation.aggregate import aggregate, load_records, write
 from rlhfspec.runtime.annotation.judge.review import ai_judge_gate, ai_judge_lineage
 from rlhfspec.runtime.annotation.judge.use import gate_state, records_for_aggregation
 from rlhfspec.runtime.annotation.qc import QcReport, run_qc
-from rlhfspec.runtime.prompts.check import (
-    HOLDOUT_FILE,
-    check_prompts,
-    pool_with_holdout,
-    read_holdout,
-    write_prompt_report,
-)
+from rlhfspec.runtime.prompts.check import check_prompts, write_prompt_report
+from rlhfspec.runtime.prompts.pool import HOLDOUT_FILE, pool_with_holdout, read_holdout
 from rlhfspec.runtime.report.qc_report import write_qc_reports
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
 

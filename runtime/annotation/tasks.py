@@ -52,7 +52,7 @@ from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.jsonl import missing_strings, read_objects, refusal
 from rlhfspec.runtime.annotation.label_studio import write_label_studio
 from rlhfspec.runtime.project import Project
-from rlhfspec.runtime.prompts.check import load_prompt_pool
+from rlhfspec.runtime.prompts.pool import load_prompt_pool
 
 MAX_LISTED = 20
 RESPONSE_FIELDS = ("id", "prompt_id", "system", "text")

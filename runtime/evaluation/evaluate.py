@@ -67,7 +67,7 @@ import numpy as np  # noqa: E402
 from rlhfspec.common.errors import RunError  # noqa: E402
 from rlhfspec.common.fileio import atomic_write_text  # noqa: E402
 from rlhfspec.compiler.schemas import default_of  # noqa: E402
-from rlhfspec.runtime.prompts.check import OUTSIDE_FOCUS  # noqa: E402
+from rlhfspec.runtime.prompts.pool import OUTSIDE_FOCUS  # noqa: E402
 from rlhfspec.runtime.report.svg import line_chart  # noqa: E402
 from rlhfspec.runtime.train.formatting import format_prompt, full_text, word_count  # noqa: E402
 from rlhfspec.runtime.train.reward_eval import pearson  # noqa: E402

@@ -40,6 +40,7 @@ import shutil
 import tarfile
 import tempfile
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ from markupsafe import Markup
 
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.hashing import canonical_json, sha256_bytes, sha256_file, sha256_text
+from rlhfspec.common.jsonl import JsonProblem, parse_json
 from rlhfspec.common.templating import environment
 from rlhfspec.common.version import __version__ as rlhfspec_version
 from rlhfspec.compiler.lockfile import criteria_hash
@@ -234,11 +236,16 @@ class _Entry:
 
 
 def _read_json(path: Path, shown: str) -> Any:
+    """A metadata file of the run, read whole: bounded in size, strict JSON."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            data = handle.read(MAX_METADATA_BYTES + 1)
+        if len(data) > MAX_METADATA_BYTES:
+            raise RunError(f"{shown}: larger than {MAX_METADATA_BYTES // 2**20} MiB")
+        return parse_json(data)
     except FileNotFoundError:
         raise RunError(f"{shown} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, JsonProblem) as exc:
         raise RunError(f"{shown}: cannot read it: {exc}") from None
 
 
@@ -1520,15 +1527,6 @@ def handoff_stage(ctx: StageContext) -> StageOutcome:
 # Verification
 
 
-def _hash_stream(handle: IO[bytes]) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    while chunk := handle.read(1 << 20):
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
-
-
 @dataclass
 class _Found:
     sha256: str
@@ -1539,50 +1537,103 @@ class _Found:
 _KEEP = (CHECKSUMS_FILE, MANIFEST_FILE, REFERENCE_FILE)
 
 
+#: bounds on what verification reads: metadata files are read whole, tar headers
+#: (GNU long names, pax records) are read whole by tarfile, members are counted
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_MEMBERS = 100_000
+
+
+def _hash_keep(handle: IO[bytes], keep: bool, name: str, problems: list[str]) -> _Found:
+    """Hash a member in chunks; keep its bytes (up to MAX_METADATA_BYTES) when verification
+    reads it whole."""
+    digest = hashlib.sha256()
+    size = 0
+    kept: list[bytes] | None = [] if keep else None
+    while chunk := handle.read(1 << 20):
+        digest.update(chunk)
+        size += len(chunk)
+        if kept is not None:
+            kept.append(chunk)
+            if size > MAX_METADATA_BYTES:
+                problems.append(f"{name} is larger than {MAX_METADATA_BYTES // 2**20} MiB")
+                kept = None
+    return _Found(digest.hexdigest(), size, None if kept is None else b"".join(kept))
+
+
 def _scan_directory(root: Path, problems: list[str]) -> dict[str, _Found]:
     found: dict[str, _Found] = {}
-    for path in sorted(root.rglob("*")):
+    for count, path in enumerate(sorted(root.rglob("*"))):
+        if count >= MAX_MEMBERS:
+            raise RunError(f"{root}: more than {MAX_MEMBERS:,} entries; not a handoff package")
         rel = path.relative_to(root).as_posix()
         if path.is_symlink():
             problems.append(f"{rel} is a symbolic link; a package holds plain files only")
         elif path.is_file():
             with path.open("rb") as handle:
-                digest, size = _hash_stream(handle)
-            data = path.read_bytes() if rel in _KEEP else None
-            found[rel] = _Found(digest, size, data)
+                found[rel] = _hash_keep(handle, rel in _KEEP, rel, problems)
         elif not path.is_dir():
             problems.append(f"{rel} is not a regular file")
     return found
 
 
-def _scan_tarball(path: Path, problems: list[str]) -> dict[str, _Found]:
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads GNU long-name and pax headers whole: refuse large ones before reading."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        extended = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE)
+        if (self.type in extended or self.type == tarfile.XGLTYPE) and self.size > MAX_HEADER_BYTES:
+            raise tarfile.HeaderError(
+                f"an extended header of {self.size:,} bytes (at most {MAX_HEADER_BYTES:,})"
+            )
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
+
+
+def _check_end(gz: gzip.GzipFile, tar: tarfile.TarFile) -> None:
+    """After the last member only the end-of-archive zero blocks may follow, then the end
+    of the gzip stream: trailing data (or a second gzip member) is not part of the package."""
+    gz.seek(tar.offset)
+    while chunk := gz.read(1 << 20):
+        if chunk.strip(b"\0"):
+            raise tarfile.ReadError("data after the end of the archive")
+
+
+def _tar_members(path: Path, problems: list[str]) -> dict[str, _Found]:
     members: dict[str, _Found] = {}
+    with (
+        gzip.open(path, "rb") as gz,
+        tarfile.open(fileobj=gz, mode="r:", tarinfo=_BoundedTarInfo) as tar,
+    ):
+        for count, member in enumerate(tar):
+            if count >= MAX_MEMBERS:
+                raise tarfile.ReadError(f"more than {MAX_MEMBERS:,} members")
+            name = member.name.rstrip("/")
+            if not _safe_name(name):
+                problems.append(f"{member.name[:200]!r}: unsafe path in the archive")
+                continue
+            if member.isdir():
+                continue
+            if not member.isreg():
+                problems.append(f"{name} is not a regular file")
+                continue
+            if name in members:
+                problems.append(f"{name} appears twice in the archive")
+            handle = tar.extractfile(member)
+            assert handle is not None
+            keep = name.split("/", 1)[-1] in _KEEP or name in _KEEP
+            members[name] = _hash_keep(handle, keep, name, problems)
+        _check_end(gz, tar)
+    return members
+
+
+def _scan_tarball(path: Path, problems: list[str]) -> dict[str, _Found]:
     try:
-        with tarfile.open(path, mode="r:gz") as tar:
-            for member in tar:
-                name = member.name.rstrip("/")
-                if not _safe_name(name):
-                    problems.append(f"{member.name!r}: unsafe path in the archive")
-                    continue
-                if member.isdir():
-                    continue
-                if not member.isreg():
-                    problems.append(f"{name} is not a regular file")
-                    continue
-                if name in members:
-                    problems.append(f"{name} appears twice in the archive")
-                handle = tar.extractfile(member)
-                assert handle is not None
-                digest, size = _hash_stream(handle)
-                keep = name.split("/", 1)[-1] in _KEEP or name in _KEEP
-                data = None
-                if keep:
-                    handle = tar.extractfile(member)
-                    assert handle is not None
-                    data = handle.read()
-                members[name] = _Found(digest, size, data)
-    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-        raise RunError(f"{path}: not a readable tar.gz archive: {exc}") from None
+        members = _tar_members(path, problems)
+    except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as exc:
+        raise RunError(
+            f"{path}: not a readable tar.gz archive (corrupt, truncated or with trailing data): {exc}"
+        ) from None
     if CHECKSUMS_FILE in members:
         return members
     roots = [n[: -len(CHECKSUMS_FILE) - 1] for n in members if n.endswith("/" + CHECKSUMS_FILE)]
@@ -1636,8 +1687,13 @@ def verify_package(path: Path, *, run_dir: Path | None = None) -> VerifyResult:
     else:
         raise RunError(f"{path} is neither a directory nor a file")
     checksums = found.get(CHECKSUMS_FILE)
-    if checksums is None or checksums.data is None:
+    if checksums is None:
         raise RunError(f"{path}: no {CHECKSUMS_FILE}; this is not a handoff package")
+    if checksums.data is None:
+        raise RunError(
+            f"{path}: {CHECKSUMS_FILE} is larger than {MAX_METADATA_BYTES:,} bytes; "
+            "this is not a handoff package"
+        )
     listed = _parse_checksums(checksums.data, result.problems)
     for name in sorted(listed):
         got = found.get(name)
@@ -1663,9 +1719,9 @@ def _check_manifest(
     data: bytes, listed: dict[str, str], found: dict[str, _Found], result: VerifyResult
 ) -> None:
     try:
-        manifest = json.loads(data.decode("utf-8"))
+        manifest = parse_json(data)
         files = {str(f["path"]): f for f in manifest["files"]}
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (JsonProblem, KeyError, TypeError) as exc:
         result.problems.append(f"{MANIFEST_FILE} is not a readable manifest: {exc}")
         return
     for name, entry in sorted(files.items()):
@@ -1687,9 +1743,9 @@ def _check_manifest(
 
 def _check_reference(data: bytes, run_dir: Path, result: VerifyResult) -> None:
     try:
-        reference = json.loads(data.decode("utf-8"))
+        reference = parse_json(data)
         files = list(reference["files"])
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (JsonProblem, KeyError, TypeError) as exc:
         result.problems.append(f"{REFERENCE_FILE} is not readable: {exc}")
         return
     for item in files:

@@ -17,7 +17,7 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
-from rlhfspec.runtime.prompts.check import (
+from rlhfspec.runtime.prompts.pool import (
     HOLDOUT_FILE,
     OUTSIDE_FOCUS,
     PromptPool,

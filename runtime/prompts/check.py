@@ -1,5 +1,8 @@
 """`rlhfspec prompts SPEC`: check the prompt distribution before anyone annotates it.
 
+The checks, one function per family; the prompt pool and the holdout rule live in
+`rlhfspec.runtime.prompts.pool`.
+
 A reward model generalises only as far as its prompts reach, so this check
 compares the prompts a team actually has with what the spec promised:
 
@@ -25,7 +28,6 @@ finding with a stable code, so CI can gate on it.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,194 +38,39 @@ from rlhfspec.common.codes import Code, family
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.findings import Finding, FindingsReport
-from rlhfspec.common.jsonl import missing_strings, read_objects, read_rows, refusal
 from rlhfspec.runtime.project import Project
+from rlhfspec.runtime.prompts.pool import (  # re-exported: the pool used to live here
+    HOLDOUT_FILE,
+    Prompt,
+    PromptPool,
+    holdout_count,
+    load_prompt_pool,
+    pool_with_holdout,
+    production_holdout,
+    read_holdout,
+)
+
+__all__ = [
+    "HOLDOUT_FILE",
+    "PROMPT_CODES",
+    "Prompt",
+    "PromptPool",
+    "PromptReport",
+    "check_prompts",
+    "holdout_count",
+    "load_prompt_pool",
+    "pool_with_holdout",
+    "production_holdout",
+    "read_holdout",
+    "write_prompt_report",
+]
 
 KIND_ORDER = ("usage_logs", "synthetic", "expert", "adversarial")
-#: Where the prompts stage writes the reserved production holdout in a run directory.
-HOLDOUT_FILE = "prompts/holdout.jsonl"
 
 # The prompt check's codes (registered in common/codes.py with every other family's).
 PROMPT_CODES: dict[str, Code] = family("PR")
 JSON_KEYS = ("code", "severity", "title", "message", "hint")
 """The keys of one finding in prompts/report.json, in order."""
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One prompt row and where it came from (file and line, for messages)."""
-
-    id: str
-    text: str
-    source: str
-    kind: str
-    file: str
-    line: int
-    row: dict[str, Any]
-
-    @property
-    def words(self) -> int:
-        return len(self.text.split())
-
-
-OUTSIDE_FOCUS = "outside_focus"
-"""The evaluation set of prompts `prompts.focus` leaves out: scored, reported, never pooled."""
-
-
-@dataclass
-class PromptPool:
-    """Every prompt of every source, in source then file order, and the holdout."""
-
-    prompts: list[Prompt]
-    holdout_ids: frozenset[str]
-    by_id: dict[str, Prompt] = field(default_factory=dict)
-    focus: dict[str, list[str]] = field(default_factory=dict)
-    """`prompts.focus`: field -> allowed values (narrow fine-tuning); empty keeps every prompt."""
-
-    def __post_init__(self) -> None:
-        self.by_id = {p.id: p for p in self.prompts}
-
-    @property
-    def available(self) -> list[Prompt]:
-        """Prompts that may be annotated or trained on: everything but the holdout."""
-        return [p for p in self.prompts if p.id not in self.holdout_ids]
-
-    def in_focus(self, prompt: Prompt) -> bool:
-        """Whether `prompts.focus` keeps the prompt: `source` is the source's id, `kind` its
-        kind, any other key a field of the prompt's row; every key must match."""
-        for key, allowed in self.focus.items():
-            value = {"source": prompt.source, "kind": prompt.kind}.get(key, prompt.row.get(key))
-            if str(value) not in allowed:
-                return False
-        return True
-
-    @property
-    def focused(self) -> list[Prompt]:
-        """Available prompts inside the focus: what is annotated and trained on."""
-        return [p for p in self.available if self.in_focus(p)]
-
-    @property
-    def outside_focus(self) -> list[Prompt]:
-        """Available prompts the focus leaves out: still evaluated, never trained on."""
-        return [p for p in self.available if not self.in_focus(p)]
-
-    def keep_in_focus(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-        """Rows (with a `prompt_id`) whose prompt the focus keeps, and how many it left out;
-        rows of an unknown prompt are kept for their consumer to report."""
-        kept = [
-            r
-            for r in rows
-            if r["prompt_id"] not in self.by_id or self.in_focus(self.by_id[r["prompt_id"]])
-        ]
-        return kept, len(rows) - len(kept)
-
-    @property
-    def holdout(self) -> list[Prompt]:
-        return [p for p in self.prompts if p.id in self.holdout_ids]
-
-
-def holdout_count(n: int, share: float) -> int:
-    """Rows of an n-row usage-log source held out: n - floor((1 - share) * n).
-
-    The epsilon keeps float noise from flipping the floor (0.9 * 390 must be
-    351, not 350.99999...), so the count matches the schema's formula
-    exactly as a person would compute it.
-    """
-    if n < 0:
-        raise ValueError("n must be >= 0")
-    return n - math.floor((1.0 - share) * n + 1e-9)
-
-
-def _scalar(value: Any) -> bool:
-    return isinstance(value, str | int | float | bool) and value != ""
-
-
-def _read_source(
-    project: Project, source: dict[str, Any], fields: list[str], problems: list[str]
-) -> list[Prompt]:
-    display = source["path"]
-    prompts: list[Prompt] = []
-    for number, row in read_objects(project.path(source["path"]), display, problems):
-        where = f"{display}: line {number}:"
-        missing = missing_strings(row, ("id", "text"))
-        problems.extend(f"{where} field '{f}': {m}" for f, m in missing)
-        bad = bool(missing)
-        for name in fields:
-            if name not in row:
-                problems.append(f"{where} field '{name}': missing (it is a strata field)")
-                bad = True
-            elif not _scalar(row[name]):
-                problems.append(
-                    f"{where} field '{name}': must be a string or number, got {row[name]!r}"
-                )
-                bad = True
-        if not bad:
-            prompts.append(
-                Prompt(row["id"], row["text"], source["id"], source["kind"], display, number, row)
-            )
-    return prompts
-
-
-def _read_sources(
-    project: Project, sources: list[dict[str, Any]], fields: list[str]
-) -> list[list[Prompt]]:
-    """Every source's prompts, in file order; bad rows and duplicate ids refuse them all."""
-    problems: list[str] = []
-    per_source = [_read_source(project, source, fields, problems) for source in sources]
-    first: dict[str, Prompt] = {}
-    for prompt in (p for rows in per_source for p in rows):
-        if prompt.id in first:
-            seen = first[prompt.id]
-            problems.append(
-                f"{prompt.file}: line {prompt.line}: field 'id': prompt id '{prompt.id}' "
-                f"already used at {seen.file}: line {seen.line}"
-            )
-        else:
-            first[prompt.id] = prompt
-    if problems:
-        raise refusal("prompt sources refused", problems)
-    return per_source
-
-
-def load_prompt_pool(project: Project) -> PromptPool:
-    """Read every prompt source and reserve the production holdout by the spec's rule.
-
-    Shared by the prompt check and task generation so both use one holdout
-    rule and one notion of which prompts exist. Later stages read the holdout
-    the prompts stage wrote instead (`pool_with_holdout`).
-    """
-    spec = project.spec["prompts"]
-    share = float(spec["production_holdout"]["share"])
-    per_source = _read_sources(project, spec["sources"], list(spec["strata"]["fields"]))
-    holdout: set[str] = set()
-    for source, rows in zip(spec["sources"], per_source, strict=True):
-        if source["kind"] == "usage_logs":
-            count = holdout_count(len(rows), share)
-            holdout.update(p.id for p in rows[len(rows) - count :])
-    return PromptPool(
-        [p for rows in per_source for p in rows], frozenset(holdout), focus=dict(spec["focus"])
-    )
-
-
-def pool_with_holdout(project: Project, holdout: list[dict[str, Any]]) -> PromptPool:
-    """The prompt sources with the holdout the prompts stage reserved (`read_holdout`)."""
-    spec = project.spec["prompts"]
-    per_source = _read_sources(project, spec["sources"], [])
-    return PromptPool(
-        [p for rows in per_source for p in rows],
-        frozenset(r["id"] for r in holdout),
-        focus=dict(spec["focus"]),
-    )
-
-
-def read_holdout(path: Path) -> list[dict[str, Any]]:
-    """The reserved production holdout as the prompts stage wrote it (`HOLDOUT_FILE`)."""
-    return read_rows(path, HOLDOUT_FILE, ("id", "text"))
-
-
-def production_holdout(project: Project) -> list[dict[str, Any]]:
-    """The held-out prompt rows (as in their files), in source then file order."""
-    return [dict(p.row) for p in load_prompt_pool(project).holdout]
 
 
 def _bin_label(low: int, high: int) -> str:
@@ -404,22 +251,54 @@ class PromptReport(FindingsReport):
 
 
 def check_prompts(project: Project) -> PromptReport:
-    """Check the spec's prompt distribution against its sources, batches and SFT data."""
+    """Check the spec's prompt distribution against its sources, batches and SFT data.
+
+    One function per check family; each appends its findings and returns its metrics.
+    """
     spec = project.spec
     prompts_spec = spec["prompts"]
     pool = load_prompt_pool(project)
-    available = pool.available
     findings: list[Finding] = []
     kinds = _kinds_present(spec)
     mix: dict[str, list[float]] = prompts_spec["mix"]
+    sources = _check_sources(prompts_spec["sources"], pool, findings)
+    kinds_metrics = _check_mix(pool, kinds, mix, findings)
+    strata = _check_strata(prompts_spec["strata"], pool, findings)
+    holdout = _check_holdout(float(prompts_spec["production_holdout"]["share"]), pool, findings)
+    scan = _LeakScan()
+    _check_batch_leaks(project, pool, scan, findings)
+    _check_file_leaks(project, pool, scan, findings)
+    _report_unchecked(scan, findings)
+    annotated = _check_annotated_mix(pool, scan.annotated, kinds, mix, findings)
+    order = {code: i for i, code in enumerate(PROMPT_CODES)}
+    findings.sort(key=lambda f: (PROMPT_CODES[f.code].severity != "error", order[f.code]))  # stable
+    metrics = {
+        "total": len(pool.prompts),
+        "available": len(pool.available),
+        "sources": sources,
+        "kinds": kinds_metrics,
+        "strata": strata,
+        "holdout": holdout,
+        "annotated": annotated,
+        "leaks": scan.leaks,
+    }
+    return PromptReport(project.name, findings, metrics, [dict(p.row) for p in pool.holdout])
 
-    # Sources and privacy -------------------------------------------------
-    sources_metrics = []
-    for source in prompts_spec["sources"]:
+
+def _in_range(share: float, rng: list[float]) -> bool:
+    return rng[0] - 1e-9 <= share <= rng[1] + 1e-9
+
+
+def _check_sources(
+    sources: list[dict[str, Any]], pool: PromptPool, findings: list[Finding]
+) -> list[dict[str, Any]]:
+    """Per-source counts, and an approved privacy review on every usage-log source (PR006)."""
+    metrics = []
+    for source in sources:
         rows = [p for p in pool.prompts if p.source == source["id"]]
         held = sum(1 for p in rows if p.id in pool.holdout_ids)
         review = source.get("privacy_review")
-        sources_metrics.append(
+        metrics.append(
             {
                 "id": source["id"],
                 "kind": source["kind"],
@@ -443,20 +322,26 @@ def check_prompts(project: Project) -> PromptReport:
                     "add privacy_review: {approved: true, by: ..., on: YYYY-MM-DD} once the review passed",
                 )
             )
+    return metrics
 
-    # Mix -----------------------------------------------------------------
+
+def _check_mix(
+    pool: PromptPool, kinds: list[str], mix: dict[str, list[float]], findings: list[Finding]
+) -> dict[str, Any]:
+    """Each kind's share of the prompts available for annotation against its range (PR001)."""
+    available = pool.available
     counts = Counter(p.kind for p in available)
     shares = _shares(counts, kinds)
-    kinds_metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
     for kind in kinds:
         rng = mix.get(kind)
-        kinds_metrics[kind] = {
+        metrics[kind] = {
             "available": counts[kind],
             "holdout": sum(1 for p in pool.holdout if p.kind == kind),
             "share": round(shares[kind], 6),
             "range": list(rng) if rng else None,
         }
-        if rng and not (rng[0] - 1e-9 <= shares[kind] <= rng[1] + 1e-9):
+        if rng and not _in_range(shares[kind], rng):
             findings.append(
                 Finding(
                     "PR001",
@@ -465,15 +350,30 @@ def check_prompts(project: Project) -> PromptReport:
                     "add or remove prompts of that kind, or change prompts.mix deliberately",
                 )
             )
+    return metrics
 
-    # Strata --------------------------------------------------------------
-    strata = prompts_spec["strata"]
+
+def _check_strata(
+    strata: dict[str, Any], pool: PromptPool, findings: list[Finding]
+) -> dict[str, Any]:
+    """Coverage of the length bins (PR003, PR005) and of the strata fields' values (PR004)."""
     minimum = int(strata["min_per_stratum"])
-    edges: list[int] = list(strata["length_words"])
+    bins, outside = _check_length_bins(list(strata["length_words"]), minimum, pool, findings)
+    return {
+        "min_per_stratum": minimum,
+        "length_bins": bins,
+        "outside_bins": outside,
+        "fields": _check_fields(strata["fields"], minimum, pool, findings),
+    }
+
+
+def _check_length_bins(
+    edges: list[int], minimum: int, pool: PromptPool, findings: list[Finding]
+) -> tuple[list[dict[str, Any]], int]:
     bins = []
     outside: list[str] = []
     bin_counts = [0] * (len(edges) - 1)
-    for prompt in available:
+    for prompt in pool.available:
         words = prompt.words
         for i in range(len(edges) - 1):
             if edges[i] <= words < edges[i + 1]:
@@ -502,11 +402,17 @@ def check_prompts(project: Project) -> PromptReport:
                 "widen prompts.strata.length_words",
             )
         )
-    field_metrics: dict[str, dict[str, int]] = {}
-    for name in strata["fields"]:
+    return bins, len(outside)
+
+
+def _check_fields(
+    fields: list[str], minimum: int, pool: PromptPool, findings: list[Finding]
+) -> dict[str, dict[str, int]]:
+    metrics: dict[str, dict[str, int]] = {}
+    for name in fields:
         observed = sorted({str(p.row[name]) for p in pool.prompts})
-        per_value = Counter(str(p.row[name]) for p in available)
-        field_metrics[name] = {value: per_value[value] for value in observed}
+        per_value = Counter(str(p.row[name]) for p in pool.available)
+        metrics[name] = {value: per_value[value] for value in observed}
         for value in observed:
             if per_value[value] < minimum:
                 findings.append(
@@ -517,9 +423,11 @@ def check_prompts(project: Project) -> PromptReport:
                         f"add prompts with {name} = {value!r}",
                     )
                 )
+    return metrics
 
-    # Holdout and leaks ---------------------------------------------------
-    share = float(prompts_spec["production_holdout"]["share"])
+
+def _check_holdout(share: float, pool: PromptPool, findings: list[Finding]) -> dict[str, Any]:
+    """The production holdout exists (PR007)."""
     holdout_ids = [p.id for p in pool.holdout]
     if not holdout_ids:
         findings.append(
@@ -529,20 +437,37 @@ def check_prompts(project: Project) -> PromptReport:
                 "add a usage-log source and set production_holdout.share (e.g. 0.1)",
             )
         )
-    unknown: dict[str, set[str]] = {}
-    unreadable: dict[str, int] = {}
-    leaks: dict[str, Any] = {"batches": {}, "gold": [], "sft": []}
-    annotated: set[str] = set()
-    annotation = spec["annotation"]
-    for batch in annotation["batches"]:
-        ids, bad = _read_ids(project.path(batch["path"]), batch["path"], batch["format"])
+    return {"share": share, "count": len(holdout_ids), "ids": holdout_ids}
+
+
+@dataclass
+class _LeakScan:
+    """What the leak checks found in the batches, gold items and demonstrations."""
+
+    leaks: dict[str, Any] = field(default_factory=lambda: {"batches": {}, "gold": [], "sft": []})
+    unknown: dict[str, set[str]] = field(default_factory=dict)
+    unreadable: dict[str, int] = field(default_factory=dict)
+    annotated: set[str] = field(default_factory=set)
+
+    def read(self, project: Project, rel: str, fmt: str, pool: PromptPool) -> list[str]:
+        """The prompt ids a file names; its unreadable rows and unknown ids are noted."""
+        ids, bad = _read_ids(project.path(rel), rel, fmt)
         if bad:
-            unreadable[batch["path"]] = bad
-        annotated.update(ids)
+            self.unreadable[rel] = bad
+        self.unknown.setdefault(rel, set()).update(i for i in ids if i not in pool.by_id)
+        return ids
+
+
+def _check_batch_leaks(
+    project: Project, pool: PromptPool, scan: _LeakScan, findings: list[Finding]
+) -> None:
+    """No annotation batch annotates a production-holdout prompt (PR008)."""
+    for batch in project.spec["annotation"]["batches"]:
+        ids = scan.read(project, batch["path"], batch["format"], pool)
+        scan.annotated.update(ids)
         leaked = sorted({i for i in ids if i in pool.holdout_ids})
-        unknown.setdefault(batch["path"], set()).update(i for i in ids if i not in pool.by_id)
         if leaked:
-            leaks["batches"][batch["id"]] = leaked
+            scan.leaks["batches"][batch["id"]] = leaked
             findings.append(
                 Finding(
                     "PR008",
@@ -551,8 +476,14 @@ def check_prompts(project: Project) -> PromptReport:
                     "drop those records; holdout prompts are for validation only",
                 )
             )
-    gold = annotation.get("gold")
-    sft = spec["sft"]
+
+
+def _check_file_leaks(
+    project: Project, pool: PromptPool, scan: _LeakScan, findings: list[Finding]
+) -> None:
+    """No gold item (PR010) or SFT demonstration (PR009) uses a production-holdout prompt."""
+    gold = project.spec["annotation"].get("gold")
+    sft = project.spec["sft"]
     checked_files = [
         (
             "gold",
@@ -572,22 +503,24 @@ def check_prompts(project: Project) -> PromptReport:
     for key, code, rel, what, fix in checked_files:
         if not rel:
             continue
-        ids, bad = _read_ids(project.path(rel), rel, "jsonl")
-        if bad:
-            unreadable[rel] = bad
-        unknown.setdefault(rel, set()).update(i for i in ids if i not in pool.by_id)
-        leaks[key] = sorted({i for i in ids if i in pool.holdout_ids})
-        if leaks[key]:
+        ids = scan.read(project, rel, "jsonl", pool)
+        scan.leaks[key] = sorted({i for i in ids if i in pool.holdout_ids})
+        if scan.leaks[key]:
             findings.append(
                 Finding(
                     code,
-                    f"{what} ({rel}) use {len(leaks[key])} "
-                    f"production-holdout prompt(s): {_ids_text(leaks[key])}",
+                    f"{what} ({rel}) use {len(scan.leaks[key])} "
+                    f"production-holdout prompt(s): {_ids_text(scan.leaks[key])}",
                     fix,
                 )
             )
-    unknown = {k: v for k, v in unknown.items() if v}
-    for where, missing in unknown.items():
+
+
+def _report_unchecked(scan: _LeakScan, findings: list[Finding]) -> None:
+    """Prompt ids no source has (PR011) and rows without a readable prompt id (PR012)."""
+    for where, missing in scan.unknown.items():
+        if not missing:
+            continue
         findings.append(
             Finding(
                 "PR011",
@@ -596,7 +529,7 @@ def check_prompts(project: Project) -> PromptReport:
                 "add the prompts to a source, so the mix and leak checks see them",
             )
         )
-    for where, bad in unreadable.items():
+    for where, bad in scan.unreadable.items():
         findings.append(
             Finding(
                 "PR012",
@@ -605,45 +538,35 @@ def check_prompts(project: Project) -> PromptReport:
             )
         )
 
-    # Mix of what was actually annotated (a warning: batches are history).
-    annotated_counts = Counter(
+
+def _check_annotated_mix(
+    pool: PromptPool,
+    annotated: set[str],
+    kinds: list[str],
+    mix: dict[str, list[float]],
+    findings: list[Finding],
+) -> dict[str, Any]:
+    """The mix of what was actually annotated (PR002, a warning: batches are history)."""
+    counts = Counter(
         pool.by_id[i].kind for i in annotated if i in pool.by_id and i not in pool.holdout_ids
     )
-    annotated_shares = _shares(annotated_counts, kinds) if annotated_counts else {}
-    for kind, kind_share in annotated_shares.items():
+    shares = _shares(counts, kinds) if counts else {}
+    for kind, kind_share in shares.items():
         rng = mix.get(kind)
-        if rng and not (rng[0] - 1e-9 <= kind_share <= rng[1] + 1e-9):
+        if rng and not _in_range(kind_share, rng):
             findings.append(
                 Finding(
                     "PR002",
-                    f"{kind} prompts are {kind_share:.3f} of the {sum(annotated_counts.values())} "
+                    f"{kind} prompts are {kind_share:.3f} of the {sum(counts.values())} "
                     f"distinct prompts annotated so far; the spec allows [{rng[0]:g}, {rng[1]:g}]",
                     "steer the next batches towards the under-represented kinds",
                 )
             )
-
-    order = {code: i for i, code in enumerate(PROMPT_CODES)}
-    findings.sort(key=lambda f: (PROMPT_CODES[f.code].severity != "error", order[f.code]))  # stable
-    metrics = {
-        "total": len(pool.prompts),
-        "available": len(available),
-        "sources": sources_metrics,
-        "kinds": kinds_metrics,
-        "strata": {
-            "min_per_stratum": minimum,
-            "length_bins": bins,
-            "outside_bins": len(outside),
-            "fields": field_metrics,
-        },
-        "holdout": {"share": share, "count": len(holdout_ids), "ids": holdout_ids},
-        "annotated": {
-            "prompts": sum(annotated_counts.values()),
-            "counts": {k: annotated_counts[k] for k in kinds} if annotated_counts else {},
-            "shares": {k: round(v, 6) for k, v in annotated_shares.items()},
-        },
-        "leaks": leaks,
+    return {
+        "prompts": sum(counts.values()),
+        "counts": {k: counts[k] for k in kinds} if counts else {},
+        "shares": {k: round(v, 6) for k, v in shares.items()},
     }
-    return PromptReport(project.name, findings, metrics, [dict(p.row) for p in pool.holdout])
 
 
 def write_prompt_report(report: PromptReport, out_dir: Path) -> list[Path]:

@@ -18,7 +18,7 @@ from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
 from rlhfspec.runtime.annotation.aggregate import read_jsonl_rows
-from rlhfspec.runtime.prompts.check import HOLDOUT_FILE, pool_with_holdout, read_holdout
+from rlhfspec.runtime.prompts.pool import HOLDOUT_FILE, pool_with_holdout, read_holdout
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
 from rlhfspec.runtime.train.common import (
     ProgressLines,

@@ -37,7 +37,15 @@ CORPUS = [
 ] * 20
 
 
-def build_job(root: Path) -> tuple[Path, dict[str, Any]]:
+SCALED = """compute:
+  mixed_precision: bf16
+  strategy: fsdp
+  fsdp: {cpu_offload: true}
+  lora: {enabled: true, r: 8, alpha: 16, target_modules: [all-linear]}
+"""
+
+
+def build_job(root: Path, extra: str = "") -> tuple[Path, dict[str, Any]]:
     """The example spec's job, with tiny models standing in for the run's SFT and reward
     models (the end-to-end test in test_verl_roundtrip.py exports a real run)."""
     from rlhfspec.runtime.export.verl_job import add_chat_template, prompt_tokens
@@ -47,7 +55,12 @@ def build_job(root: Path) -> tuple[Path, dict[str, Any]]:
     spec = root / "support-assistant.yaml"
     shutil.copy(SPECS / "support-assistant.yaml", spec)
     shutil.copy(SPECS / "support-assistant.lock.json", root)
-    with_export(spec, ACKS)
+    acks = {k: v for k, v in ACKS.items() if not (extra and k.startswith("compute."))}
+    with_export(spec, acks, extra)
+    if extra:
+        # verl's LoRA-rank check for vLLM imports vllm (GPU-only); SGLang's path has none
+        text = spec.read_text(encoding="utf-8")
+        spec.write_text(text.replace("  verl:\n", "  verl:\n    rollout_engine: sglang\n"))
     plan = compile_spec(spec, root / "build").plan
     assert plan is not None
     checked = get_target("verl").check(plan, spec_locator(spec), spec.name)
@@ -83,6 +96,12 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]
     return build_job(tmp_path_factory.mktemp("verl"))
 
 
+@pytest.fixture(scope="module")
+def scaled_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """FSDP with CPU offload, LoRA and bf16: the compute keys the export maps."""
+    return build_job(tmp_path_factory.mktemp("verl-scaled"), SCALED)
+
+
 def test_installed_verl_is_the_pinned_version() -> None:
     from importlib.metadata import version
 
@@ -98,6 +117,19 @@ def test_overrides_compose_and_pass_verls_checks(job: tuple[Path, dict[str, Any]
     assert cfg.algorithm.kl_ctrl.type == "adaptive" and cfg.algorithm.kl_ctrl.kl_coef == 0.05
     assert cfg.actor_rollout_ref.rollout.response_length == 48
     assert cfg.critic.ppo_epochs == 2 and cfg.critic.ppo_mini_batch_size == 16
+
+
+def test_scaled_job_composes_and_every_key_has_its_default_quoted(
+    job: tuple[Path, dict[str, Any]], scaled_job: tuple[Path, dict[str, Any]]
+) -> None:
+    folder, expected = scaled_job
+    cfg = compose(launch_args(folder))
+    assert check_config(cfg, expected, target.VERL_DEFAULTS) == []
+    assert cfg.actor_rollout_ref.model.lora_rank == 8
+    assert cfg.critic.fsdp.optimizer_offload is True
+    assert cfg.actor_rollout_ref.rollout.name == cfg.reward.reward_model.rollout.name == "sglang"
+    for keys in (expected, job[1]):
+        assert set(keys) <= set(target.VERL_DEFAULTS), "add verl's default to VERL_DEFAULTS"
 
 
 def test_both_launch_scripts_pass_the_same_overrides(job: tuple[Path, dict[str, Any]]) -> None:

@@ -17,7 +17,7 @@ from rlhfspec.runtime.annotation.judge.items import load_items
 from rlhfspec.runtime.annotation.tasks import generate_tasks
 from rlhfspec.runtime.policy.stages import evaluation_prompts, training_prompts
 from rlhfspec.runtime.project import Project, load_project
-from rlhfspec.runtime.prompts.check import OUTSIDE_FOCUS, load_prompt_pool
+from rlhfspec.runtime.prompts.pool import OUTSIDE_FOCUS, load_prompt_pool
 
 FOCUS = "  focus:\n    topic: [billing, returns]\n    source: [usage, red-team]\n"
 

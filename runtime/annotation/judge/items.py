@@ -26,7 +26,7 @@ from rlhfspec.common.errors import RunError
 from rlhfspec.common.jsonl import read_rows
 from rlhfspec.runtime.annotation.records import read_batch
 from rlhfspec.runtime.project import Project
-from rlhfspec.runtime.prompts.check import load_prompt_pool
+from rlhfspec.runtime.prompts.pool import load_prompt_pool
 
 AI_PREFIX = "ai:"
 
