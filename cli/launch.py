@@ -19,9 +19,9 @@ the word "train" (with the run directory and the resume flag `run` chose) right 
 calls the stage, after every check; if `run` ends without calling it (skipped, refused,
 failed), rank 0 broadcasts "stop" and the workers exit quietly.
 
-Only stages with a `worker` in the registry run in several processes (the policy stage, PPO or
-DPO, so far); SFT and the reward model write their models from every process and are refused
-with a clear message.
+Only stages with a `worker` in the registry run in several processes: SFT, the reward model
+and the policy stage (PPO or DPO). SFT's and the reward model's worker is the stage function
+itself, which writes only from the main process (`rlhfspec.runtime.train.scale`).
 """
 
 from __future__ import annotations

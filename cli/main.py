@@ -574,7 +574,7 @@ def handoff(run_dir: Path, out: Path, weights: str | None) -> None:
 @guarded
 def verify(package: Path) -> None:
     """Re-check every checksum of a handoff package: missing, extra or altered files exit 1."""
-    from rlhfspec.runtime.handoff.package import verify_package
+    from rlhfspec.runtime.handoff.verify import verify_package
 
     result = verify_package(package)
     for line in result.lines():

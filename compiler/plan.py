@@ -58,12 +58,14 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "prompts.sources",
         "prompts.focus",
     ),
-    "sft": ("seed", "sft", "compute"),
-    "reward_model": ("seed", "criteria.version", "reward_model", "compute"),
+    "sft": ("name", "seed", "sft", "compute", "tracking"),
+    "reward_model": ("name", "seed", "criteria.version", "reward_model", "compute", "tracking"),
     "policy": (
+        "name",
         "seed",
         "policy",
         "compute",
+        "tracking",
         "evaluation.prompts_per_set",
         "evaluation.prompt_sets",
         "prompts.sources",
@@ -87,8 +89,9 @@ BUILTIN_PREFIX = "builtin:"
 HUMAN_INPUTS: dict[str, list[str]] = {"select": ["eval/human_eval/judgements.jsonl"]}
 # Scratch a stage may write besides its outputs: training checkpoints for resume.
 WORK: dict[str, list[str]] = {
-    "sft": ["sft/checkpoints"],
-    "reward_model": ["reward_model/checkpoints"],
+    "sft": ["sft/checkpoints", "tracking/sft"],
+    "reward_model": ["reward_model/checkpoints", "tracking/reward_model"],
+    "policy": ["tracking/policy"],
 }
 
 
@@ -136,12 +139,17 @@ def _settings_paths(spec: dict[str, Any], name: str) -> list[str]:
     return paths
 
 
+PAIRS = ["preferences/pairs.jsonl", "preferences/provenance.jsonl"]
+
+
 def _graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Name, description, dependencies, upstream reads and outputs of every stage, in run order."""
-    method = spec["policy"]["method"]
-    sft_on = spec["sft"]["enabled"]
-    pairs = ["preferences/pairs.jsonl", "preferences/provenance.jsonl"]
-    stages: list[dict[str, Any]] = [
+    stages = _data_stages() + _training_stages(spec)
+    return stages + _release_stages(spec, stages)
+
+
+def _data_stages() -> list[dict[str, Any]]:
+    return [
         {
             "name": "prompts",
             "description": "Check the prompt mix and strata; reserve the production holdout.",
@@ -161,10 +169,15 @@ def _graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             "description": "Majority vote with the tie-breaking rule into preference pairs.",
             "depends_on": ["prompts", "annotation_qc"],
             "reads": ["prompts/holdout.jsonl", "qc/report.json"],
-            "outputs": pairs + ["preferences/summary.json"],
+            "outputs": PAIRS + ["preferences/summary.json"],
         },
     ]
-    if sft_on:
+
+
+def _training_stages(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    method = spec["policy"]["method"]
+    stages: list[dict[str, Any]] = []
+    if spec["sft"]["enabled"]:
         stages.append(
             {
                 "name": "sft",
@@ -182,7 +195,7 @@ def _graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
             "description": "Bradley-Terry reward model with a by-prompt holdout and gates"
             + ("." if method == "ppo" else "; judges the DPO checkpoints."),
             "depends_on": ["aggregate"] + (["sft"] if rm_from_sft else []),
-            "reads": pairs + (["models/sft"] if rm_from_sft else []),
+            "reads": PAIRS + (["models/sft"] if rm_from_sft else []),
             "outputs": [
                 "models/reward_model",
                 "reward_model/eval.json",
@@ -192,54 +205,52 @@ def _graph(spec: dict[str, Any]) -> list[dict[str, Any]]:
         }
     )
     from_sft = spec["policy"]["start_from_sft"]
-    policy_deps = ["prompts"] + (["reward_model"] if method == "ppo" else ["aggregate"])
-    policy_reads = ["prompts/holdout.jsonl"] + (
-        ["models/reward_model"] if method == "ppo" else pairs
-    )
+    ppo = method == "ppo"
     stages.append(
         {
             "name": "policy",
-            "description": ("KL-constrained PPO" if method == "ppo" else "DPO")
-            + ", checkpointed every "
-            f"{spec['policy']['checkpoint_every']} {'updates' if method == 'ppo' else 'steps'}.",
-            "depends_on": policy_deps + (["sft"] if from_sft else []),
-            "reads": policy_reads + (["models/sft"] if from_sft else []),
+            "description": ("KL-constrained PPO" if ppo else "DPO") + ", checkpointed every "
+            f"{spec['policy']['checkpoint_every']} {'updates' if ppo else 'steps'}.",
+            "depends_on": ["prompts", "reward_model" if ppo else "aggregate"]
+            + (["sft"] if from_sft else []),
+            "reads": ["prompts/holdout.jsonl"]
+            + (["models/reward_model"] if ppo else PAIRS)
+            + (["models/sft"] if from_sft else []),
             "outputs": ["models/policy", "eval/prompt_sets.json"],
         }
     )
-    stages.append(
-        {
-            "name": "evaluate",
-            "description": "Evaluate every checkpoint on "
-            + ", ".join(spec["evaluation"]["prompt_sets"])
-            + ".",
-            "depends_on": ["policy", "reward_model"] + (["sft"] if from_sft else []),
-            "reads": ["models/policy", "eval/prompt_sets.json", "models/reward_model"]
-            + (["models/sft"] if from_sft else []),
-            "outputs": ["eval"],
-        }
-    )
-    stages.append(
-        {
-            "name": "select",
-            "description": "Pick the deployment checkpoint among those that pass every guard.",
-            "depends_on": ["evaluate"],
-            "reads": ["eval"],
-            "outputs": ["selection.json"],
-        }
-    )
-    earlier = [s for s in stages]
-    stages.append(
-        {
-            "name": "handoff",
-            "description": "Assemble the handoff package with its lineage manifest.",
-            # the package documents every stage: it reads all of their outputs
-            "depends_on": [s["name"] for s in earlier],
-            "reads": list(dict.fromkeys(o for s in earlier for o in s["outputs"])),
-            "outputs": ["handoff.tar.gz" if spec["handoff"]["format"] == "tar.gz" else "handoff"],
-        }
-    )
     return stages
+
+
+def _release_stages(spec: dict[str, Any], earlier: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from_sft = spec["policy"]["start_from_sft"]
+    evaluate = {
+        "name": "evaluate",
+        "description": "Evaluate every checkpoint on "
+        + ", ".join(spec["evaluation"]["prompt_sets"])
+        + ".",
+        "depends_on": ["policy", "reward_model"] + (["sft"] if from_sft else []),
+        "reads": ["models/policy", "eval/prompt_sets.json", "models/reward_model"]
+        + (["models/sft"] if from_sft else []),
+        "outputs": ["eval"],
+    }
+    select = {
+        "name": "select",
+        "description": "Pick the deployment checkpoint among those that pass every guard.",
+        "depends_on": ["evaluate"],
+        "reads": ["eval"],
+        "outputs": ["selection.json"],
+    }
+    before = [*earlier, evaluate, select]
+    handoff = {
+        "name": "handoff",
+        "description": "Assemble the handoff package with its lineage manifest.",
+        # the package documents every stage: it reads all of their outputs
+        "depends_on": [s["name"] for s in before],
+        "reads": list(dict.fromkeys(o for s in before for o in s["outputs"])),
+        "outputs": ["handoff.tar.gz" if spec["handoff"]["format"] == "tar.gz" else "handoff"],
+    }
+    return [evaluate, select, handoff]
 
 
 def stage_graph(

@@ -56,8 +56,14 @@ STAGES: dict[str, StageImpl] = {
     "prompts": StageImpl("rlhfspec.runtime.annotation.stages:prompts_stage"),
     "annotation_qc": StageImpl("rlhfspec.runtime.annotation.stages:annotation_qc_stage"),
     "aggregate": StageImpl("rlhfspec.runtime.annotation.stages:aggregate_stage"),
-    "sft": StageImpl("rlhfspec.runtime.train.stages:sft_stage"),
-    "reward_model": StageImpl("rlhfspec.runtime.train.stages:reward_model_stage"),
+    # SFT and the reward model: every process runs the stage; only the main one writes
+    "sft": StageImpl(
+        "rlhfspec.runtime.train.stages:sft_stage", worker="rlhfspec.runtime.train.stages:sft_stage"
+    ),
+    "reward_model": StageImpl(
+        "rlhfspec.runtime.train.stages:reward_model_stage",
+        worker="rlhfspec.runtime.train.stages:reward_model_stage",
+    ),
     "policy": StageImpl(
         "rlhfspec.runtime.policy.stages:policy_stage",
         worker="rlhfspec.runtime.policy.stages:policy_training",

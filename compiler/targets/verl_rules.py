@@ -155,18 +155,31 @@ def _kl_coef(setting: str, value: Any, s: dict[str, Any]) -> Row:
 
 @rule("policy.kl.estimator")
 def _kl_estimator(setting: str, value: Any, s: dict[str, Any]) -> Row:
-    names = {"k1": "kl", "k2": "mse", "k3": "low_var_kl"}
-    keys = {"algorithm.kl_penalty": names[value]}
-    if value == "k3":
+    # ours puts k1 in the reward whatever the estimator (only k1 has the KL's gradient; see
+    # runtime/policy/ppo/rollout.py); the estimator is what is logged, evaluated, guarded and
+    # fed to the adaptive controller. verl feeds its controller the reward's own estimate.
+    keys = {"algorithm.kl_penalty": "kl"}
+    if value == "k1":
+        return _exact(setting, value, keys, "k1 = logp - ref_logp in the reward and the controller")
+    if s["policy"]["kl"]["mode"] != "adaptive":
         return Row(
             setting,
             value,
             "difference",
             keys,
-            "verl's low_var_kl is k3 clamped to [-10, 10] per token (log ratio to [-20, 20])",
+            f"the reward uses k1 in both (verl's kl_penalty=kl; never {value} in the reward); "
+            f"verl logs k1 where rlhfspec logs {value}; rlhfspec's evaluation of the imported "
+            f"checkpoints measures and guards {value}",
         )
-    formula = "logp - ref_logp" if value == "k1" else "0.5 * (logp - ref_logp)^2"
-    return _exact(setting, value, keys, f"same per-token estimator: {formula}")
+    return Row(
+        setting,
+        value,
+        "refused",
+        keys,
+        f"ours feeds the adaptive controller the {value} estimate while the reward uses k1; "
+        "verl's controller sees the reward's own estimate. If acknowledged: k1 in reward and "
+        "controller (kl_penalty=kl)",
+    )
 
 
 @rule("policy.kl.mode")

@@ -236,5 +236,7 @@ def prepare_job(
         "run_id": info["run_id"],
         "plan_fingerprint": info["doc"].get("plan", {}).get("fingerprint"),
         "chat_template_added": templated,
+        # the reward model's gates as the run recorded them (an overridden one says so)
+        "reward_model_gates": info["stages"]["reward_model"].get("gates", []),
     }
     return facts, run

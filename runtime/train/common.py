@@ -96,16 +96,27 @@ def use_cpu(ctx: StageContext) -> bool:
 
 
 def trainer_args(
-    ctx: StageContext, train: dict[str, Any], checkpoints: Path, steps_hint: int
+    ctx: StageContext,
+    train: dict[str, Any],
+    checkpoints: Path,
+    steps_hint: int,
+    tracking: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Arguments common to TRL's configs, from the spec's training block."""
+    """Arguments common to TRL's configs, from the spec's training block and the stage's
+    compute and tracking settings (`rlhfspec.runtime.train.scale`)."""
+    from rlhfspec.runtime.train.scale import group, per_device, scale_args, stage_compute
+
     cpu = use_cpu(ctx)
-    precision = ctx.settings["compute"]["mixed_precision"]
+    compute = stage_compute(ctx)
+    precision = compute["mixed_precision"]
+    world = group().world
     save_steps = max(1, steps_hint // 4)
     return {
         "output_dir": str(checkpoints),
         "num_train_epochs": float(train["epochs"]),
-        "per_device_train_batch_size": int(train["batch_size"]),
+        "per_device_train_batch_size": per_device(
+            int(train["batch_size"]), f"{ctx.stage['name']}.train.batch_size", world
+        ),
         "gradient_accumulation_steps": int(train["gradient_accumulation_steps"]),
         "learning_rate": float(train["learning_rate"]),
         "weight_decay": float(train["weight_decay"]),
@@ -117,8 +128,9 @@ def trainer_args(
         "use_cpu": cpu,
         "bf16": precision == "bf16" and not cpu,
         "fp16": precision == "fp16" and not cpu,
-        "activation_checkpointing": False,
-        "report_to": [],
+        **scale_args(compute, cpu, world),
+        "report_to": (tracking or {}).get("report_to", []),
+        "run_name": (tracking or {}).get("run_name"),
         "save_strategy": "steps",
         "save_steps": save_steps,
         "save_total_limit": 2,
@@ -165,18 +177,37 @@ def resume_checkpoint(ctx: StageContext, checkpoints: Path) -> str | None:
 
 def fresh_checkpoints(ctx: StageContext, checkpoints: Path) -> None:
     """A stage that starts over must not resume from a stale checkpoint."""
-    if not ctx.resume and checkpoints.exists():
+    from rlhfspec.runtime.train.scale import group
+
+    if not ctx.resume and checkpoints.exists() and group().is_main:
         shutil.rmtree(checkpoints)
+    group().barrier()
 
 
 def save_model(
-    model: Any, tokenizer: Any, target: Path, metadata: dict[str, Any], meta_name: str
+    model: Any,
+    tokenizer: Any,
+    target: Path,
+    metadata: dict[str, Any],
+    meta_name: str,
+    state_dict: dict[str, Any] | None = None,
 ) -> None:
-    """Write weights (safetensors), tokenizer and metadata to a temp folder, then swap it in."""
+    """Write weights (safetensors), tokenizer and metadata to a temp folder, then swap it in.
+
+    A PEFT model is written twice: its adapters under ``adapter/`` (with the base model's
+    identity in the metadata), and the adapters merged into the base weights at the top, so
+    that every later stage loads the folder as an ordinary model. `state_dict` is the full
+    state gathered from FSDP shards.
+    """
     tmp = target.with_name(f".{target.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    if hasattr(model, "merge_and_unload"):
+        model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        model = model.merge_and_unload()
+        state_dict = None
+    extra = {} if state_dict is None else {"state_dict": state_dict}
+    model.save_pretrained(tmp, safe_serialization=True, **extra)
     tokenizer.save_pretrained(tmp)
     (tmp / meta_name).write_text(
         json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"

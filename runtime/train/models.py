@@ -352,6 +352,7 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     dtype: torch.dtype | str | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    quantization_config: Any = None,
 ) -> PreTrainedModel:
     """Load a causal LM (safetensors only) and align it with its tokenizer's pad token.
 
@@ -366,6 +367,8 @@ def load_causal_lm(
     kwargs = _common_kwargs(ref, trust_remote_code)
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if quantization_config is not None:  # QLoRA: the frozen base in 4-bit (CUDA)
+        kwargs["quantization_config"] = quantization_config
     with _load_errors(ref, "a causal LM"):
         model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
             str(ref), use_safetensors=True, **kwargs
@@ -381,6 +384,7 @@ def load_reward_model(
     dtype: torch.dtype | str | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     seed: int | None = None,
+    quantization_config: Any = None,
 ) -> PreTrainedModel:
     """Load a scalar reward model: ``AutoModelForSequenceClassification`` with one label.
 
@@ -398,6 +402,8 @@ def load_reward_model(
     kwargs = _common_kwargs(ref, trust_remote_code)
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if quantization_config is not None:  # QLoRA: the frozen base in 4-bit (CUDA)
+        kwargs["quantization_config"] = quantization_config
     with _load_errors(ref, "a reward model"), torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)

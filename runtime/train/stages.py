@@ -21,22 +21,28 @@ from rlhfspec.runtime.annotation.aggregate import read_jsonl_rows
 from rlhfspec.runtime.prompts.pool import HOLDOUT_FILE, pool_with_holdout, read_holdout
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
 from rlhfspec.runtime.train.common import (
-    ProgressLines,
     fresh_checkpoints,
     quiet_transformers,
     read_pairs,
     resolve,
-    resume_checkpoint,
-    save_model,
     seed_everything,
     steps_for,
     threads,
     trainer_args,
-    without_printer,
 )
 from rlhfspec.runtime.train.formatting import format_prompt, format_response, full_text, word_count
 from rlhfspec.runtime.train.models import load_causal_lm, load_reward_model, load_tokenizer
+from rlhfspec.runtime.train.progress import progress_callback
 from rlhfspec.runtime.train.reward_eval import check_gates, evaluate_pairs
+from rlhfspec.runtime.train.scale import (
+    compute_record,
+    group,
+    lora_config,
+    quantization,
+    run_trainer,
+    save_trained,
+    stage_compute,
+)
 from rlhfspec.runtime.train.scoring import REWARD_META, score_texts
 
 SFT_META = "rlhfspec_sft.json"
@@ -69,8 +75,14 @@ def sft_stage(ctx: StageContext) -> StageOutcome:
     if not rows:
         raise RunError(f"{cfg['data']}: no demonstrations left to train on")
     base = resolve(ctx, cfg["base_model"])
+    compute = stage_compute(ctx)
     tokenizer = load_tokenizer(base, trust_remote_code=cfg["trust_remote_code"])
-    model = load_causal_lm(base, trust_remote_code=cfg["trust_remote_code"], tokenizer=tokenizer)
+    model = load_causal_lm(
+        base,
+        trust_remote_code=cfg["trust_remote_code"],
+        tokenizer=tokenizer,
+        quantization_config=quantization(compute),
+    )
     dataset = Dataset.from_list(
         [
             {"prompt": format_prompt(r["prompt"]), "completion": format_response(r["response"])}
@@ -80,17 +92,22 @@ def sft_stage(ctx: StageContext) -> StageOutcome:
     checkpoints = ctx.path("sft/checkpoints")
     fresh_checkpoints(ctx, checkpoints)
     steps = steps_for(len(rows), cfg["train"])
-    ctx.log(f"{len(rows)} demonstrations, about {steps} steps, {threads()} thread(s)")
-    trainer = without_printer(
-        SFTTrainer(
+    ctx.log(
+        f"{len(rows)} demonstrations, about {steps} steps, {group().world} process(es), "
+        f"{threads()} thread(s) each"
+    )
+
+    def build(tracking: dict[str, Any]) -> Any:
+        return SFTTrainer(
             model=model,
             processing_class=tokenizer,
             train_dataset=dataset,
-            args=SFTConfig(**trainer_args(ctx, cfg["train"], checkpoints, steps)),
-            callbacks=[ProgressLines(ctx.log)],
+            args=SFTConfig(**trainer_args(ctx, cfg["train"], checkpoints, steps, tracking)),
+            callbacks=[progress_callback(ctx.log, "sft")],
+            peft_config=lora_config(compute, "CAUSAL_LM"),
         )
-    )
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(ctx, checkpoints))
+
+    trainer, loss, tracking = run_trainer(ctx, build, checkpoints)
     metadata = {
         "stage": "sft",
         "base_model": cfg["base_model"],
@@ -104,12 +121,14 @@ def sft_stage(ctx: StageContext) -> StageOutcome:
         "seed": ctx.settings["seed"],
         "threads": threads(),
         "plan_fingerprint": ctx.plan["fingerprint"],
-        "train_loss": round(float(result.training_loss), 6),
+        "train_loss": round(loss, 6),
+        "compute": compute_record(compute, trainer, base),
+        "tracking": tracking,
     }
-    save_model(trainer.model, tokenizer, ctx.path("models/sft"), metadata, SFT_META)
+    save_trained(trainer, tokenizer, ctx.path("models/sft"), metadata, SFT_META)
     return StageOutcome(
         ["models/sft"],
-        {k: metadata[k] for k in ("data", "train_loss", "threads")},
+        {k: metadata[k] for k in ("data", "train_loss", "threads", "compute", "tracking")},
         summary=f"train loss {metadata['train_loss']:.4f} on {len(rows)} demonstrations",
     )
 
@@ -143,9 +162,14 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
             f"{len(pairs)} preference pairs cannot be split into training and validation by prompt"
         )
     base = ctx.upstream("models/sft") if cfg["start_from_sft"] else resolve(ctx, cfg["base_model"])
+    compute = stage_compute(ctx)
     tokenizer = load_tokenizer(base, trust_remote_code=cfg["trust_remote_code"])
     model = load_reward_model(
-        base, trust_remote_code=cfg["trust_remote_code"], tokenizer=tokenizer, seed=seed
+        base,
+        trust_remote_code=cfg["trust_remote_code"],
+        tokenizer=tokenizer,
+        seed=seed,
+        quantization_config=quantization(compute),
     )
     max_length = int(cfg["train"]["max_length"])
     # TRL drops pairs longer than max_length silently; drop them here and say how many
@@ -173,18 +197,19 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
         f"{len(kept)} training pairs, {len(validation)} validation pairs "
         f"({len({p['prompt_id'] for p in validation})} prompts), about {steps} steps, {threads()} thread(s)"
     )
-    args = trainer_args(ctx, cfg["train"], checkpoints, steps)
-    trainer = without_printer(
-        RewardTrainer(
+
+    def build(tracking: dict[str, Any]) -> Any:
+        return RewardTrainer(
             model=model,
             processing_class=tokenizer,
             train_dataset=Dataset.from_list(kept),
-            args=RewardConfig(**args),
-            callbacks=[ProgressLines(ctx.log)],
+            args=RewardConfig(**trainer_args(ctx, cfg["train"], checkpoints, steps, tracking)),
+            callbacks=[progress_callback(ctx.log, "reward_model")],
+            peft_config=lora_config(compute, "SEQ_CLS"),
         )
-    )
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(ctx, checkpoints))
 
+    trainer, loss, tracking = run_trainer(ctx, build, checkpoints)
+    # every process evaluates (under FSDP the forward pass is collective); the main one writes
     metrics, holdout_scores = evaluate_holdout(trainer.model, tokenizer, validation, max_length)
     gate_results = check_gates(metrics, cfg["gates"])
     gates = [
@@ -213,11 +238,15 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
         "seed": seed,
         "threads": threads(),
         "plan_fingerprint": ctx.plan["fingerprint"],
-        "train_loss": round(float(result.training_loss), 6),
+        "train_loss": round(loss, 6),
+        "compute": compute_record(compute, trainer, base),
+        "tracking": tracking,
         "gates": [g.to_dict() for g in gates],
         "holdout": {k: metrics[k] for k in ("accuracy", "pairs")},
     }
-    save_model(trainer.model, tokenizer, ctx.path("models/reward_model"), metadata, REWARD_META)
+    save_trained(trainer, tokenizer, ctx.path("models/reward_model"), metadata, REWARD_META)
+    if not group().is_main:
+        return StageOutcome([], {})
     report = {"metadata": metadata, "holdout": metrics}
     atomic_write_text(ctx.path("reward_model/eval.json"), json.dumps(report, indent=2) + "\n")
     atomic_write_text(ctx.path("reward_model/eval.md"), eval_markdown(metadata, metrics))
@@ -239,6 +268,8 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
             "pearson_reward_length": length["pearson_reward_length"],
             "preferred_shorter_accuracy": length["preferred_shorter"]["accuracy"],
             "data": metadata["data"],
+            "compute": metadata["compute"],
+            "tracking": metadata["tracking"],
         },
         gates,
         f"holdout accuracy {metrics['accuracy']:.3f} on {metrics['pairs']} pairs; "

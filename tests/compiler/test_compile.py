@@ -106,6 +106,8 @@ def test_plan_round_trips(tmp_path: Path) -> None:
         "policy",
         "evaluation",
         "compute",
+        "tracking",
+        "name",
     }
     assert stages["select"]["settings"] == {
         "evaluation": {"select": resolved["evaluation"]["select"]}
@@ -117,7 +119,10 @@ def test_plan_round_trips(tmp_path: Path) -> None:
     sources = {s["path"] for s in resolved["prompts"]["sources"]}
     assert sources <= {i["path"] for i in sft["inputs"]}
     assert stages["handoff"]["outputs"] == ["handoff"]
-    assert stages["reward_model"]["work"] == ["reward_model/checkpoints"]
+    assert stages["reward_model"]["work"] == [
+        "reward_model/checkpoints",
+        "tracking/reward_model",
+    ]
 
 
 def test_compile_is_byte_identical(tmp_path: Path) -> None:

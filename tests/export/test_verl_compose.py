@@ -48,7 +48,12 @@ SCALED = """compute:
 def build_job(root: Path, extra: str = "") -> tuple[Path, dict[str, Any]]:
     """The example spec's job, with tiny models standing in for the run's SFT and reward
     models (the end-to-end test in test_verl_roundtrip.py exports a real run)."""
-    from rlhfspec.runtime.export.verl_job import add_chat_template, prompt_tokens
+    from rlhfspec.runtime.export.verl_job import (
+        add_chat_template,
+        prompt_rows,
+        prompt_tokens,
+        write_parquet,
+    )
     from rlhfspec.runtime.train.models import build_tiny, load_reward_model, load_tokenizer
 
     shutil.copytree(SPECS / "support-assistant", root / "support-assistant")
@@ -73,6 +78,8 @@ def build_job(root: Path, extra: str = "") -> tuple[Path, dict[str, Any]]:
     tokenizer.save_pretrained(job / "reward_model")
     for folder in ("model", "reward_model"):
         add_chat_template(job / folder, False)
+    write_parquet(prompt_rows(CORPUS, "support-assistant", "train"), job / "data/train.parquet")
+    write_parquet(prompt_rows(CORPUS[:3], "support-assistant", "val"), job / "data/val.parquet")
     facts = target.JobFacts(
         train_prompts=300,
         val_prompts=32,
@@ -176,3 +183,24 @@ def test_chat_template_reproduces_our_prompt_format(job: tuple[Path, dict[str, A
         [*chat, {"role": "assistant", "content": response}], tokenize=False
     )
     assert scored == full_text(prompt, response) + reward.eos_token
+
+
+def test_verls_dataset_reads_our_prompts_as_our_prompt_format(
+    job: tuple[Path, dict[str, Any]],
+) -> None:
+    """verl's own RLHFDataset reads the parquet; its chat, through the job's tokenizer, is
+    exactly the prompt our PPO samples from, and fits max_prompt_length."""
+    from transformers import AutoTokenizer
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    folder, _ = job
+    cfg = compose(launch_args(folder))
+    tokenizer = AutoTokenizer.from_pretrained(folder / "model")
+    dataset = RLHFDataset(cfg.data.train_files, tokenizer, cfg.data)
+    assert len(dataset) == len(CORPUS)
+    for i, text in enumerate(CORPUS[:6]):
+        chat = list(dataset[i]["raw_prompt"])
+        rendered = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        assert rendered == format_prompt(text)
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        assert len(ids) <= cfg.data.max_prompt_length

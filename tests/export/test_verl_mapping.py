@@ -132,3 +132,20 @@ def test_unknown_target_is_a_usage_error() -> None:
 )
 def test_hydra_values(value: Any, text: str) -> None:
     assert target.hydra_value(value) == text
+
+
+@pytest.mark.parametrize(("mode", "status"), [("fixed", "difference"), ("adaptive", "refused")])
+def test_k3_never_enters_verls_reward(project: Path, mode: str, status: str) -> None:
+    """Our reward uses k1 whatever kl.estimator says; verl must get kl_penalty=kl, and an
+    adaptive controller fed k3 is something verl cannot express."""
+    text = project.read_text(encoding="utf-8")
+    old = "kl: {coef: 0.05, estimator: k1, mode: adaptive, target: 6.0, horizon: 10000}"
+    assert old in text
+    target = ", target: 6.0" if mode == "adaptive" else ""
+    new = f"kl: {{coef: 0.05, estimator: k3, mode: {mode}{target}, horizon: 10000}}"
+    project.write_text(text.replace(old, new), encoding="utf-8")
+    checked = mapping(project)
+    row = next(r for r in checked.rows if r.setting == "policy.kl.estimator")
+    assert row.status == status and row.keys == {"algorithm.kl_penalty": "kl"}
+    codes = {d.path: d.code for d in checked.diagnostics}
+    assert (codes.get("policy.kl.estimator") == "X001") == (status == "refused")

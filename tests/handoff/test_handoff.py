@@ -27,6 +27,7 @@ import yaml
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.hashing import sha256_file
 from rlhfspec.compiler.compile import compile_spec, write_outputs
+from rlhfspec.compiler.plan import stage_graph
 from rlhfspec.runtime.annotation.qc import QcInputs, QcSettings, analyse
 from rlhfspec.runtime.annotation.records import AnnotationTable
 from rlhfspec.runtime.evaluation.evaluate import eval_json, trajectory_svg
@@ -35,18 +36,19 @@ from rlhfspec.runtime.evaluation.selection import (
     import_human_eval,
     select_checkpoint,
 )
-from rlhfspec.runtime.handoff.package import (
+from rlhfspec.runtime.handoff import (
     CHECKSUMS_FILE,
     MANIFEST_FILE,
     PARTS,
     build_package,
     handoff_stage,
-    inline_svg,
     verify_package,
 )
+from rlhfspec.runtime.handoff.context import inline_svg
 from rlhfspec.runtime.lineage import describe
 from rlhfspec.runtime.project import Project
 from rlhfspec.runtime.report.qc_report import write_qc_reports
+from rlhfspec.runtime.run import check_outputs, snapshot
 from rlhfspec.runtime.stage_api import StageContext
 from tests.conftest import SPECS
 
@@ -723,8 +725,9 @@ def test_gold_items_must_match_the_plan(base_run: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["directory", "tar.gz"])
 def test_handoff_stage_writes_the_package(run_copy: Path, tmp_path: Path, fmt: str) -> None:
     plan = json.loads((run_copy / "plan/plan.json").read_text(encoding="utf-8"))
-    stage = next(s for s in plan["stages"] if s["name"] == "handoff")
-    stage["settings"]["handoff"] = {"include": list(PARTS), "weights": "include", "format": fmt}
+    # the stage entry the compiler writes for this handoff block: it declares the right output
+    resolved = {**plan["resolved"], "handoff": {"include": list(PARTS), "weights": "include", "format": fmt}}  # fmt: skip
+    stage = next(s for s in stage_graph(resolved, plan["inputs"]) if s["name"] == "handoff")
     logged: list[str] = []
     ctx = StageContext(
         plan,
@@ -735,9 +738,15 @@ def test_handoff_stage_writes_the_package(run_copy: Path, tmp_path: Path, fmt: s
         frozenset(),
         logged.append,
     )
+    before = snapshot(run_copy)
     outcome = handoff_stage(ctx)
     rel = "handoff" if fmt == "directory" else "handoff.tar.gz"
-    assert outcome.outputs == [rel]
+    assert outcome.outputs == [rel] == stage["outputs"]
+    # the runner's check passes on the declared output, and fails the other declaration
+    check_outputs(stage, before, snapshot(run_copy), run_copy)
+    other = "handoff.tar.gz" if fmt == "directory" else "handoff"
+    with pytest.raises(RunError, match=f"does not declare: {rel}.*declared outputs: {other}"):
+        check_outputs({**stage, "outputs": [other]}, before, snapshot(run_copy), run_copy)
     assert outcome.metrics["weights"] == "include" and outcome.metrics["checkpoint"] == "update-000002"  # fmt: skip
     assert "index" in outcome.summary
     assert verify_package(run_copy / rel).ok

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from rlhfspec.common.errors import RunError
-from rlhfspec.runtime.handoff import package
-from rlhfspec.runtime.handoff.package import verify_package
+from rlhfspec.runtime.handoff import verify
+from rlhfspec.runtime.handoff.verify import verify_package
 
 BODY = b"hello\n"
 
@@ -96,7 +96,7 @@ def test_huge_pax_header_is_refused_without_reading_it(tmp_path: Path) -> None:
 
 
 def test_member_count_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(package, "MAX_MEMBERS", 5)
+    monkeypatch.setattr(verify, "MAX_MEMBERS", 5)
     path = write(tmp_path, gzip.compress(tar_bytes(members=8)))
     assert "more than 5 members" in refused(path)
     folder = tmp_path / "dir"
@@ -106,6 +106,6 @@ def test_member_count_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_metadata_read_whole_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(package, "MAX_METADATA_BYTES", 100)
+    monkeypatch.setattr(verify, "MAX_METADATA_BYTES", 100)
     path = write(tmp_path, gzip.compress(tar_bytes(members=3)))
     assert "CHECKSUMS.sha256 is larger than" in refused(path)  # never read whole

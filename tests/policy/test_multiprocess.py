@@ -450,19 +450,39 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root, run_dir
 
 
-def run_printed(command: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def interpreter_bin(folder: Path) -> Path:
+    """``torchrun`` and ``rlhfspec`` scripts that run this interpreter (an installed script's
+    shebang may name another environment's Python)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    scripts = {
+        "torchrun": f'exec {shlex.quote(sys.executable)} -m torch.distributed.run "$@"\n',
+        "rlhfspec": f"exec {shlex.quote(sys.executable)} -c "
+        "'import sys; from rlhfspec.cli.main import main; sys.argv[0] = \"rlhfspec\"; main()' "
+        '"$@"\n',
+    }
+    for name, body in scripts.items():
+        path = folder / name
+        path.write_text("#!/usr/bin/env bash\n" + body)
+        path.chmod(0o755)
+    return folder
+
+
+def run_printed(
+    command: str, cwd: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """A command exactly as the plan prints it (plus `extra` arguments), through the shell,
-    with this environment's scripts (torchrun, rlhfspec) first on PATH."""
-    bindir = str(Path(sys.executable).parent)
-    env = {
+    with `torchrun` and `rlhfspec` running this interpreter."""
+    bindir = interpreter_bin(cwd / ".bin")
+    full_env = {
         **os.environ,
         "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
         "RLHFSPEC_THREADS": "1",
         "OMP_NUM_THREADS": "1",
+        **(env or {}),
     }
     line = " ".join([command, *(shlex.quote(a) for a in extra)])
     done = subprocess.run(
-        ["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT
+        ["bash", "-c", line], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=TIMEOUT
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-6000:]
     return done
@@ -531,7 +551,7 @@ def test_launch_runs_the_dpo_policy_stage_in_two_processes(upstream: tuple[Path,
 def test_launch_refuses_stages_that_cannot_run_in_several_processes(tmp_path: Path) -> None:
     spec = ROOT / "specs" / "minimal.yaml"
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0"}
-    for args in (["--stage", "sft"], ["--until", "prompts"], []):
+    for args in (["--stage", "evaluate"], ["--until", "prompts"], []):
         done = subprocess.run(
             [sys.executable, "-m", "rlhfspec.cli.launch", str(spec), *args],
             cwd=tmp_path,
@@ -541,7 +561,8 @@ def test_launch_refuses_stages_that_cannot_run_in_several_processes(tmp_path: Pa
             timeout=120,
         )
         assert done.returncode == 2, done.stderr
-        assert "--stage policy" in done.stderr and "--num_processes 1" in done.stderr
+        assert "--stage sft, --stage reward_model, --stage policy" in done.stderr, done.stderr
+        assert "--num_processes 1" in done.stderr
 
 
 # ---------------------------------------------------------------------------------------------

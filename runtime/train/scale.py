@@ -1,0 +1,278 @@
+"""How a training stage uses its plan entry's `compute` and `tracking` settings with TRL.
+
+Several processes. torchrun starts N processes per node; every one runs the stage function
+(rank 0 through `rlhfspec run`, the others as the registry's worker, see `rlhfspec.cli.launch`).
+The HF Trainer wraps the model in DDP and gives each process its share of every batch. The
+run directory has one writer: only the main process clears old checkpoints, saves the model
+and writes reports (`Group.is_main`); the others wait at a barrier where they would otherwise
+read what it is still writing. ``batch_size`` of SFT and the reward model is the *global*
+batch: each process takes ``batch_size / N`` examples per step, so the same spec trains on the
+same batches with any number of processes (the slow tests compare 1 and 2 processes).
+
+FSDP. With ``strategy: fsdp`` on GPUs the trainer shards with FSDP2 (full sharding of
+parameters, gradients and optimizer state; CPU offload as an option) through accelerate.
+accelerate applies its FSDP plugin only on accelerators: on CPU the stage runs as DDP and
+says so (validate warns with M003); PPO shards itself with torch's ``fully_shard``.
+
+LoRA. `lora_config` turns ``compute.lora`` into PEFT's config for TRL's ``peft_config``
+argument (the reward model's score head is trained in full, ``modules_to_save``); QLoRA loads
+the frozen base in 4-bit NF4 through bitsandbytes and needs CUDA.
+
+Tracking. `tracking` gives TRL's ``report_to`` and the environment the integrations read
+(offline by default: W&B offline mode, MLflow to a file store, TensorBoard event files, all
+under the run directory's ``tracking/<stage>/``) and the run id recorded in lineage.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rlhfspec.common.errors import RunError
+from rlhfspec.runtime.policy.distributed import Group
+from rlhfspec.runtime.stage_api import StageContext
+
+#: TRL's report_to name of each tracking backend.
+REPORT_TO = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "trackio": "trackio",
+}
+
+
+def stage_compute(ctx: StageContext) -> dict[str, Any]:
+    """The stage's resolved compute settings (the section with the stage's overrides)."""
+    compute: dict[str, Any] = ctx.stage["compute"]
+    return compute
+
+
+def group() -> Group:
+    """This process among the stage's processes (`SINGLE` without a launcher)."""
+    return Group.current()
+
+
+def per_device(batch: int, what: str, world: int) -> int:
+    """A global batch's share per process; the batch must split evenly."""
+    if batch % world:
+        raise RunError(
+            f"{what} ({batch}) is the global batch and must be a multiple of the {world} "
+            "training processes; change it or the number of processes"
+        )
+    return batch // world
+
+
+def runs_sharded(compute: dict[str, Any], cpu: bool, world: int) -> bool:
+    """Whether accelerate will shard this TRL stage (FSDP on accelerators only)."""
+    return compute["strategy"] == "fsdp" and world > 1 and not cpu
+
+
+def scale_args(compute: dict[str, Any], cpu: bool, world: int) -> dict[str, Any]:
+    """TrainingArguments for gradient checkpointing and FSDP2."""
+    checkpointing = bool(compute["gradient_checkpointing"])
+    out: dict[str, Any] = {
+        "activation_checkpointing": checkpointing,
+        "activation_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
+    }
+    if runs_sharded(compute, cpu, world):
+        offload = " offload" if compute["fsdp"]["cpu_offload"] else ""
+        out["fsdp"] = f"full_shard auto_wrap{offload}"
+        out["fsdp_config"] = {
+            "fsdp_version": 2,
+            "reshard_after_forward": True,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "state_dict_type": "FULL_STATE_DICT",
+            # FSDP's own recomputation (the trainer's would add an all-gather per layer)
+            "activation_checkpointing": checkpointing,
+        }
+        out["activation_checkpointing"] = False
+        out["activation_checkpointing_kwargs"] = None
+    return out
+
+
+def lora_config(compute: dict[str, Any], task: str) -> Any:
+    """PEFT's LoraConfig for ``compute.lora`` (None when LoRA is off). `task` is
+    ``CAUSAL_LM`` or ``SEQ_CLS`` (the score head then trains in full)."""
+    lora = compute["lora"]
+    if not lora["enabled"]:
+        return None
+    from peft import LoraConfig
+
+    targets = lora["target_modules"]
+    return LoraConfig(
+        r=int(lora["r"]),
+        lora_alpha=float(lora["alpha"]),
+        lora_dropout=float(lora["dropout"]),
+        target_modules="all-linear" if "all-linear" in targets else list(targets),
+        task_type=task,
+        modules_to_save=["score"] if task == "SEQ_CLS" else None,
+    )
+
+
+def quantization(compute: dict[str, Any]) -> Any:
+    """bitsandbytes' 4-bit NF4 config for QLoRA (None otherwise); CUDA only."""
+    lora = compute["lora"]
+    if not (lora["enabled"] and lora["quantize"] == "4bit"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available() or compute["device"] == "cpu":
+        raise RunError("QLoRA (compute.lora.quantize: 4bit) needs a CUDA GPU and bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracking
+
+
+def tracking_dir(ctx: StageContext) -> Path:
+    return ctx.path(f"tracking/{ctx.stage['name']}")
+
+
+def tracking_run_id(ctx: StageContext) -> str:
+    """A run id the backends accept: the run directory's name and the stage."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{ctx.run_dir.name}-{ctx.stage['name']}")
+
+
+@contextmanager
+def tracking_env(ctx: StageContext) -> Iterator[dict[str, Any]]:
+    """The environment the tracking integrations read while the stage trains, and what
+    lineage records about the run (backend, project, run name and id, local folder).
+
+    Only the main process reports (the integrations check that themselves); the variables are
+    restored afterwards so that one stage's run never leaks into the next.
+    """
+    settings = ctx.settings["tracking"]
+    backend = settings["backend"]
+    if backend == "none":
+        yield {"backend": "none", "report_to": []}
+        return
+    folder = tracking_dir(ctx)
+    project = settings.get("project") or ctx.settings["name"]
+    name = f"{settings.get('run_name') or ctx.run_dir.name}-{ctx.stage['name']}"
+    run_id = tracking_run_id(ctx)
+    offline = settings["mode"] == "offline"
+    env: dict[str, str] = {}
+    if backend == "tensorboard":
+        env["TENSORBOARD_LOGGING_DIR"] = str(folder)
+    elif backend == "wandb":
+        env.update(WANDB_PROJECT=project, WANDB_RUN_ID=run_id, WANDB_NAME=name)
+        env.update(WANDB_DIR=str(folder), WANDB_RESUME="allow", WANDB_SILENT="true")
+        if offline:
+            env["WANDB_MODE"] = "offline"
+    elif backend == "mlflow":
+        env.update(MLFLOW_EXPERIMENT_NAME=project, MLFLOW_RUN_NAME=name)
+        if offline:
+            env["MLFLOW_TRACKING_URI"] = (folder / "mlruns").resolve().as_uri()
+    elif backend == "trackio":
+        env["TRACKIO_PROJECT"] = project
+        if offline:
+            env["TRACKIO_DIR"] = str(folder)
+    saved = {k: os.environ.get(k) for k in env}
+    if group().is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+    os.environ.update(env)
+    try:
+        yield {
+            "backend": backend,
+            "report_to": [REPORT_TO[backend]],
+            "project": project,
+            "run_name": name,
+            "run_id": run_id,
+            "mode": settings["mode"],
+            "dir": folder.relative_to(ctx.run_dir).as_posix(),
+        }
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def lineage_record(info: dict[str, Any]) -> dict[str, Any]:
+    """What lineage keeps about a stage's tracking (not the trainer's report_to list)."""
+    return {k: v for k, v in info.items() if k != "report_to"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and saving with TRL
+
+
+def run_trainer(
+    ctx: StageContext, build: Any, checkpoints: Path
+) -> tuple[Any, float, dict[str, Any]]:
+    """Build the trainer (`build(tracking)` with the tracking settings for its arguments),
+    train it, and return it with the training loss averaged over every process (each
+    process's trainer reports its own shard's) and the tracking record for lineage."""
+    from rlhfspec.runtime.train.common import resume_checkpoint, without_printer
+
+    with tracking_env(ctx) as tracking:
+        trainer = without_printer(build(tracking))
+        result = trainer.train(resume_from_checkpoint=resume_checkpoint(ctx, checkpoints))
+        if tracking["backend"] == "wandb" and group().is_main:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()  # flush the offline run files before the stage's outputs
+    loss = group().mean_of({"loss": float(result.training_loss)})["loss"]
+    return trainer, loss, lineage_record(tracking)
+
+
+def save_trained(
+    trainer: Any, tokenizer: Any, target: Path, metadata: dict[str, Any], meta_name: str
+) -> None:
+    """Every process calls this: under FSDP the full weights are gathered collectively; the
+    main process writes (`save_model`), the others wait until it has."""
+    from rlhfspec.runtime.train.common import save_model
+
+    state = None
+    if getattr(trainer, "is_fsdp_enabled", False):
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if group().is_main:
+        save_model(trainer.model, tokenizer, target, metadata, meta_name, state_dict=state)
+    group().barrier()
+
+
+def weights_sha256(model_dir: Path | str) -> str | None:
+    """sha256 over a local model folder's safetensors files (name and hash of each, sorted):
+    the base model's identity that LoRA adapters are recorded against."""
+    import hashlib
+
+    from rlhfspec.common.hashing import sha256_file
+
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*.safetensors")):
+        digest.update(f"{file.name}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def compute_record(compute: dict[str, Any], trainer: Any, base: Path | str) -> dict[str, Any]:
+    """What lineage and the model's metadata keep about how the stage ran."""
+    world = group().world
+    lora = compute["lora"]
+    record: dict[str, Any] = {
+        "processes": world,
+        "strategy": "fsdp"
+        if getattr(trainer, "is_fsdp_enabled", False)
+        else ("ddp" if world > 1 else "single"),
+        "gradient_checkpointing": bool(compute["gradient_checkpointing"]),
+        "mixed_precision": compute["mixed_precision"],
+    }
+    if lora["enabled"]:
+        record["lora"] = {**lora, "base": str(base), "base_sha256": weights_sha256(base)}
+    return record
