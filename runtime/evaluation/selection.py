@@ -7,9 +7,14 @@ reward is not automatically the best one. Selection therefore has two steps:
    (``evaluation.select.guards``): mean KL to the reference at most ``max_kl`` (it has not
    drifted far from the supervised model), length-reward correlation at most
    ``max_length_correlation`` (its reward is not bought with length), and disqualifier rate at
-   most ``max_disqualifier_rate``. Guards read the ``overall`` block of each checkpoint's
-   evaluation (`runtime/evaluate.py`), i.e. all prompt sets pooled. A correlation that is
-   undefined (constant lengths or rewards) cannot show length hacking and passes.
+   most ``max_disqualifier_rate``, and share of responses cut at ``max_new_tokens`` without
+   EOS at most ``max_no_eos_rate`` (a checkpoint that rambles to the limit). Guards read the
+   ``overall`` block of each checkpoint's evaluation (`runtime/evaluation/evaluate.py`), i.e.
+   all prompt sets pooled, and fail closed: a missing, NaN or infinite value fails its guard
+   (a diverged checkpoint has a NaN KL, and must never be selected). One documented
+   exception: a length-reward correlation that is *undefined* because the lengths or the
+   rewards are constant (the evaluation says so in ``length_reward_correlation_undefined``)
+   cannot show length hacking and passes.
 2. Ranking. Among eligible checkpoints the spec's metric (``reward_mean`` or
    ``win_rate_vs_start``) is maximised; but when human judgements exist and the spec prefers
    them, the checkpoint human evaluators rate highest wins, because that is the quantity the
@@ -32,6 +37,7 @@ that a checkpoint that changed few responses is not judged on those alone.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,17 +46,14 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.jsonl import MAX_LISTED
+from rlhfspec.compiler.schemas import default_of
 from rlhfspec.runtime.annotation.label_studio import labeling_config
 
 METRICS = ("reward_mean", "win_rate_vs_start")
 HUMAN_RULE = "human win rate"
 TIE_BREAK = "earlier step, then label"
 #: The schema's defaults, used for a guard the caller leaves out.
-DEFAULT_GUARDS: dict[str, float] = {
-    "max_kl": 8.0,
-    "max_length_correlation": 0.4,
-    "max_disqualifier_rate": 0.0,
-}
+DEFAULT_GUARDS: dict[str, float] = default_of("evaluation.select.guards")
 KEY_FORMAT = "rlhfspec.human_eval_key/1"
 
 
@@ -67,13 +70,27 @@ def _metric_value(evaluation: dict[str, Any], metric: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _guard_values(evaluation: dict[str, Any]) -> dict[str, float | None]:
+def _guard_values(evaluation: dict[str, Any]) -> dict[str, Any]:
     overall = evaluation["overall"]
+    eos_rate = overall.get("eos_rate")
     return {
         "max_kl": overall["kl"]["mean"],
         "max_length_correlation": overall["length_reward_correlation"],
         "max_disqualifier_rate": overall["disqualifier_rate"],
+        "max_no_eos_rate": overall.get(
+            "no_eos_rate", None if eos_rate is None else 1.0 - float(eos_rate)
+        ),
     }
+
+
+def _passes(name: str, value: Any, threshold: float, overall: dict[str, Any]) -> bool:
+    """Fail closed: only a finite number at most the threshold passes, except an undefined
+    length-reward correlation (constant lengths or rewards), which cannot show hacking."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return name == "max_length_correlation" and bool(
+            overall.get("length_reward_correlation_undefined")
+        )
+    return math.isfinite(float(value)) and float(value) <= float(threshold)
 
 
 def _human_value(entry: Any) -> tuple[float | None, int | None]:
@@ -121,7 +138,7 @@ def select_checkpoint(
         checks: dict[str, Any] = {}
         for name, threshold in thresholds.items():
             value = values[name]
-            passed = value is None or float(value) <= float(threshold)
+            passed = _passes(name, value, threshold, evaluation["overall"])
             checks[name] = {"value": value, "threshold": threshold, "passed": passed}
         rate, n = _human_value(human.get(str(evaluation["label"])))
         rows.append(

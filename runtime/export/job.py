@@ -28,9 +28,12 @@ class ExportResult:
     manifest: dict[str, Any]
 
 
-def check_export(spec_path: Path, target: str, display: str) -> tuple[dict[str, Any], Any]:
-    """Compile and map; a located error for every refused setting."""
-    result = compile_spec(spec_path, Path("plan"), display=display)
+def check_export(
+    spec_path: Path, target: str, display: str, out_dir: Path
+) -> tuple[dict[str, Any], Any]:
+    """Compile (the plan anchored in the job folder, where its copy goes) and map; a located
+    error for every refused setting."""
+    result = compile_spec(spec_path, out_dir, display=display)
     if result.plan is None:
         raise CompilerError(f"{display} is not valid:\n" + format_text(result.diagnostics))
     module = get_target(target)
@@ -51,7 +54,7 @@ def export_job(
     display: str,
     log: Callable[[str], None] = print,
 ) -> ExportResult:
-    plan, checked = check_export(spec_path, target, display)
+    plan, checked = check_export(spec_path, target, display, out_dir)
     module = get_target(target)
     manifest_name: str = module.MANIFEST
     if out_dir.exists() and not (out_dir / manifest_name).is_file():

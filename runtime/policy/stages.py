@@ -126,6 +126,14 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
         ]
         summary = f"{result['steps']} DPO steps, {len(checkpoints)} checkpoints"
         metrics = {k: result[k] for k in ("steps", "final_loss") if k in result}
+    if policy["method"] == "ppo" and ctx.settings["tracking"]["backend"] != "none":
+        from rlhfspec.runtime.train.scale import tracking_dir, tracking_run_id
+
+        metrics["tracking"] = {
+            "backend": ctx.settings["tracking"]["backend"],
+            "run_id": tracking_run_id(ctx),
+            "dir": tracking_dir(ctx).relative_to(ctx.run_dir).as_posix(),
+        }
     index = {"start": str(start), "checkpoints": checkpoints, "metadata": metadata}
     atomic_write_text(ctx.path(CHECKPOINT_INDEX), json.dumps(index, indent=2) + "\n")
     return StageOutcome(["models/policy", PROMPT_SETS], metrics, summary=summary)
@@ -160,25 +168,34 @@ def train_policy(
     out_dir = ctx.path("models/policy")
     if policy["method"] == "ppo":
         from rlhfspec.runtime.policy.ppo import PPOSettings, train_ppo
+        from rlhfspec.runtime.train.scale import MetricsTracker, group, tracking_env
 
-        device = spec["compute"]["device"]
+        compute = ctx.stage["compute"]
         settings = PPOSettings.from_spec(
             policy,
             int(spec["seed"]),
-            cpu=True if device == "cpu" else None,
-            mixed_precision=str(spec["compute"]["mixed_precision"]),
+            cpu=True if compute["device"] == "cpu" else None,
+            mixed_precision=str(compute["mixed_precision"]),
+            gradient_checkpointing=bool(compute["gradient_checkpointing"]),
         )
-        return train_ppo(
-            start,
-            start,
-            ctx.upstream("models/reward_model"),
-            prompts,
-            settings,
-            out_dir,
-            resume=ctx.resume,
-            log=ctx.log,
-            metadata=metadata,
-        )
+        with tracking_env(ctx) as tracking:
+            tracker = MetricsTracker(tracking, ctx.run_dir, group().is_main)
+            try:
+                result = train_ppo(
+                    start,
+                    start,
+                    ctx.upstream("models/reward_model"),
+                    prompts,
+                    settings,
+                    out_dir,
+                    resume=ctx.resume,
+                    log=ctx.log,
+                    metadata=metadata,
+                    on_update=lambda row: tracker.log(int(row["update"]), row),
+                )
+            finally:
+                tracker.close()
+        return result
     from rlhfspec.runtime.policy.dpo import train_dpo
     from rlhfspec.runtime.train.common import read_pairs
 
@@ -208,9 +225,39 @@ def _ppo_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
+def eval_settings(spec: dict[str, Any]) -> Any:
+    """Evaluation as PPO sees it: KL at the policy's sampling temperature (PPO's, or 1 for DPO,
+    whose implicit KL is at temperature 1), PPO's missing-EOS penalty, the spec's device and
+    precision, batched."""
+    import torch
+
+    from rlhfspec.runtime.evaluation.evaluate import EvalSettings
+
+    evaluation, policy, compute = spec["evaluation"], spec["policy"], spec["compute"]
+    device = compute["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return EvalSettings(
+        seed=int(spec["seed"]),
+        max_new_tokens=int(evaluation["max_new_tokens"]),
+        temperature=float(evaluation["temperature"]),
+        samples_shown=int(evaluation["samples_shown"]),
+        kl_estimator=policy["kl"]["estimator"],
+        disqualifiers=tuple(
+            (d["id"], d["detect"]["regex"])
+            for d in spec["criteria"]["disqualifiers"]
+            if "detect" in d
+        ),
+        batch_size=int(evaluation["batch_size"]),
+        device=device,
+        kl_temperature=float(policy["ppo"]["temperature"]) if policy["method"] == "ppo" else 1.0,
+        missing_eos_penalty=float(policy["ppo"]["missing_eos_penalty"]),
+        mixed_precision=str(compute["mixed_precision"]),
+    )
+
+
 def evaluate_stage(ctx: StageContext) -> StageOutcome:
     from rlhfspec.runtime.evaluation.evaluate import (
-        EvalSettings,
         evaluate_checkpoint,
         trajectory_svg,
         write_eval,
@@ -225,25 +272,13 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
     eval_sets = json.loads(ctx.upstream(PROMPT_SETS).read_text(encoding="utf-8"))
     prompt_sets = {name: [p["text"] for p in rows] for name, rows in eval_sets.items()}
     evaluation = spec["evaluation"]
-    settings = EvalSettings(
-        seed=int(spec["seed"]),
-        max_new_tokens=int(evaluation["max_new_tokens"]),
-        temperature=float(evaluation["temperature"]),
-        samples_shown=int(evaluation["samples_shown"]),
-        kl_estimator=spec["policy"]["kl"]["estimator"],
-        disqualifiers=tuple(
-            (d["id"], d["detect"]["regex"])
-            for d in spec["criteria"]["disqualifiers"]
-            if "detect" in d
-        ),
-    )
+    settings = eval_settings(spec)
     reward_model = ctx.upstream("models/reward_model")
     reference = Path(index["start"])
     targets = [{"label": "start", "step": 0, "path": str(reference)}] + [
         {**c, "path": str(ctx.path(c["path"]))} for c in index["checkpoints"]
     ]
-    results = []
-    start_responses = None
+    results: list[dict[str, Any]] = []
     for target in targets:
         ctx.log(f"evaluating {target['label']} (step {target['step']})")
         result = evaluate_checkpoint(
@@ -252,17 +287,16 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
             reward_model,
             prompt_sets,
             settings,
-            start_responses=start_responses,
+            start=results[0] if results else None,
             step=target["step"],
             label=target["label"],
         )
-        if start_responses is None:
-            start_responses = result["responses"]
         write_eval(result, ctx.path(f"eval/{target['label']}.json"))
         overall = result["overall"]
         ctx.log(
             f"{target['label']}: reward {overall['reward']['mean']}, KL {overall['kl']['mean']}, "
-            f"words {overall['length']['words_mean']}, win rate {overall.get('win_rate_vs_start')}"
+            f"words {overall['length']['words_mean']}, no EOS {overall['no_eos_rate']}, "
+            f"win rate {overall.get('win_rate_vs_start')}"
         )
         results.append(result)
     guards = evaluation["select"]["guards"]
@@ -300,6 +334,7 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
             "words_mean": r["overall"]["length"]["words_mean"],
             "length_reward_correlation": r["overall"]["length_reward_correlation"],
             "disqualifier_rate": r["overall"]["disqualifier_rate"],
+            "no_eos_rate": r["overall"]["no_eos_rate"],
             "win_rate_vs_start": r["overall"].get("win_rate_vs_start"),
         }
         for r in results

@@ -72,10 +72,8 @@ def evaluate_pairs(
     rewards = np.concatenate((chosen, rejected))
     lengths = np.concatenate((c_len, r_len))
     per_dimension: dict[str, Any] = {}
-    names = sorted(
-        {name for d in dimensions for name in d},
-        key=lambda n: next(i for i, d in enumerate(dimensions) if n in d),
-    )
+    # in order of first appearance (a set's order would follow the process's hash seed)
+    names = list(dict.fromkeys(name for d in dimensions for name in d))
     for name in names:
         verdicts = np.array([d.get(name) for d in dimensions], dtype=object)
         with_chosen = verdicts == "chosen"

@@ -276,3 +276,103 @@ def compute_record(compute: dict[str, Any], trainer: Any, base: Path | str) -> d
     if lora["enabled"]:
         record["lora"] = {**lora, "base": str(base), "base_sha256": weights_sha256(base)}
     return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Our own training loops (PPO): gradient checkpointing and metrics to the tracking backend
+
+
+def enable_checkpointing(model: Any) -> int:
+    """Gradient checkpointing for a model that trains in eval mode (PPO keeps dropout off).
+
+    transformers recomputes a decoder layer only while the layer is in training mode; PPO
+    calls ``eval()`` on its models. Each checkpointed layer therefore keeps ``training`` set on
+    itself whatever mode it is put in, while its children (attention and MLP, where dropout
+    lives) follow the mode as usual. Generation runs without gradients, so it never recomputes.
+    Returns how many layers recompute.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        original = layer.train
+
+        def train(mode: bool = True, _layer: Any = layer, _original: Any = original) -> Any:
+            _original(mode)
+            _layer.training = True
+            return _layer
+
+        layer.train = train  # type: ignore[method-assign]
+        layer.training = True
+    return len(layers)
+
+
+class MetricsTracker:
+    """Per-update metrics of our own loops to the stage's tracking backend (main process only).
+
+    The environment comes from `tracking_env`; TensorBoard writes event files with torch's
+    SummaryWriter, W&B/MLflow/trackio through their clients, all offline unless `mode` says
+    online.
+    """
+
+    def __init__(self, info: dict[str, Any], run_dir: Path, enabled: bool) -> None:
+        self.backend = info["backend"] if enabled else "none"
+        self.client: Any = None
+        if self.backend == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.client = SummaryWriter(log_dir=str(run_dir / info["dir"]))
+        elif self.backend == "wandb":
+            import wandb
+
+            self.client = wandb.init(
+                project=info["project"],
+                id=info["run_id"],
+                name=info["run_name"],
+                dir=str(run_dir / info["dir"]),
+                mode=info["mode"],
+                resume="allow",
+            )
+        elif self.backend == "mlflow":
+            import mlflow
+
+            self.client = mlflow.start_run(run_name=info["run_name"])
+        elif self.backend == "trackio":
+            import trackio
+
+            self.client = trackio.init(project=info["project"], name=info["run_name"])
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        numbers = {
+            f"train/{k}": float(v)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and v == v
+        }
+        if self.backend == "tensorboard":
+            for key, value in numbers.items():
+                self.client.add_scalar(key, value, step)
+        elif self.backend == "wandb":
+            self.client.log(numbers, step=step)
+        elif self.backend == "mlflow":
+            import mlflow
+
+            mlflow.log_metrics({k.replace("/", "_"): v for k, v in numbers.items()}, step=step)
+        elif self.backend == "trackio":
+            import trackio
+
+            trackio.log(numbers, step=step)
+
+    def close(self) -> None:
+        if self.backend == "tensorboard":
+            self.client.close()
+        elif self.backend == "wandb":
+            self.client.finish()
+        elif self.backend == "mlflow":
+            import mlflow
+
+            mlflow.end_run()
+        elif self.backend == "trackio":
+            import trackio
+
+            trackio.finish()

@@ -25,8 +25,6 @@ pytest.importorskip("tokenizers")
 from rlhfspec.common.errors import RunError  # noqa: E402
 from rlhfspec.runtime.evaluation.evaluate import (  # noqa: E402
     EvalSettings,
-    _response_logprobs,
-    _sample,
     eval_json,
     evaluate_checkpoint,
     generate,
@@ -34,7 +32,16 @@ from rlhfspec.runtime.evaluation.evaluate import (  # noqa: E402
     trajectory_svg,
     write_eval,
 )
-from rlhfspec.runtime.train.models import build_tiny, load_causal_lm, load_tokenizer  # noqa: E402
+from rlhfspec.runtime.evaluation.generation import (  # noqa: E402
+    response_logprobs_of,
+    sample_batches,
+)
+from rlhfspec.runtime.train.models import (  # noqa: E402
+    build_tiny,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+)
 
 WORDS = ["order", "refund", "parcel", "account", "password", "thanks", "please", "help", "email"]
 CORPUS = [
@@ -137,8 +144,8 @@ def test_sampling_stops_at_eos_and_logprobs_match_a_full_forward_pass(
     try:
         prompts = PROMPTS["validation"] + PROMPTS["adversarial"]
         config = settings(max_new_tokens=12, batch_size=6, temperature=1.0)
-        (batch,) = _sample(model, tokenizer, prompts, config)
-        full = _response_logprobs(model, batch, 1.0, "cpu")
+        (batch,) = sample_batches(model, tokenizer, prompts, config.sampling(1.0))
+        full = response_logprobs_of(model, batch, 1.0, "cpu")
     finally:
         handle.remove()
     assert any(batch.ended), "the hook should make some responses end with EOS"
@@ -253,7 +260,7 @@ def test_win_rate_against_identical_start_responses_is_one_half(
         tiny,
         PROMPTS,
         settings(),
-        start_responses=result["responses"],
+        start=result,
         step=4,
         label="step-4",
     )
@@ -293,7 +300,7 @@ def test_bad_inputs_are_refused(tiny: Path) -> None:
             tiny,
             {"validation": ["hi", "there"]},
             settings(),
-            start_responses={"validation": ["only one"]},
+            start={"responses": {"validation": ["only one"]}, "scores": {"validation": [0.0]}},
             step=0,
             label="x",
         )
@@ -333,14 +340,77 @@ def test_trajectory_svg_is_standalone_escaped_and_deterministic(result: dict[str
     assert texts.index("0") < texts.index("4") < texts.index("8")
 
 
-def test_reward_model_wrapper_for_other_devices_scores_the_same(tiny: Path) -> None:
-    """On an accelerator the reward model is wrapped so `score_texts`' CPU inputs follow it."""
-    from rlhfspec.runtime.evaluation.evaluate import _OnDevice
-    from rlhfspec.runtime.train.models import load_reward_model
-    from rlhfspec.runtime.train.scoring import score_texts
+# ---------------------------------------------------------------------------------------------
+# The reward is PPO's; KL at the policy's temperature
 
+
+def test_evaluation_reward_is_ppos_score_of_the_sampled_ids(tiny: Path) -> None:
+    """Each reward is the reward model read at the EOS of the sampled token ids, or at the last
+    generated token minus the missing-EOS penalty, computed here one unpadded sequence at a
+    time; with 3 new tokens most responses are cut at the limit and pay the penalty."""
+    config = settings(max_new_tokens=3, missing_eos_penalty=5.0, disqualifiers=[])
+    out = evaluate_checkpoint(tiny, tiny, tiny, PROMPTS, config, step=0, label="start")
     tokenizer = load_tokenizer(tiny)
-    model = load_reward_model(tiny, tokenizer=tokenizer, seed=7)
-    texts = ["User: hi\nAssistant: hello", "User: refund?\nAssistant: yes please"]
-    plain = score_texts(model, tokenizer, texts)
-    assert score_texts(_OnDevice(model, "cpu"), tokenizer, texts) == plain
+    policy = load_causal_lm(tiny, tokenizer=tokenizer)
+    reward_model = load_reward_model(tiny, tokenizer=tokenizer, seed=config.seed)
+    cut = 0
+    for name, prompts in PROMPTS.items():
+        expected = []
+        for batch in sample_batches(policy, tokenizer, prompts, config.sampling(0.8)):
+            for row in range(batch.prompt_ids.shape[0]):
+                prompt = batch.prompt_ids[row][batch.prompt_mask[row].bool()]
+                response = batch.response_ids[row][batch.response_mask[row].bool()]
+                sequence = torch.cat([prompt, response]).unsqueeze(0)
+                with torch.no_grad():
+                    score = float(reward_model(input_ids=sequence).logits[0, 0])
+                ended = batch.ended[row]
+                cut += not ended
+                expected.append(score - (0.0 if ended else 5.0))
+        assert out["scores"][name] == pytest.approx(expected, abs=1e-4)
+    assert cut > 0
+    assert out["overall"]["no_eos_rate"] == pytest.approx(cut / out["overall"]["n"], abs=1e-6)
+    assert out["overall"]["eos_rate"] + out["overall"]["no_eos_rate"] == pytest.approx(1.0)
+
+
+def test_kl_is_measured_at_the_policys_sampling_temperature(tiny: Path, other: Path) -> None:
+    """Evaluation samples at 0.7, but the KL guard reads KL at the policy's temperature (1.0):
+    the same number an evaluation at 1.0 gives, and not the one at 0.7."""
+    at_07 = evaluate_checkpoint(
+        tiny, other, tiny, PROMPTS, settings(temperature=0.7, kl_temperature=1.0), step=0, label="a"
+    )
+    at_10 = evaluate_checkpoint(
+        tiny, other, tiny, PROMPTS, settings(temperature=1.0), step=0, label="b"
+    )
+    only_07 = evaluate_checkpoint(
+        tiny, other, tiny, PROMPTS, settings(temperature=0.7), step=0, label="c"
+    )
+    assert at_07["overall"]["kl"]["temperature"] == 1.0
+    assert at_07["overall"]["kl"]["mean"] == at_10["overall"]["kl"]["mean"]
+    assert at_07["overall"]["kl"]["mean"] != only_07["overall"]["kl"]["mean"]
+    assert at_07["responses"] == only_07["responses"]  # reward, length...: sampled at 0.7
+
+
+def test_stage_settings_take_the_policys_temperature_and_penalty() -> None:
+    from rlhfspec.runtime.policy.stages import eval_settings
+
+    spec = {
+        "seed": 3,
+        "criteria": {"disqualifiers": []},
+        "policy": {
+            "method": "ppo",
+            "kl": {"estimator": "k3"},
+            "ppo": {"temperature": 0.9, "missing_eos_penalty": 2.0},
+        },
+        "evaluation": {
+            "max_new_tokens": 8,
+            "temperature": 0.7,
+            "samples_shown": 1,
+            "batch_size": 5,
+        },
+        "compute": {"device": "cpu", "mixed_precision": "bf16"},
+    }
+    got = eval_settings(spec)
+    assert (got.temperature, got.kl_at, got.missing_eos_penalty) == (0.7, 0.9, 2.0)
+    assert (got.batch_size, got.device, got.mixed_precision) == (5, "cpu", "bf16")
+    spec["policy"]["method"] = "dpo"
+    assert eval_settings(spec).kl_at == 1.0

@@ -29,6 +29,7 @@ def evaluation(
     correlation: float | None = 0.1,
     disqualified: float = 0.0,
     win: float | None = None,
+    eos_rate: float | None = 1.0,
 ) -> dict[str, Any]:
     """The part of an `evaluate_checkpoint` result that selection reads."""
     return {
@@ -38,7 +39,9 @@ def evaluation(
             "reward": {"mean": reward},
             "kl": {"mean": kl},
             "length_reward_correlation": correlation,
+            "length_reward_correlation_undefined": correlation is None,
             "disqualifier_rate": disqualified,
+            "eos_rate": eos_rate,
             "win_rate_vs_start": win,
         },
     }
@@ -143,6 +146,35 @@ def test_undefined_correlation_passes_and_defaults_fill_missing_guards() -> None
     assert row["passed"]
     assert row["guards"]["max_length_correlation"]["value"] is None
     assert decision["guards"] == {**DEFAULT_GUARDS, "max_kl": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("changes", "guard"),
+    [
+        ({"kl": float("nan")}, "max_kl"),
+        ({"kl": float("inf")}, "max_kl"),
+        ({"kl": None}, "max_kl"),  # evaluate writes a non-finite value as null
+        ({"disqualified": float("nan")}, "max_disqualifier_rate"),
+        ({"eos_rate": None}, "max_no_eos_rate"),
+        ({"eos_rate": 0.2}, "max_no_eos_rate"),  # 80% of the responses ran to the limit
+    ],
+)
+def test_guards_fail_closed_on_nan_inf_and_missing_values(
+    changes: dict[str, Any], guard: str
+) -> None:
+    decision = select_checkpoint(
+        [evaluation(4, 0.9, **changes), evaluation(8, 0.2)],
+        guards={**GUARDS, "max_no_eos_rate": 0.5},
+    )
+    assert decision["failed"] == {"step-4": [guard]}
+    assert decision["chosen"]["label"] == "step-8"
+
+
+def test_a_non_finite_correlation_is_not_an_undefined_one() -> None:
+    row = evaluation(4, 0.9, correlation=None)
+    row["overall"]["length_reward_correlation_undefined"] = False  # NaN rewards, not constant
+    decision = select_checkpoint([row], guards=GUARDS)
+    assert decision["failed"] == {"step-4": ["max_length_correlation"]}
 
 
 def test_bad_arguments_are_refused() -> None:

@@ -149,3 +149,25 @@ def test_k3_never_enters_verls_reward(project: Path, mode: str, status: str) -> 
     assert row.status == status and row.keys == {"algorithm.kl_penalty": "kl"}
     codes = {d.path: d.code for d in checked.diagnostics}
     assert (codes.get("policy.kl.estimator") == "X001") == (status == "refused")
+
+
+def test_cli_refuses_before_touching_the_run(project: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from rlhfspec.cli.main import main
+
+    out, run_dir = tmp_path / "job", tmp_path / "run"
+    run_dir.mkdir()
+    runner = CliRunner()
+    args = ["compile", str(project), "--target", "verl", "-o", str(out), "--run-dir", str(run_dir)]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "error[X001]" in result.output and "policy.ppo.vf_coef" in result.output
+    assert not out.exists()
+    # acknowledged, it gets as far as the run, which has no reward model: still nothing written
+    with_export(project, ACKS)
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1 and "no lineage.json" in result.output, result.output
+    assert not out.exists() and not list(tmp_path.glob(".job.tmp-*"))
+    assert runner.invoke(main, args[:4] + ["openrlhf"]).exit_code == 2
+    assert runner.invoke(main, args[:6]).exit_code == 2  # no --run-dir

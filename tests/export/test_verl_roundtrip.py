@@ -69,7 +69,7 @@ def test_job_data_keeps_evaluation_and_holdout_prompts_out(
 ) -> None:
     import pyarrow.parquet as pq
 
-    _, run_dir, job = exported
+    spec, run_dir, job = exported
     train = pq.read_table(job / "data" / "train.parquet").to_pylist()
     texts = [row["prompt"][0]["content"] for row in train]
     assert all(row["prompt"][0]["role"] == "user" and len(row["prompt"]) == 1 for row in train)
@@ -91,6 +91,8 @@ def test_job_data_keeps_evaluation_and_holdout_prompts_out(
     assert manifest["reward_model_sha256"] == sha256_file(
         run_dir / "models" / "reward_model" / "model.safetensors"
     )
+    plan = json.loads((job / "plan.json").read_text())
+    assert (job / plan["spec"]["dir"] / plan["spec"]["file"]).resolve() == spec.resolve()
     mapping = (job / "MAPPING.md").read_text()
     assert "`algorithm.use_kl_in_reward`" in mapping and "`policy.ppo.vf_coef`" in mapping
 

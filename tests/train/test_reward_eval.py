@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -82,3 +86,21 @@ def test_length_gate_trips_on_a_length_loving_model() -> None:
     assert not gates["max_length_correlation"]["passed"]
     assert not gates["min_shorter_preferred_accuracy"]["passed"]
     assert gates["max_length_correlation"]["value"] == pytest.approx(1.0)
+
+
+def test_per_dimension_order_is_first_appearance_whatever_the_hash_seed() -> None:
+    names = ["tone", "accuracy", "safety", "helpfulness", "concision", "format"]
+    dims = [{n: "chosen" for n in names[3:]}, {n: "rejected" for n in names}]
+    code = (
+        "from rlhfspec.runtime.train.reward_eval import evaluate_pairs\n"
+        f"print(list(evaluate_pairs([1, 2], [0, 3], [1, 1], [2, 2], {dims!r})['per_dimension']))"
+    )
+    for seed in ("0", "1", "2", "3"):
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+        )
+        assert done.stdout.strip() == repr(names[3:] + names[:3]), seed

@@ -73,7 +73,9 @@ def small_project(root: Path, *, records: int = 420, edit: Any = None) -> Path:
         + text[pol_end:]
     )
     text = text.replace("  prompts_per_set: 32\n", "  prompts_per_set: 4\n  max_new_tokens: 8\n")
-    text = text.replace("max_disqualifier_rate: 0.0}", "max_disqualifier_rate: 1.0}")
+    text = text.replace(
+        "max_disqualifier_rate: 0.0}", "max_disqualifier_rate: 1.0, max_no_eos_rate: 1.0}"
+    )
     text = text.replace("per_checkpoint: 50", "per_checkpoint: 4")
     spec = root / "support-assistant.yaml"
     spec.write_text(text)

@@ -97,6 +97,8 @@ class PPOSettings:
     threads: int = dataclasses.field(default_factory=threads)
     cpu: bool | None = None
     mixed_precision: str = "no"
+    #: recompute activations in the backward pass (compute.gradient_checkpointing)
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -148,6 +150,7 @@ class PPOSettings:
         threads: int | None = None,
         cpu: bool | None = None,
         mixed_precision: str = "no",
+        gradient_checkpointing: bool = False,
     ) -> PPOSettings:
         """Settings from a spec's resolved ``policy`` block (every default written out by the
         compiler: nothing is filled in here)."""
@@ -163,6 +166,7 @@ class PPOSettings:
             "seed": int(seed),
             "cpu": cpu,
             "mixed_precision": mixed_precision,
+            "gradient_checkpointing": gradient_checkpointing,
         }
         for name in (
             "total_episodes",

@@ -75,6 +75,7 @@ def train_ppo(
     metadata: dict[str, Any] | None = None,
     reward_fn: RewardFn | None = None,
     trust_remote_code: bool = False,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
 ) -> PPOResult:
     """Train the policy in `policy_dir` with PPO against the reward model in `reward_model_dir`.
 
@@ -94,7 +95,8 @@ def train_ppo(
     and trains its shard of each rollout batch (see the package docstring); the main process
     decides where training starts (its choice is broadcast, so `resume` only matters there),
     and it alone writes `out_dir` and calls `log`. Every process returns the same
-    `PPOResult` (the others' ``seconds`` are their own).
+    `PPOResult` (the others' ``seconds`` are their own). `on_update` receives each update's
+    metrics row on the main process (experiment tracking).
     """
     if not prompts:
         raise RunError("PPO needs at least one prompt")
@@ -114,6 +116,7 @@ def train_ppo(
             resume=resume,
             log=log,
             metadata=metadata or {},
+            on_update=on_update,
         )
     finally:
         # the thread count is process-wide; leave it as the caller had it
@@ -176,6 +179,7 @@ def _train_ppo(
     resume: bool,
     log: Callable[[str], None],
     metadata: dict[str, Any],
+    on_update: Callable[[dict[str, Any]], None] | None = None,
 ) -> PPOResult:
     from accelerate import Accelerator
 
@@ -225,6 +229,8 @@ def _train_ppo(
         row = _one_update(state, inputs.prompts, settings, models, accelerator, group)
         if group.is_main:
             write_metrics(metrics_path, state.rows)
+            if on_update is not None:
+                on_update(row)
         log(
             f"update {state.update}/{settings.num_updates} score {row['score']:.4f} "
             f"kl {row['kl']:.4f} kl_coef {row['kl_coef']:.4g} len {row['response_length']:.1f} "
@@ -366,6 +372,11 @@ def _load_models(
             frozen.requires_grad_(False)
             frozen.eval()  # type: ignore[no-untyped-call]
             frozen.to(device)
+    if settings.gradient_checkpointing:
+        from rlhfspec.runtime.train.scale import enable_checkpointing
+
+        enable_checkpointing(policy)
+        enable_checkpointing(value_model)
     # dropout off, also while training (see the package docstring)
     policy.eval()  # type: ignore[no-untyped-call]
     value_model.eval()  # type: ignore[no-untyped-call]
