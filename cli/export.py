@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
-
+from rlhfspec.cli.output import echo
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import display_path
 
@@ -25,14 +24,14 @@ def export_command(spec: Path, target: str, out_dir: Path | None, run_dir: Path 
         out_dir,
         run_dir,
         display=display_path(spec),
-        log=lambda m: click.echo(m, err=True),
+        log=lambda m: echo(m, err=True),
     )
     counts = result.counts
-    click.echo(
+    echo(
         f"exported {display_path(spec)} to {target}: {out_dir}/ "
         f"({counts['exact']} settings mapped exactly, {counts['difference']} with a stated "
         f"difference, {counts['refused']} refused and acknowledged, {counts['unused']} unused); "
         f"see {out_dir / 'MAPPING.md'}"
     )
-    click.echo(f"  single node: {out_dir / 'run_single_node.sh'}")
-    click.echo(f"  Ray cluster: RAY_ADDRESS=http://HEAD:8265 {out_dir / 'run_ray_cluster.sh'}")
+    echo(f"  single node: {out_dir / 'run_single_node.sh'}")
+    echo(f"  Ray cluster: RAY_ADDRESS=http://HEAD:8265 {out_dir / 'run_ray_cluster.sh'}")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from rlhfspec.cli.output import echo
+
 
 @click.command("judge")
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -57,6 +59,6 @@ def _judge(spec: Path, items_from: str, limit: int | None, reviewers: str, out_d
     names = [r.strip() for r in reviewers.split(",") if r.strip()]
     result = run_judge(
         project, out_dir, items_from=items_from, limit=limit, reviewers=names,
-        log=lambda line: click.echo(line, err=True),
+        log=lambda line: echo(line, err=True),
     )  # fmt: skip
-    click.echo(result.format_text(), nl=False)
+    echo(result.format_text(), nl=False)

@@ -31,9 +31,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import click
-
 from rlhfspec.cli.main import main as cli_main
+from rlhfspec.cli.output import echo
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import display_path
 from rlhfspec.runtime.policy.distributed import Group, launched_rank, launched_world_size
@@ -91,13 +90,13 @@ def _several_processes(args: list[str]) -> int:
     refusal = _refusal(known)
     if refusal is not None:
         if launched_rank() == 0:
-            click.echo(f"error: {refusal}", err=True)
+            echo(f"error: {refusal}", err=True)
         return EXIT_USAGE
     try:
         group = _join(Path(known.target), known.stage)
     except RunError as exc:  # every rank fails alike (same plan); one says so
         if launched_rank() == 0:
-            click.echo(f"error: {exc.message}", err=True)
+            echo(f"error: {exc.message}", err=True)
         return exc.exit_code
     try:
         if group.is_main:

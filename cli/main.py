@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
+from rlhfspec.cli.output import echo
 from rlhfspec.common.errors import CompilerError, RunError
 from rlhfspec.common.fileio import display_path
 from rlhfspec.common.version import __version__
@@ -38,11 +39,11 @@ def default_format() -> str:
 
 def emit_diagnostics(diags: list[Diagnostic], fmt: str, file: str) -> None:
     if fmt == "json":
-        click.echo(format_json(diags, file=file))
+        echo(format_json(diags, file=file))
     elif fmt == "github":
-        click.echo(format_github(diags))
+        echo(format_github(diags))
     else:
-        click.echo(format_text(diags), err=False)
+        echo(format_text(diags), err=False)
 
 
 def guarded(func: F) -> F:
@@ -55,18 +56,18 @@ def guarded(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (CompilerError, RunError) as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            echo(f"error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            echo("interrupted", err=True)
             ctx.exit(130)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if debug:
                 traceback.print_exc()
             else:
-                click.echo(
+                echo(
                     f"internal error: {type(exc).__name__}: {exc}\n"
                     "This is a bug in rlhfspec; rerun with --debug for the traceback and report it.",
                     err=True,
@@ -173,18 +174,18 @@ def compile_command(
     if check:
         stale = stale_outputs(out_dir, result.files)
         if stale:
-            click.echo(
+            echo(
                 f"{out_dir} is stale; run `rlhfspec compile {display_path(spec)} -o {out_dir}`:",
                 err=True,
             )
             for item in stale:
-                click.echo(f"  {item}", err=True)
+                echo(f"  {item}", err=True)
             sys.exit(EXIT_INVALID)
-        click.echo(f"{out_dir} is up to date (plan {result.plan['fingerprint'][:12]})")
+        echo(f"{out_dir} is up to date (plan {result.plan['fingerprint'][:12]})")
         return
     write_outputs(out_dir, result.files)
     if fmt == "json":
-        click.echo(
+        echo(
             json.dumps(
                 {
                     "out": str(out_dir),
@@ -195,11 +196,11 @@ def compile_command(
             )
         )
     else:
-        click.echo(
+        echo(
             f"compiled {display_path(spec)} -> {out_dir}/ (plan {result.plan['fingerprint'][:12]})"
         )
         for name in sorted(result.files):
-            click.echo(f"  {out_dir / name}")
+            echo(f"  {out_dir / name}")
 
 
 def _spec_name(spec: Path, loader: Callable[[Path], Any]) -> str:
@@ -224,7 +225,7 @@ def lock(spec: Path) -> None:
     from rlhfspec.compiler.lock_command import lock_spec
 
     message = lock_spec(spec, display=display_path(spec))
-    click.echo(message)
+    echo(message)
 
 
 @main.command()
@@ -240,7 +241,7 @@ def schema(which: str) -> None:
     from rlhfspec.compiler.schemas import ANNOTATION_SCHEMA, PLAN_SCHEMA, SPEC_SCHEMA, schema_text
 
     name = {"spec": SPEC_SCHEMA, "plan": PLAN_SCHEMA, "annotation": ANNOTATION_SCHEMA}[which]
-    click.echo(schema_text(name), nl=False)
+    echo(schema_text(name), nl=False)
 
 
 def _project(spec: Path) -> Any:
@@ -288,9 +289,9 @@ def prompts(spec: Path, out_dir: Path | None, fmt: str, strict: bool) -> None:
     report = check_prompts(project)
     target = _out(out_dir, project, "prompts")
     written = write_prompt_report(report, target)
-    click.echo(report.to_json() if fmt == "json" else report.format_text())
+    echo(report.to_json() if fmt == "json" else report.format_text())
     if fmt == "text":
-        click.echo(f"reports: {', '.join(str(p) for p in written)}")
+        echo(f"reports: {', '.join(str(p) for p in written)}")
     sys.exit(report.exit_code(strict=strict))
 
 
@@ -342,7 +343,7 @@ def tasks(
         batch=batch,
         responses_display=display_path(responses),
     )
-    click.echo(summary.format_text())
+    echo(summary.format_text())
 
 
 @main.command()
@@ -360,9 +361,9 @@ def qc(spec: Path, out_dir: Path | None, fmt: str, skip_bad_rows: bool) -> None:
     project = _project(spec)
     report = run_qc(project, skip_bad_rows=skip_bad_rows)
     written = write_qc_reports(report, _out(out_dir, project, "qc"))
-    click.echo(report.to_json() if fmt == "json" else qc_text(report))
+    echo(report.to_json() if fmt == "json" else qc_text(report))
     if fmt == "text":
-        click.echo(f"reports: {', '.join(str(p) for p in written)}")
+        echo(f"reports: {', '.join(str(p) for p in written)}")
     sys.exit(EXIT_INVALID if report.errors else EXIT_OK)
 
 
@@ -395,7 +396,7 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
         click.echo(f"prompts.focus: {outside} record(s) of prompts outside the focus left out")
     records, ai_use = records_for_aggregation(focused, gate_state(report.to_dict()))
     if ai_use:
-        click.echo(
+        echo(
             f"AI labels: {ai_use['ai_labels_used']} of {ai_use['ai_labels']} used "
             f"(agreement gate {ai_use['gate']}; pairs people labelled are theirs)"
         )
@@ -410,19 +411,21 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
     target = _out(out_dir, project, "preferences")
     write_pairs(result, target)
     counts = result.counts
-    click.echo(
+    echo(
         f"{len(result.pairs)} preference pairs from {counts.get('items', 0)} items -> {target}/pairs.jsonl"
     )
-    click.echo(
+    echo(
         f"  left out: {counts.get('split_votes', 0)} split votes, {counts.get('ties', 0)} ties, "
         f"{counts.get('holdout_items_dropped', 0)} holdout items, "
         f"{counts.get('items_without_votes', 0)} items labelled only by excluded annotators, "
         f"{counts.get('votes_excluded', 0)} votes of excluded annotators "
         f"({', '.join(result.excluded_annotators) or 'none'})"
     )
+    for warning in result.warnings:
+        echo(f"  warning: {warning}")
     if result.truth is not None:
         acc = result.truth["accuracy"]
-        click.echo(
+        echo(
             f"  agreement with {result.truth['file']}: {result.truth['matches']}/"
             f"{result.truth['pairs_with_truth']}" + (f" = {acc:.3f}" if acc is not None else "")
         )
@@ -478,18 +481,18 @@ def run_command(
         until=until,
         resume=resume,
         overrides=frozenset(overrides),
-        log=lambda m: click.echo(m),
+        log=lambda m: echo(m),
         on_stage_start=hooks.get("on_stage_start"),
         policy_checkpoints=policy_checkpoints,
     )
-    click.echo(f"run directory: {directory}")
-    click.echo(f"lineage: {directory / 'lineage.json'}")
+    echo(f"run directory: {directory}")
+    echo(f"lineage: {directory / 'lineage.json'}")
     lineage = json.loads((directory / "lineage.json").read_text(encoding="utf-8"))
     handoff_entry = lineage.get("stages", {}).get("handoff", {})
     if handoff_entry.get("status") == "done":
         metrics = handoff_entry.get("metrics", {})
         outputs = handoff_entry.get("outputs", [{}])
-        click.echo(
+        echo(
             f"handoff package: {directory / outputs[0].get('path', 'handoff')}; "
             f"index: {directory / str(metrics.get('index', 'handoff/index.html'))}"
         )
@@ -497,7 +500,7 @@ def run_command(
     if selection.exists():
         chosen = json.loads(selection.read_text(encoding="utf-8")).get("chosen")
         if chosen:
-            click.echo(
+            echo(
                 f"selected checkpoint: {chosen['label']} (step {chosen['step']}); "
                 f"evidence: {selection}, {directory / 'eval' / (chosen['label'] + '.json')}, "
                 f"{directory / 'eval' / 'trajectory.svg'}"
@@ -536,9 +539,9 @@ def score(input_file: Path, model_dir: Path, output: Path, history: Path | None)
     summary = score_file(
         model_dir, input_file, output, history=history, input_display=display_path(input_file)
     )
-    click.echo(f"scored {summary['input']['rows']} rows -> {output}")
+    echo(f"scored {summary['input']['rows']} rows -> {output}")
     for system, stats in summary["systems"].items():
-        click.echo(
+        echo(
             f"  {system}: mean {stats['mean']:.4f} (n {stats['n']}, p10 {stats['p10']:.4f}, "
             f"p90 {stats['p90']:.4f}, length correlation {stats['length_correlation']})"
         )
@@ -566,7 +569,7 @@ def handoff(run_dir: Path, out: Path, weights: str | None) -> None:
     from rlhfspec.runtime.handoff.package import build_package
 
     result = build_package(run_dir, out, weights=weights)  # None: the plan's handoff.weights
-    click.echo(result.describe())
+    echo(result.describe())
 
 
 @main.command()
@@ -578,7 +581,7 @@ def verify(package: Path) -> None:
 
     result = verify_package(package)
     for line in result.lines():
-        click.echo(line)
+        echo(line)
     sys.exit(result.exit_code)
 
 

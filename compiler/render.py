@@ -15,28 +15,42 @@ from typing import Any
 from jinja2 import TemplateError, TemplateNotFound
 
 from rlhfspec.common.errors import CompilerError
+from rlhfspec.common.sandbox import LimitedError, run_limited, template_location
 from rlhfspec.common.templating import environment
 
 DOCUMENTS = ("criteria", "playbook", "sampling")
 FORMATS = ("md", "html")
 
 
-def render_all(context: Mapping[str, Any], user_templates: Path | None = None) -> dict[str, str]:
-    """Render every document in every format; keys are output file names."""
+def _render_documents(context: Mapping[str, Any], user_templates: Path | None) -> dict[str, str]:
     env = environment(user_templates)
-    rendered: dict[str, str] = {}
-    for doc in DOCUMENTS:
-        for fmt in FORMATS:
-            name = f"{doc}.{fmt}.j2"
-            try:
-                rendered[f"{doc}.{fmt}"] = env.get_template(name).render(**context)
-            except TemplateNotFound as exc:
-                raise CompilerError(
-                    f"template {exc.name} not found in the shipped templates"
-                    + (f" or {user_templates}" if user_templates else "")
-                ) from None
-            except TemplateError as exc:
-                lineno = getattr(exc, "lineno", None)
-                where = f" (line {lineno})" if lineno else ""
-                raise CompilerError(f"template {name}{where}: {exc}", exit_code=1) from None
-    return rendered
+    return {
+        f"{doc}.{fmt}": env.get_template(f"{doc}.{fmt}.j2").render(**context)
+        for doc in DOCUMENTS
+        for fmt in FORMATS
+    }
+
+
+def render_all(context: Mapping[str, Any], user_templates: Path | None = None) -> dict[str, str]:
+    """Render every document in every format; keys are output file names.
+
+    User templates render in a child process with time and memory limits
+    (common/sandbox.py): a template that loops, recurses or grows without
+    bound fails with its file and line, exit 1.
+    """
+    if user_templates is not None:
+        try:
+            rendered: dict[str, str] = run_limited(
+                lambda: _render_documents(context, user_templates),
+                what=f"rendering the templates in {user_templates}",
+            )
+        except LimitedError as exc:
+            raise CompilerError(f"template error: {exc}", exit_code=1) from None
+        return rendered
+    try:
+        return _render_documents(context, None)
+    except TemplateNotFound as exc:
+        raise CompilerError(f"template {exc.name} not found in the shipped templates") from None
+    except TemplateError as exc:
+        where = template_location(exc)
+        raise CompilerError(f"template error: {where or 'shipped template'}: {exc}") from None

@@ -190,11 +190,24 @@ def leaves(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
         yield prefix, value
 
 
-def mapped_settings(settings: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The settings the table must account for: seed and everything under policy and compute."""
-    out = [("seed", settings["seed"])]
+def mapped_settings(settings: dict[str, Any], plan: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The settings the table must account for: every setting the policy stage's plan entry
+    reads (seed, policy, compute, and what decides its prompts), and at least seed, policy and
+    compute."""
+    sections: dict[str, Any] = {"seed": settings["seed"]}
     for section in ("policy", "compute"):
-        out.extend(leaves(settings.get(section, {}), section))
+        sections[section] = settings.get(section, {})
+    for stage in plan.get("stages", []):
+        if stage.get("name") == "policy" and isinstance(stage.get("settings"), dict):
+            sections = {**stage["settings"], **sections}
+    out: list[tuple[str, Any]] = []
+    for key in (
+        "seed",
+        "policy",
+        "compute",
+        *sorted(set(sections) - {"seed", "policy", "compute"}),
+    ):
+        out.extend(leaves(sections[key], key))
     return out
 
 
@@ -209,7 +222,7 @@ def check(plan: dict[str, Any], locate: Locate, file: str) -> Check:
     acks: dict[str, str] = dict(settings["export"]["verl"]["acknowledge"])
     rows: list[Row] = []
     diags: list[Diagnostic] = []
-    for setting, value in mapped_settings(settings):
+    for setting, value in mapped_settings(settings, plan):
         func = rule_for(setting) or no_rule
         row = func(setting, value, settings)
         reason = acks.pop(setting, None)
@@ -335,7 +348,7 @@ def job_keys(result: Check, facts: JobFacts) -> dict[str, tuple[Any, str]]:
             epochs,
             f"enough passes over {facts.train_prompts} prompts for {updates} updates",
         ),
-        "trainer.project_name": ("rlhfspec", "names the run"),
+        "trainer.project_name": (str(s["name"]), "the spec's name, as our tracking's default"),
         "trainer.experiment_name": (str(s["name"]), "the spec's name"),
         "trainer.logger": (["console"], "no W&B unless you add it"),
         "trainer.val_before_train": (False, "rlhfspec evaluates the checkpoints"),

@@ -550,6 +550,91 @@ def _stage_overrides(setting: str, value: Any, s: dict[str, Any]) -> Row:
 PREFIX_RULES["compute.stages."] = _stage_overrides
 
 
+@rule("prompts.sources")
+def _sources(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    return _exact(
+        setting,
+        [source["id"] for source in value],
+        {"data.train_files": f"{JOB_DIR}/data/train.parquet"},
+        "the prompts our PPO would train on: these sources minus the production holdout and "
+        "the evaluation sets (by id and by text), as chat messages",
+    )
+
+
+@rule("evaluation.prompt_sets", "evaluation.prompts_per_set")
+def _eval_sets(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    return _exact(
+        setting,
+        value,
+        {"data.val_files": f"{JOB_DIR}/data/val.parquet"},
+        "the evaluation sets are drawn as for our PPO, kept out of the training prompts and "
+        "evaluated by rlhfspec after the import; verl gets the validation set as its val data",
+    )
+
+
+@rule("name")
+def _name(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    run_name = s.get("tracking", {}).get("run_name")
+    if run_name:
+        return Row(setting, value, "unused", {}, "tracking.run_name names the verl run")
+    return _exact(setting, value, {"trainer.experiment_name": value}, "names the verl run")
+
+
+@rule("tracking.backend")
+def _tracking_backend(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    loggers = ["console"] + ([] if value == "none" else [value])
+    return _exact(
+        setting,
+        value,
+        {"trainer.logger": loggers},
+        "verl's logger list; the console as well (verl's default adds W&B, ours adds nothing)",
+    )
+
+
+@rule("tracking.project")
+def _tracking_project(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    return _exact(setting, value, {"trainer.project_name": value}, "the tracking project")
+
+
+@rule("tracking.run_name")
+def _tracking_run_name(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    name = f"{value}-policy"
+    return _exact(
+        setting, value, {"trainer.experiment_name": name}, "as our stages: <run_name>-<stage>"
+    )
+
+
+@rule("tracking.mode")
+def _tracking_mode(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    backend = s.get("tracking", {}).get("backend", "none")
+    if backend in ("none", "tensorboard"):
+        return Row(setting, value, "unused", {}, f"backend {backend}: nothing is sent anywhere")
+    if value == "online":
+        return _exact(setting, value, {}, "verl sends to the service the environment configures")
+    return Row(
+        setting,
+        value,
+        "refused",
+        {},
+        f"verl has no config key for offline {backend} tracking: the job's environment decides "
+        "(e.g. WANDB_MODE=offline). If acknowledged: set it in the environment yourself",
+    )
+
+
+def _builtin_corpus(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    return Row(
+        setting,
+        value,
+        "unused",
+        {},
+        "read only to build builtin:tiny's tokenizer; the job gets the built model in model/",
+    )
+
+
+PREFIX_RULES["annotation."] = _builtin_corpus
+PREFIX_RULES["sft."] = _builtin_corpus
+
+
 def no_rule(setting: str, value: Any, s: dict[str, Any]) -> Row:
     return Row(
         setting,

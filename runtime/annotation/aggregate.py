@@ -45,6 +45,22 @@ class Pair:
     dimensions: dict[str, str | None] = field(default_factory=dict)
 
 
+# the seed: "5,000-20,000 preference pairs" for a reward model on a narrow use case;
+# "even 1,000-2,000 carefully designed pairs" for an evaluation framework
+VOLUME_GUIDANCE = ((1000, "an evaluation framework"), (5000, "training a narrow-use reward model"))
+
+
+def volume_warnings(pairs: int) -> list[str]:
+    """A warning when the pairs fall short of the seed's data-volume guidance."""
+    for minimum, purpose in VOLUME_GUIDANCE:
+        if pairs < minimum:
+            return [
+                f"{pairs:,} preference pairs is fewer than the {minimum:,} the guidance gives for "
+                f"{purpose}; results rest on little data"
+            ]
+    return []
+
+
 @dataclass
 class AggregateResult:
     pairs: list[Pair] = field(default_factory=list)
@@ -53,9 +69,15 @@ class AggregateResult:
     criteria_versions: list[str] = field(default_factory=list)
     truth: dict[str, Any] | None = None
 
+    @property
+    def warnings(self) -> list[str]:
+        """Settings or data weaker than the seed's guidance, said plainly."""
+        return volume_warnings(len(self.pairs))
+
     def summary(self) -> dict[str, Any]:
         return {
             "pairs": len(self.pairs),
+            "warnings": self.warnings,
             "counts": dict(sorted(self.counts.items())),
             "excluded_annotators": self.excluded_annotators,
             "criteria_versions": self.criteria_versions,

@@ -105,6 +105,8 @@ def aggregate_stage(ctx: StageContext) -> StageOutcome:
         holdout_prompts=holdout,
     )
     write_pairs(result, ctx.path("preferences"))
+    for warning in result.warnings:
+        ctx.log(f"warning: {warning}")
     return StageOutcome(
         ["preferences/pairs.jsonl", "preferences/provenance.jsonl", "preferences/summary.json"],
         {

@@ -14,7 +14,7 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.hashing import sha256_bytes, sha256_file
 from rlhfspec.compiler.lockfile import criteria_hash
-from rlhfspec.runtime.handoff.facts import Facts, RunDir, checkpoint_meta_path
+from rlhfspec.runtime.handoff.facts import Facts, RunDir, checkpoint_meta_path, own_file
 from rlhfspec.runtime.handoff.layout import (
     HANDOFF_STAGE,
     PARTS,
@@ -60,6 +60,9 @@ def _weight_files(run_dir: Path, rel: str) -> list[Path]:
     folder = run_dir / rel
     if not folder.is_dir():
         raise RunError(f"the deployment checkpoint's folder {rel} is missing from {run_dir}")
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():  # refused, with the reason, by own_file
+            own_file(run_dir, path.relative_to(run_dir).as_posix())
     files = sorted(
         p
         for p in folder.rglob("*")

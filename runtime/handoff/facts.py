@@ -18,6 +18,24 @@ from rlhfspec.runtime.lineage import LINEAGE_FILE
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
+def own_file(run_dir: Path, rel: str) -> Path:
+    """A regular file of the run itself: a symbolic link (or a path through one) is refused,
+    so a link to a file outside the run can never be packaged, whatever lineage.json says."""
+    inside = run_dir.resolve()
+    current = inside
+    for part in Path(rel).parts:
+        current = current / part
+        if current.is_symlink():
+            raise RunError(
+                f"{rel} in {run_dir} is (or is under) a symbolic link; a handoff package holds "
+                "the run's own files, never a link's target"
+            )
+    path = run_dir / rel
+    if not path.is_file() or not path.resolve().is_relative_to(inside):
+        raise RunError(f"{rel} is missing from {run_dir}")
+    return path
+
+
 def _read_json(path: Path, shown: str) -> Any:
     """A metadata file of the run, read whole: bounded in size, strict JSON."""
     try:
@@ -117,9 +135,7 @@ class RunDir:
 
     def checked(self, rel: str) -> Path:
         """A run file, refused when it differs from the bytes its stage recorded in lineage."""
-        path = self.dir / rel
-        if not path.is_file():
-            raise RunError(f"{rel} is missing from {self.dir}")
+        path = own_file(self.dir, rel)
         if rel in self.files:
             stage, recorded = self.files[rel]
             actual = sha256_file(path)

@@ -177,6 +177,7 @@ def train_policy(
             cpu=True if compute["device"] == "cpu" else None,
             mixed_precision=str(compute["mixed_precision"]),
             gradient_checkpointing=bool(compute["gradient_checkpointing"]),
+            lora=_ppo_lora(compute),
         )
         with tracking_env(ctx) as tracking:
             tracker = MetricsTracker(tracking, ctx.run_dir, group().is_main)
@@ -215,6 +216,20 @@ def train_policy(
         metadata=metadata,
         compute=spec["compute"],
     )
+
+
+def _ppo_lora(compute: dict[str, Any]) -> dict[str, Any] | None:
+    """PPO's LoRA settings (None without LoRA); the 4-bit base (QLoRA) is not PPO's yet."""
+    lora = compute["lora"]
+    if not lora["enabled"]:
+        return None
+    if lora["quantize"] != "none":
+        raise RunError(
+            "PPO trains LoRA adapters on a 16/32-bit base; QLoRA (lora.quantize: 4bit) is "
+            "supported for SFT and the reward model only: set compute.stages.policy.lora."
+            "quantize: none"
+        )
+    return {k: lora[k] for k in ("r", "alpha", "dropout", "target_modules")}
 
 
 def _ppo_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:

@@ -38,6 +38,7 @@ from rlhfspec.common.codes import Code, family
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.findings import Finding, FindingsReport
+from rlhfspec.common.templating import markdown_inline as md
 from rlhfspec.runtime.project import Project
 from rlhfspec.runtime.prompts.pool import (  # re-exported: the pool used to live here
     HOLDOUT_FILE,
@@ -202,7 +203,9 @@ class PromptReport(FindingsReport):
     def format_markdown(self) -> str:
         """The report as Markdown, for the run directory and the handoff package."""
         m = self.metrics
-        out = [f"# Prompt distribution: {self.spec}", ""]
+        # every value from the spec or the prompt data is escaped: the report ships in the
+        # handoff package, where a `<script>` in a topic must stay text
+        out = [f"# Prompt distribution: {md(self.spec)}", ""]
         out.append(
             f"**{'Passed' if self.ok else 'Failed'}**: {len(self.errors)} error(s), "
             f"{len(self.warnings)} warning(s)."
@@ -218,7 +221,7 @@ class PromptReport(FindingsReport):
             rng = info["range"]
             ann = m["annotated"]["shares"].get(kind)
             out.append(
-                f"| {kind} | {info['available']} | {info['share']:.3f} | "
+                f"| {md(kind)} | {info['available']} | {info['share']:.3f} | "
                 + (f"{rng[0]:.2f}-{rng[1]:.2f}" if rng else "none")
                 + f" | {'' if ann is None else f'{ann:.3f}'} |"
             )
@@ -227,7 +230,7 @@ class PromptReport(FindingsReport):
             out.append(f"| words {b['bin']} | {b['count']} |")
         for name, values in m["strata"]["fields"].items():
             for value, count in values.items():
-                out.append(f"| {name} = {value} | {count} |")
+                out.append(f"| {md(name)} = {md(value)} | {count} |")
         h = m["holdout"]
         out += [
             "",
@@ -237,15 +240,15 @@ class PromptReport(FindingsReport):
             "",
         ]
         if h["ids"]:
-            out.append(", ".join(f"`{i}`" for i in h["ids"]))
+            out.append(", ".join(md(i) for i in h["ids"]))
             out.append("")
         out += ["## Findings", ""]
         if not self.findings:
             out.append("None.")
         for f in self.findings:
             out.append(
-                f"- **{f.code}** {f.severity} ({f.title}): {f.message}"
-                + (f" *Hint: {f.hint}*" if f.hint else "")
+                f"- **{f.code}** {f.severity} ({md(f.title)}): {md(f.message)}"
+                + (f" *Hint: {md(f.hint)}*" if f.hint else "")
             )
         return "\n".join(out) + "\n"
 

@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from rlhfspec.common.errors import RunError
 from rlhfspec.runtime.policy.distributed import Group
 from rlhfspec.runtime.stage_api import StageContext
@@ -376,3 +378,44 @@ class MetricsTracker:
             import trackio
 
             trackio.finish()
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA in our own PPO
+
+
+class AdaptersOff(nn.Module):
+    """The base model of a PEFT model, read with its adapters disabled: PPO's KL reference
+    under LoRA, without a second copy of the weights. The PEFT model is held outside the
+    module tree, so freezing or moving this wrapper never touches the adapters."""
+
+    def __init__(self, peft_model: Any) -> None:
+        super().__init__()
+        self._peft = [peft_model]
+
+    def forward(self, **kwargs: Any) -> Any:
+        model = self._peft[0]
+        with model.disable_adapter():
+            return model(**kwargs)
+
+
+def with_lora(model: Any, lora: dict[str, Any], task: str, adapter: Path | None = None) -> Any:
+    """`model` with trainable LoRA adapters (new, or restored from `adapter` on resume)."""
+    from peft import PeftModel, get_peft_model
+
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    config = lora_config({"lora": {**lora, "enabled": True}}, task)
+    return get_peft_model(model, config)
+
+
+def save_pretrained_merged(model: Any, folder: Path) -> None:
+    """A PEFT model as its adapters under ``folder/adapter`` and the merged weights at the
+    top (a copy is merged: training goes on with the adapters); any other model as it is."""
+    if not hasattr(model, "merge_and_unload"):
+        model.save_pretrained(folder, safe_serialization=True)
+        return
+    import copy
+
+    model.save_pretrained(folder / "adapter", safe_serialization=True)
+    copy.deepcopy(model).merge_and_unload().save_pretrained(folder, safe_serialization=True)

@@ -17,6 +17,7 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
+from rlhfspec.common.templating import markdown_inline as md
 from rlhfspec.runtime.annotation.aggregate import read_jsonl_rows
 from rlhfspec.runtime.prompts.pool import HOLDOUT_FILE, pool_with_holdout, read_holdout
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
@@ -319,8 +320,9 @@ def eval_markdown(metadata: dict[str, Any], metrics: dict[str, Any]) -> str:
     lines = [
         "# Reward model evaluation",
         "",
-        f"Criteria version {metadata['criteria_version']}; annotation batches "
-        f"{', '.join(metadata['annotation_batches'])}; base model `{metadata['base_model']}`.",
+        f"Criteria version {md(metadata['criteria_version'])}; annotation batches "
+        f"{', '.join(md(b) for b in metadata['annotation_batches'])}; "
+        f"base model {md(metadata['base_model'])}.",
         "",
         f"Holdout: {metrics['pairs']} pairs from {metadata['data']['validation_prompts']} prompts "
         "(split by prompt: no prompt is on both sides).",
@@ -342,7 +344,7 @@ def eval_markdown(metadata: dict[str, Any], metrics: dict[str, Any]) -> str:
         "| --- | --- | --- |",
     ]
     for name, value in metrics["per_dimension"].items():
-        lines.append(f"| {name} | {value['accuracy']} | {value['pairs']} |")
+        lines.append(f"| {md(name)} | {value['accuracy']} | {value['pairs']} |")
     lines += [
         "",
         "## Gates",
@@ -352,7 +354,7 @@ def eval_markdown(metadata: dict[str, Any], metrics: dict[str, Any]) -> str:
     ]
     for gate in metadata["gates"]:
         state = "yes" if gate["passed"] else ("overridden" if gate["overridden"] else "no")
-        lines.append(f"| {gate['name']} | {gate['value']} | {gate['threshold']} | {state} |")
+        lines.append(f"| {md(gate['name'])} | {gate['value']} | {gate['threshold']} | {state} |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from rlhfspec.common.errors import CompilerError
 from rlhfspec.compiler.compile import compile_spec
+from rlhfspec.compiler.plan import BUILTIN_CORPUS, STAGE_SETTINGS
 from rlhfspec.compiler.schemas import SPEC_SCHEMA, load_schema
 from rlhfspec.compiler.targets import get_target, spec_locator
 from rlhfspec.compiler.targets import verl as target
@@ -35,10 +36,15 @@ def schema_leaves(schema: dict[str, Any], prefix: str) -> list[str]:
 def test_every_policy_and_compute_setting_has_a_rule() -> None:
     """A setting added to the schema must get a row in compiler/targets/verl_rules.py (or the
     export refuses it); this test names the ones missing."""
-    schema = load_schema(SPEC_SCHEMA)["properties"]
-    settings = ["seed"]
-    for section in ("policy", "compute"):
-        settings += schema_leaves(schema[section], section)
+    schema = load_schema(SPEC_SCHEMA)
+    settings = []
+    # every setting a policy stage entry can carry (builtin:tiny adds its tokenizer's corpus)
+    for dotted in (*STAGE_SETTINGS["policy"], *BUILTIN_CORPUS):
+        node = schema
+        for key in dotted.split("."):
+            node = node["properties"][key]
+        settings += schema_leaves(node, dotted)
+    assert {"seed", "policy.kl.coef", "compute.num_processes"} <= set(settings)
     missing = [s for s in settings if rule_for(s) is None]
     assert not missing, "add a rule in compiler/targets/verl_rules.py for: " + ", ".join(missing)
 
@@ -77,7 +83,7 @@ def test_acknowledged_refusals_pass_and_are_recorded(project: Path) -> None:
     acked = {r.setting: r.acknowledged for r in checked.rows if r.acknowledged}
     assert acked == ACKS
     counts = checked.counts()
-    assert counts == {"exact": 24, "difference": 5, "refused": 4, "unused": 19}
+    assert counts == {"exact": 29, "difference": 5, "refused": 4, "unused": 20}
     assert sum(counts.values()) == len(checked.rows)
 
 

@@ -22,6 +22,7 @@ import torch
 
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
+from rlhfspec.runtime.train.scale import save_pretrained_merged
 
 CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -95,9 +96,11 @@ def save_checkpoint(
     tmp = root / f".{checkpoint_name(update)}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    policy.save_pretrained(tmp / "policy", safe_serialization=True)
+    # with LoRA: the adapters under adapter/ and the merged weights beside them, so evaluation
+    # and the handoff load the checkpoint as an ordinary model
+    save_pretrained_merged(policy, tmp / "policy")
     tokenizer.save_pretrained(tmp / "policy")
-    value_model.save_pretrained(tmp / "value", safe_serialization=True)
+    save_pretrained_merged(value_model, tmp / "value")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / "rng_state.pt")
     atomic_write_text(tmp / CHECKPOINT_META, json.dumps(info, indent=2, sort_keys=True) + "\n")

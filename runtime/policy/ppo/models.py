@@ -64,6 +64,9 @@ def policy_logits(
 
 
 def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    unwrap = getattr(model, "get_base_model", None)
+    if callable(unwrap):  # PEFT: the model with its adapters in place
+        model = unwrap()
     backbone = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     head = getattr(model, "score", None)
     if not isinstance(backbone, nn.Module) or not isinstance(head, nn.Module):

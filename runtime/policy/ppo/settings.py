@@ -99,6 +99,9 @@ class PPOSettings:
     mixed_precision: str = "no"
     #: recompute activations in the backward pass (compute.gradient_checkpointing)
     gradient_checkpointing: bool = False
+    #: LoRA adapters on the policy and value models (compute.lora: r, alpha, dropout,
+    #: target_modules); the reference is then the policy with its adapters disabled
+    lora: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -151,6 +154,7 @@ class PPOSettings:
         cpu: bool | None = None,
         mixed_precision: str = "no",
         gradient_checkpointing: bool = False,
+        lora: dict[str, Any] | None = None,
     ) -> PPOSettings:
         """Settings from a spec's resolved ``policy`` block (every default written out by the
         compiler: nothing is filled in here)."""
@@ -167,6 +171,7 @@ class PPOSettings:
             "cpu": cpu,
             "mixed_precision": mixed_precision,
             "gradient_checkpointing": gradient_checkpointing,
+            "lora": lora,
         }
         for name in (
             "total_episodes",

@@ -348,19 +348,40 @@ def _load_models(
         raise RunError("the policy's tokenizer needs an EOS token distinct from its pad token")
     # the trained pair in float32 whatever the checkpoint's dtype (AdamW on bf16 weights rounds
     # most small updates away); mixed precision is autocast only. The frozen models keep theirs.
+    lora = settings.lora
+    # with LoRA a resumed run starts from the base weights plus the checkpoint's adapters
+    resume_full = start is not None and lora is None
     policy = load_causal_lm(
-        start / "policy" if start else inputs.policy_dir,
+        start / "policy" if resume_full and start else inputs.policy_dir,
         tokenizer=tokenizer,
         trust_remote_code=remote,
         dtype=torch.float32,
     )
-    reference = load_causal_lm(inputs.reference_dir, tokenizer=tokenizer, trust_remote_code=remote)
     value_model = load_reward_model(
-        start / "value" if start else inputs.reward_model_dir,
+        start / "value" if resume_full and start else inputs.reward_model_dir,
         tokenizer=tokenizer,
         trust_remote_code=remote,
         dtype=torch.float32,
     )
+    reference: nn.Module
+    if lora is not None:
+        from rlhfspec.runtime.train.scale import AdaptersOff, with_lora
+
+        if inputs.reference_dir != inputs.policy_dir:
+            raise RunError(
+                "with LoRA the KL reference is the policy's base with its adapters disabled; "
+                "the reference must be the policy's starting model"
+            )
+        adapters = (None, None) if start is None else (start / "policy", start / "value")
+        policy = with_lora(policy, lora, "CAUSAL_LM", adapters[0] and adapters[0] / "adapter")
+        value_model = with_lora(
+            value_model, lora, "SEQ_CLS", adapters[1] and adapters[1] / "adapter"
+        )
+        reference = AdaptersOff(policy)
+    else:
+        reference = load_causal_lm(
+            inputs.reference_dir, tokenizer=tokenizer, trust_remote_code=remote
+        )
     reward_model = None
     if inputs.reward_fn is None:
         reward_model = load_reward_model(
@@ -370,7 +391,7 @@ def _load_models(
     for frozen in (reference, reward_model):
         if frozen is not None:
             frozen.requires_grad_(False)
-            frozen.eval()  # type: ignore[no-untyped-call]
+            frozen.eval()
             frozen.to(device)
     if settings.gradient_checkpointing:
         from rlhfspec.runtime.train.scale import enable_checkpointing
