@@ -24,7 +24,8 @@ minibatch), ``--ppo-epochs`` epochs, ``--new-tokens`` response tokens sampled at
 1 (no top-k / top-p), stop at EOS, fixed KL coefficient 0.05 with the k1 estimator, missing-EOS
 penalty 1.0, learning rate 1e-5 held constant (TRL: ``lr_scheduler_type="constant"``),
 gamma 1, lambda 0.95, clip ranges 0.2, vf_coef 0.1, advantages whitened, rewards not, fp32
-(TRL: ``bf16=False`` -- its default would be bf16 mixed precision), no gradient checkpointing,
+(TRL: ``bf16=False`` -- its default would be bf16 mixed precision; ``--mixed-precision bf16``
+turns autocast on on both sides), no gradient checkpointing,
 no evaluation or sample generations, nothing reported, seed 0, the same thread count
 (RLHFSPEC_THREADS, default up to 2) and ``OMP_WAIT_POLICY=PASSIVE`` on both sides. CUDA is
 used automatically on both sides when present (``use_cpu=not cuda`` for TRL; ours picks it
@@ -167,6 +168,7 @@ settings = ppo.PPOSettings(
     max_new_tokens=cfg["new_tokens"], gamma=1.0, lam=0.95, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1,
     whiten_rewards=False, whiten_advantages=True, missing_eos_penalty=cfg["missing_eos_penalty"],
     checkpoint_every=cfg["checkpoint_every"], seed=cfg["seed"], threads=cfg["threads"],
+    mixed_precision=cfg["mixed_precision"],
 )
 run = ppo.train_ppo(Path(cfg["policy"]), Path(cfg["policy"]), Path(cfg["reward"]), prompts, settings,
                     Path(cfg["out"]), log=lambda message: None)
@@ -210,7 +212,7 @@ args = PPOConfig(
     kl_coef=cfg["kl_coef"], kl_estimator="k1", whiten_rewards=False, gamma=1.0, lam=0.95, cliprange=0.2,
     cliprange_value=0.2, vf_coef=0.1, learning_rate=cfg["learning_rate"], lr_scheduler_type="constant",
     weight_decay=0.0, num_sample_generations=0, eval_strategy="no", save_strategy="no", report_to=[],
-    push_to_hub=False, seed=cfg["seed"], use_cpu=not cuda, bf16=False, fp16=False, gradient_checkpointing=False,
+    push_to_hub=False, seed=cfg["seed"], use_cpu=not cuda, bf16=cfg["mixed_precision"] == "bf16", fp16=False, gradient_checkpointing=False,
     disable_tqdm=True, dataloader_num_workers=0, logging_steps=1,
 )
 trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
@@ -364,6 +366,12 @@ def main() -> int:
         help="torch version for the venv (default: the one installed here)",
     )
     parser.add_argument("--skip-trl", action="store_true", help="run ours alone")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("no", "bf16"),
+        default="no",
+        help="bf16: autocast on both sides (ours over float32 weights; TRL's bf16=True)",
+    )
     args = parser.parse_args()
     if args.episodes % args.rollout or args.rollout % args.mini_batches:
         parser.error("--episodes must be a multiple of --rollout, and --rollout of --mini-batches")
@@ -411,6 +419,7 @@ def main() -> int:
             "checkpoint_every": args.checkpoint_every or updates,
             "seed": SEED,
             "threads": threads,
+            "mixed_precision": args.mixed_precision,
             "marker": MARKER,
         }
         sides: dict[str, tuple[Path, str]] = {"ours": (Path(sys.executable), OURS)}

@@ -380,7 +380,12 @@ def qc(spec: Path, out_dir: Path | None, fmt: str, skip_bad_rows: bool) -> None:
 def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_rows: bool) -> None:
     """Turn votes into preference pairs (TRL format) with provenance; QC failures left out."""
     from rlhfspec.runtime.annotation.aggregate import aggregate as run_aggregate
-    from rlhfspec.runtime.annotation.aggregate import compare_with_truth, load_records, write_pairs
+    from rlhfspec.runtime.annotation.aggregate import (
+        compare_with_truth,
+        load_records,
+        require_pairs,
+        write_pairs,
+    )
     from rlhfspec.runtime.annotation.judge.use import gate_state, records_for_aggregation
     from rlhfspec.runtime.annotation.qc import run_qc
     from rlhfspec.runtime.prompts.pool import load_prompt_pool, production_holdout
@@ -406,6 +411,7 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
         failed_annotators=failed,
         holdout_prompts=holdout,
     )
+    require_pairs(result, project.display)
     if truth is not None:
         result.truth = compare_with_truth(result.pairs, truth, display_path(truth))
     target = _out(out_dir, project, "preferences")
@@ -531,13 +537,31 @@ def run_command(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append the summary to this JSONL, to track quality over time.",
 )
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--precision", type=click.Choice(["no", "bf16", "fp16"]), default="no")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32)
 @guarded
-def score(input_file: Path, model_dir: Path, output: Path, history: Path | None) -> None:
+def score(
+    input_file: Path,
+    model_dir: Path,
+    output: Path,
+    history: Path | None,
+    device: str,
+    precision: str,
+    batch_size: int,
+) -> None:
     """Score a JSONL of prompt/response/system rows with a reward model (evaluation only)."""
     from rlhfspec.runtime.train.scoring import score_file
 
     summary = score_file(
-        model_dir, input_file, output, history=history, input_display=display_path(input_file)
+        model_dir,
+        input_file,
+        output,
+        history=history,
+        input_display=display_path(input_file),
+        batch_size=batch_size,
+        device=device,
+        mixed_precision=precision,
     )
     echo(f"scored {summary['input']['rows']} rows -> {output}")
     for system, stats in summary["systems"].items():

@@ -47,6 +47,10 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "annotation.max_split_vote_share",
         "annotation.aggregation.exclude_failed_annotators",
         "annotation.batches",
+        "annotation.dimension_judgements",
+        "annotation.gaming",
+        "annotation.annotator_ids",
+        "annotation.responses",
         "judge.gate",  # the AI judge's agreement gate (runtime/annotation/judge/review.py)
     ),
     "aggregate": (
@@ -55,6 +59,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "annotation.aggregation",
         "annotation.batches",
         "annotation.responses",
+        "annotation.annotator_ids",
         "prompts.sources",
         "prompts.focus",
     ),
@@ -173,7 +178,12 @@ def _data_stages() -> list[dict[str, Any]]:
             "description": "Majority vote with the tie-breaking rule into preference pairs.",
             "depends_on": ["prompts", "annotation_qc"],
             "reads": ["prompts/holdout.jsonl", "qc/report.json"],
-            "outputs": PAIRS + ["preferences/summary.json"],
+            "outputs": PAIRS
+            + [
+                "preferences/requeue.jsonl",
+                "preferences/split_items.jsonl",
+                "preferences/summary.json",
+            ],
         },
     ]
 

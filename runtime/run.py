@@ -26,6 +26,7 @@ from typing import Any
 
 from rlhfspec.common.errors import CompilerError, RunError
 from rlhfspec.common.hashing import sha256_file
+from rlhfspec.common.terminal import terminal_safe
 from rlhfspec.common.version import __version__ as rlhfspec_version
 from rlhfspec.compiler.compile import CompileResult, compile_spec, write_outputs
 from rlhfspec.compiler.diagnostics import format_text
@@ -494,4 +495,4 @@ def _prefixed(name: str, log: Callable[[str], None]) -> Callable[[str], None]:
 
 
 def stderr_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(terminal_safe(message), file=sys.stderr, flush=True)

@@ -22,7 +22,8 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.jsonl import read_rows
-from rlhfspec.runtime.annotation.records import read_batches
+from rlhfspec.runtime.annotation.judge.items import is_ai
+from rlhfspec.runtime.annotation.loading import load_annotations
 from rlhfspec.runtime.project import Project
 
 LO, HI, TIE = 0, 1, 2
@@ -68,6 +69,11 @@ class AggregateResult:
     excluded_annotators: list[str] = field(default_factory=list)
     criteria_versions: list[str] = field(default_factory=list)
     truth: dict[str, Any] | None = None
+    held_back: list[dict[str, Any]] = field(default_factory=list)
+    """Items with fewer votes than `min_votes`: what `tasks --requeue` sends back out."""
+    split_items: list[dict[str, Any]] = field(default_factory=list)
+    """Items whose votes split: for criteria review (and requeue when dropped)."""
+    split_dropped: bool = True
 
     @property
     def warnings(self) -> list[str]:
@@ -76,7 +82,10 @@ class AggregateResult:
 
     def summary(self) -> dict[str, Any]:
         return {
+            "format": "rlhfspec.aggregate-summary/1",
             "pairs": len(self.pairs),
+            "held_back": len(self.held_back),
+            "split_items": len(self.split_items),
             "warnings": self.warnings,
             "counts": dict(sorted(self.counts.items())),
             "excluded_annotators": self.excluded_annotators,
@@ -91,11 +100,8 @@ def read_jsonl_rows(path: Path, display: str, required: Iterable[str]) -> list[d
 
 
 def load_records(project: Project, *, skip_bad_rows: bool = False) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    batches = project.spec["annotation"]["batches"]
-    for read in read_batches(batches, project.folder, skip_bad=skip_bad_rows):
-        records.extend(read.records)
-    return records
+    """Every batch's records, un-blinded through the batches' keys (see `loading`)."""
+    return load_annotations(project, skip_bad_rows=skip_bad_rows).records
 
 
 def _winner(votes: Counter[int]) -> int | None:
@@ -115,18 +121,21 @@ def _canonical(choice: str, shown_a: str, shown_b: str) -> int:
     return LO if picked == min(shown_a, shown_b) else HI
 
 
-def aggregate(
-    project: Project,
-    records: list[dict[str, Any]],
-    *,
-    failed_annotators: Iterable[str] = (),
-    holdout_prompts: Iterable[str] = (),
-) -> AggregateResult:
-    """Majority vote per item with the spec's tie-breaking; gold items are QC, not data."""
+@dataclass
+class _Inputs:
+    """What votes are joined to: response and prompt texts, and the spec's rules."""
+
+    responses: dict[str, dict[str, Any]]
+    prompts: dict[str, str]
+    tie_rule: dict[str, str]
+    ranked: list[str]
+    drop_split: bool
+    min_votes: int
+
+
+def _inputs(project: Project) -> _Inputs:
     spec = project.spec
     agg = spec["annotation"]["aggregation"]
-    tie_rule = spec["criteria"]["tie_breaking"]
-    ranked_dims = [d["id"] for d in spec["criteria"]["dimensions"]]
     responses_path = spec["annotation"].get("responses")
     if responses_path is None:
         raise RunError(
@@ -142,80 +151,188 @@ def aggregate(
     for source in spec["prompts"]["sources"]:
         for row in read_jsonl_rows(project.path(source["path"]), source["path"], ("id", "text")):
             prompts[row["id"]] = row["text"]
-    excluded = set(agg["exclude_annotators"])
-    if agg["exclude_failed_annotators"]:
-        excluded |= set(failed_annotators)
-    holdout = set(holdout_prompts)
+    return _Inputs(
+        responses,
+        prompts,
+        spec["criteria"]["tie_breaking"],
+        [d["id"] for d in spec["criteria"]["dimensions"]],
+        bool(agg["drop_split_votes"]),
+        int(agg["min_votes"]),
+    )
 
-    counts: Counter[str] = Counter()
+
+def _group(
+    records: list[dict[str, Any]], excluded: set[str], counts: Counter[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Non-gold votes per item, without the excluded annotators' votes."""
     by_item: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         if record["gold"]:
             counts["gold_records_skipped"] += 1
-            continue
-        if record["annotator"] in excluded:
+        elif record["annotator"] in excluded:
             counts["votes_excluded"] += 1
-            continue
-        by_item.setdefault(record["item_id"], []).append(record)
-
+        else:
+            by_item.setdefault(record["item_id"], []).append(record)
     all_items = {r["item_id"] for r in records if not r["gold"]}
     counts["items_without_votes"] = len(all_items - by_item.keys())
-    result = AggregateResult(excluded_annotators=sorted(excluded))
+    return by_item
+
+
+def _held(
+    item_id: str, rows: list[dict[str, Any]], reason: str, votes: Counter[int]
+) -> dict[str, Any]:
+    first = rows[0]
+    lo, hi = sorted((first["response_a"], first["response_b"]))
+    return {
+        "item_id": item_id,
+        "prompt_id": first["prompt_id"],
+        "response_lo": lo,
+        "response_hi": hi,
+        "reason": reason,
+        "votes": {"lo": votes[LO], "hi": votes[HI], "tie": votes[TIE]},
+        "annotators": sorted(r["annotator"] for r in rows),
+        "batches": sorted({r["batch"] for r in rows}),
+    }
+
+
+def _decide(
+    item_id: str,
+    rows: list[dict[str, Any]],
+    inputs: _Inputs,
+    counts: Counter[str],
+    result: AggregateResult,
+) -> Pair | None:
+    """One item's pair, or None (counted, and listed in `held_back` when it needs more votes)."""
+    first = rows[0]
+    lo, hi = sorted((first["response_a"], first["response_b"]))
+    votes = Counter(_canonical(r["choice"], r["response_a"], r["response_b"]) for r in rows)
+    # an AI judge's label stands alone: its check is the agreement gate on the human review
+    # sample (aggregation only sees AI records once that gate passed), not overlap
+    if sum(votes.values()) < inputs.min_votes and not all(is_ai(r) for r in rows):
+        counts["held_back_min_votes"] += 1
+        result.held_back.append(_held(item_id, rows, "too_few_votes", votes))
+        return None
+    winner = _winner(votes)
+    decided_by = "majority"
+    if winner is None:
+        counts["split_votes"] += 1
+        result.split_items.append(_held(item_id, rows, "split", votes))
+        if inputs.drop_split:
+            return None
+        winner, decided_by = _break_tie(
+            rows,
+            inputs.tie_rule,
+            inputs.ranked,
+            inputs.responses[lo]["text"],
+            inputs.responses[hi]["text"],
+        )
+        counts[f"split_decided_by_{decided_by.split(':')[0]}"] += 1
+    if winner == TIE:
+        counts["ties"] += 1
+        return None
+    chosen, rejected = (lo, hi) if winner == LO else (hi, lo)
+    return Pair(
+        item_id=item_id,
+        prompt_id=first["prompt_id"],
+        prompt=inputs.prompts[first["prompt_id"]],
+        chosen_id=chosen,
+        rejected_id=rejected,
+        chosen=inputs.responses[chosen]["text"],
+        rejected=inputs.responses[rejected]["text"],
+        votes={"chosen": votes[winner], "rejected": votes[1 - winner], "tie": votes[TIE]},
+        agreement=round(votes[winner] / sum(votes.values()), 6),
+        batches=sorted({r["batch"] for r in rows}),
+        annotators=sorted(r["annotator"] for r in rows),
+        decided_by=decided_by,
+        dimensions={dim: _dimension_verdict(rows, dim, winner) for dim in inputs.ranked},
+    )
+
+
+def aggregate(
+    project: Project,
+    records: list[dict[str, Any]],
+    *,
+    failed_annotators: Iterable[str] = (),
+    holdout_prompts: Iterable[str] = (),
+) -> AggregateResult:
+    """Majority vote per item with the spec's tie-breaking; gold items are QC, not data.
+
+    Items with fewer than `aggregation.min_votes` votes are held back (listed for
+    `tasks --requeue`), split items are listed for criteria review. Votes on responses or
+    prompts nobody knows (typically blinded ids read without the batch's key) and a result
+    without a single usable vote are errors: a quiet empty training set is worse than none.
+    """
+    inputs = _inputs(project)
+    agg = project.spec["annotation"]["aggregation"]
+    excluded = set(agg["exclude_annotators"])
+    if agg["exclude_failed_annotators"]:
+        excluded |= set(failed_annotators)
+    holdout = set(holdout_prompts)
+    counts: Counter[str] = Counter()
+    by_item = _group(records, excluded, counts)
+    result = AggregateResult(excluded_annotators=sorted(excluded), split_dropped=inputs.drop_split)
+    unknown: list[str] = []
     versions: set[str] = set()
     for item_id in sorted(by_item):
-        votes_rows = by_item[item_id]
-        first = votes_rows[0]
-        lo, hi = sorted((first["response_a"], first["response_b"]))
-        prompt_id = first["prompt_id"]
+        rows = by_item[item_id]
+        lo, hi = sorted((rows[0]["response_a"], rows[0]["response_b"]))
         counts["items"] += 1
-        if prompt_id in holdout:
+        counts[f"items_with_{min(len(rows), 9)}_votes"] += 1
+        if rows[0]["prompt_id"] in holdout:
             counts["holdout_items_dropped"] += 1
             continue
-        if lo not in responses or hi not in responses:
-            counts["items_with_unknown_response"] += 1
-            continue
-        if prompt_id not in prompts:
-            counts["items_with_unknown_prompt"] += 1
-            continue
-        votes = Counter(
-            _canonical(r["choice"], r["response_a"], r["response_b"]) for r in votes_rows
-        )
-        winner = _winner(votes)
-        decided_by = "majority"
-        if winner is None:
-            counts["split_votes"] += 1
-            if agg["drop_split_votes"]:
-                continue
-            winner, decided_by = _break_tie(
-                votes_rows, tie_rule, ranked_dims, responses[lo]["text"], responses[hi]["text"]
+        if lo not in inputs.responses or hi not in inputs.responses:
+            unknown.append(
+                f"{item_id} ({', '.join(r for r in (lo, hi) if r not in inputs.responses)})"
             )
-        if winner == TIE:
-            counts["ties"] += 1
             continue
-        chosen, rejected = (lo, hi) if winner == LO else (hi, lo)
-        total = sum(votes.values())
-        dimensions = {dim: _dimension_verdict(votes_rows, dim, winner) for dim in ranked_dims}
-        versions.update(r["criteria_version"] for r in votes_rows)
-        result.pairs.append(
-            Pair(
-                item_id=item_id,
-                prompt_id=prompt_id,
-                prompt=prompts[prompt_id],
-                chosen_id=chosen,
-                rejected_id=rejected,
-                chosen=responses[chosen]["text"],
-                rejected=responses[rejected]["text"],
-                votes={"chosen": votes[winner], "rejected": votes[1 - winner], "tie": votes[TIE]},
-                agreement=round(votes[winner] / total, 6),
-                batches=sorted({r["batch"] for r in votes_rows}),
-                annotators=sorted(r["annotator"] for r in votes_rows),
-                decided_by=decided_by,
-                dimensions=dimensions,
-            )
-        )
+        if rows[0]["prompt_id"] not in inputs.prompts:
+            unknown.append(f"{item_id} (prompt {rows[0]['prompt_id']})")
+            continue
+        pair = _decide(item_id, rows, inputs, counts, result)
+        if pair is not None:
+            versions.update(r["criteria_version"] for r in rows)
+            result.pairs.append(pair)
+    _refuse_unusable(project, unknown, by_item)
     result.counts = dict(counts)
     result.criteria_versions = sorted(versions)
     return result
+
+
+def _refuse_unusable(
+    project: Project,
+    unknown: list[str],
+    by_item: dict[str, list[dict[str, Any]]],
+) -> None:
+    if unknown:
+        blinded = any(u.split(" (", 1)[1].startswith("resp-") for u in unknown)
+        raise RunError(
+            f"{len(unknown)} item(s) vote on responses or prompts that are not in the spec's "
+            f"responses and prompt files: {', '.join(unknown[:5])}"
+            + (", ..." if len(unknown) > 5 else "")
+            + (
+                "; these are blinded ids: list the batch's unblinding_key.json as `key` in "
+                "annotation.batches"
+                if blinded
+                else ""
+            )
+        )
+    if not by_item:
+        raise RunError(
+            f"{project.display}: no usable votes: every record is a gold item or from an "
+            "excluded annotator"
+        )
+
+
+def require_pairs(result: AggregateResult, display: str) -> None:
+    """0 pairs is an error that says why (the CLI and the aggregate stage call this)."""
+    if not result.pairs:
+        c = Counter(result.counts)
+        raise RunError(
+            f"{display}: 0 preference pairs from {c['items']} items ({c['held_back_min_votes']} "
+            f"below min_votes, {c['split_votes']} split, {c['ties']} ties, "
+            f"{c['holdout_items_dropped']} holdout)"
+        )
 
 
 def _dimension_verdict(rows: list[dict[str, Any]], dim: str, winner: int) -> str | None:
@@ -284,7 +401,9 @@ def compare_with_truth(pairs: list[Pair], truth_path: Path, display: str) -> dic
 
 
 def write_pairs(result: AggregateResult, out_dir: Path) -> list[Path]:
-    """pairs.jsonl (TRL's prompt/chosen/rejected), provenance.jsonl (same order), summary.json."""
+    """pairs.jsonl (TRL's prompt/chosen/rejected), provenance.jsonl (same order), summary.json,
+    requeue.jsonl (items held back below min_votes, and split items when they are dropped: what
+    `tasks --requeue` reads) and split_items.jsonl (for criteria review)."""
     pairs_lines = []
     prov_lines = []
     for pair in result.pairs:
@@ -296,8 +415,15 @@ def write_pairs(result: AggregateResult, out_dir: Path) -> list[Path]:
         )
         prov = {k: v for k, v in pair.__dict__.items() if k not in ("prompt", "chosen", "rejected")}
         prov_lines.append(json.dumps(prov, ensure_ascii=False))
+    held = [json.dumps(h, ensure_ascii=False) for h in result.held_back]
+    split = [json.dumps(h, ensure_ascii=False) for h in result.split_items]
     written = []
-    for name, lines in (("pairs.jsonl", pairs_lines), ("provenance.jsonl", prov_lines)):
+    for name, lines in (
+        ("pairs.jsonl", pairs_lines),
+        ("provenance.jsonl", prov_lines),
+        ("requeue.jsonl", held + (split if result.split_dropped else [])),
+        ("split_items.jsonl", split),
+    ):
         atomic_write_text(out_dir / name, "".join(line + "\n" for line in lines))
         written.append(out_dir / name)
     atomic_write_text(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +36,7 @@ REQUIRED = (
     "batch",
     "gold",
 )
-OPTIONAL = ("justification", "dimension_choices", "judge")
+OPTIONAL = ("justification", "dimension_choices", "task_id", "judge")
 STRING_FIELDS = (
     "item_id",
     "prompt_id",
@@ -166,7 +166,13 @@ def check_record(record: Any, *, batch: str) -> list[tuple[str | None, str]]:
     return problems
 
 
-def read_jsonl(path: Path, *, batch: str, display: str) -> BatchRead:
+Resolve = Callable[[dict[str, Any]], list[tuple[str | None, str]]]
+"""Maps a record's shown ids to the real ones in place (blinding.Unblinder.resolve)."""
+
+
+def read_jsonl(
+    path: Path, *, batch: str, display: str, resolve: Resolve | None = None
+) -> BatchRead:
     out = BatchRead(batch, display)
     try:
         data = path.read_bytes()
@@ -181,7 +187,8 @@ def read_jsonl(path: Path, *, batch: str, display: str) -> BatchRead:
         except JsonProblem as exc:
             out.problems.append(RowProblem(display, where, None, str(exc)))
             continue
-        problems = check_record(record, batch=batch)
+        problems = resolve(record) if resolve and isinstance(record, dict) else []
+        problems = problems or check_record(record, batch=batch)
         if problems:
             out.problems.extend(RowProblem(display, where, f, m) for f, m in problems)
             continue
@@ -287,7 +294,12 @@ def _ls_lead(lead: Any, problems: Problems) -> float | None:
 
 
 def _ls_record(
-    task: dict[str, Any], index: int, ann: dict[str, Any], batch: str, criteria_version: str
+    task: dict[str, Any],
+    index: int,
+    ann: dict[str, Any],
+    batch: str,
+    criteria_version: str,
+    resolve: Resolve | None = None,
 ) -> tuple[dict[str, Any] | None, Problems]:
     """One annotation as a record, or the problems that keep it out."""
     problems: Problems = []
@@ -315,7 +327,11 @@ def _ls_record(
         "batch": batch,
         "gold": data.get("gold", False),
     }
-    errors = check_record(record, batch=batch)
+    meta: dict[str, Any] = task["meta"] if isinstance(task.get("meta"), dict) else {}
+    if data.get("task_id") or meta.get("task_id"):
+        record["task_id"] = data.get("task_id") or meta.get("task_id")
+    errors = resolve(record) if resolve else []
+    errors = errors or check_record(record, batch=batch)
     return (None if errors else record), [(f"data.{f}" if f else None, m) for f, m in errors]
 
 
@@ -331,7 +347,14 @@ def _ls_tasks(path: Path, display: str) -> list[Any]:
     return tasks
 
 
-def read_label_studio(path: Path, *, batch: str, criteria_version: str, display: str) -> BatchRead:
+def read_label_studio(
+    path: Path,
+    *,
+    batch: str,
+    criteria_version: str,
+    display: str,
+    resolve: Resolve | None = None,
+) -> BatchRead:
     """Read a Label Studio JSON export (our Choices config, or the `<Pairwise>` tag).
 
     Label Studio has no sessions: an annotator's tasks are cut into sessions
@@ -375,7 +398,7 @@ def read_label_studio(path: Path, *, batch: str, criteria_version: str, display:
             if cancelled:
                 out.cancelled += 1
                 continue
-            record, problems = _ls_record(task, t_index, ann, batch, criteria_version)
+            record, problems = _ls_record(task, t_index, ann, batch, criteria_version, resolve)
             out.problems.extend(RowProblem(display, where, f, m) for f, m in problems)
             if record is not None:
                 out.add(record, where)
@@ -400,12 +423,20 @@ def assign_sessions(records: list[dict[str, Any]]) -> None:
             last_end = parse_time(record["submitted_at"])
 
 
-def _read(path: Path, *, batch: str, fmt: str, criteria_version: str, display: str) -> BatchRead:
+def _read(
+    path: Path,
+    *,
+    batch: str,
+    fmt: str,
+    criteria_version: str,
+    display: str,
+    resolve: Resolve | None = None,
+) -> BatchRead:
     if fmt == "label_studio":
         return read_label_studio(
-            path, batch=batch, criteria_version=criteria_version, display=display
+            path, batch=batch, criteria_version=criteria_version, display=display, resolve=resolve
         )
-    return read_jsonl(path, batch=batch, display=display)
+    return read_jsonl(path, batch=batch, display=display, resolve=resolve)
 
 
 def drop_duplicates(read: BatchRead, seen: dict[tuple[str, str], str]) -> None:
@@ -450,7 +481,11 @@ def read_batch(
 
 
 def read_batches(
-    entries: Sequence[dict[str, Any]], folder: Path, *, skip_bad: bool = False
+    entries: Sequence[dict[str, Any]],
+    folder: Path,
+    *,
+    skip_bad: bool = False,
+    resolvers: dict[str, Resolve] | None = None,
 ) -> list[BatchRead]:
     """Read a spec's `annotation.batches` in order, with one vote per item and annotator
     across all of them; a batch with a bad (or repeated) row is refused unless `skip_bad`."""
@@ -463,6 +498,7 @@ def read_batches(
             fmt=entry["format"],
             criteria_version=entry["criteria_version"],
             display=entry["path"],
+            resolve=(resolvers or {}).get(entry["id"]),
         )
         drop_duplicates(read, seen)
         if read.problems and not skip_bad:
@@ -498,12 +534,26 @@ class AnnotationTable:
     submitted: np.ndarray
     minutes_into_session: np.ndarray
     has_justification: np.ndarray
+    longer: np.ndarray  # shown position (0/1) of the longer response; -1 equal or unknown
+    just_words: np.ndarray  # words in the justification (0: none)
+    just_text: np.ndarray  # code of the justification, case and spacing folded
+    dimensions: list[str]  # dimensions judged one by one, in rank order
+    dim_canon: np.ndarray  # records x dimensions, canonical labels as `canon`, -1 not given
 
     def __len__(self) -> int:
         return int(self.item.shape[0])
 
     @classmethod
-    def from_records(cls, records: Sequence[dict[str, Any]]) -> AnnotationTable:
+    def from_records(
+        cls,
+        records: Sequence[dict[str, Any]],
+        *,
+        lengths: dict[str, int] | None = None,
+        dimensions: Sequence[str] = (),
+    ) -> AnnotationTable:
+        """Columns of `records`; `lengths` (response id -> words) enables the length check,
+        `dimensions` the per-dimension agreement."""
+
         def codes(values: list[str]) -> tuple[list[str], np.ndarray]:
             uniques, inverse = np.unique(
                 np.asarray(values, dtype=object).astype(str), return_inverse=True
@@ -548,11 +598,21 @@ class AnnotationTable:
             has_justification=np.fromiter(
                 (bool(r.get("justification")) for r in records), dtype=bool, count=n
             ),
+            **_extra_columns(records, lengths or {}, list(dimensions), swapped),
         )
 
     @classmethod
     def from_arrays(cls, **columns: Any) -> AnnotationTable:
-        """Build from columns; minutes into each session are derived here."""
+        """Build from columns; minutes into each session are derived here, and the optional
+        columns (length, justification text, dimensions) default to "unknown"."""
+        n = columns["item"].shape[0]
+        columns.setdefault("longer", np.full(n, -1, dtype=np.int8))
+        columns.setdefault(
+            "just_words", np.where(columns["has_justification"], 5, 0).astype(np.int32)
+        )
+        columns.setdefault("just_text", np.arange(n, dtype=np.int32))
+        columns.setdefault("dimensions", [])
+        columns.setdefault("dim_canon", np.full((n, 0), -1, dtype=np.int8))
         session = columns["session"]
         started = columns["started"]
         n_sessions = len(columns["sessions"])
@@ -560,3 +620,38 @@ class AnnotationTable:
         np.minimum.at(first, session, started)
         columns["minutes_into_session"] = (started - first[session]) / 60.0
         return cls(**columns)
+
+
+def _extra_columns(
+    records: Sequence[dict[str, Any]],
+    lengths: dict[str, int],
+    dimensions: list[str],
+    swapped: np.ndarray,
+) -> dict[str, Any]:
+    """Length, justification and per-dimension columns of `AnnotationTable.from_records`."""
+    n = len(records)
+    longer = np.full(n, -1, dtype=np.int8)
+    for i, r in enumerate(records):
+        a, b = lengths.get(r["response_a"]), lengths.get(r["response_b"])
+        if a is not None and b is not None and a != b:
+            longer[i] = 0 if a > b else 1
+    folded = [" ".join(str(r.get("justification") or "").lower().split()) for r in records]
+    _, just_text = np.unique(
+        np.asarray(folded + [""], dtype=object).astype(str), return_inverse=True
+    )
+    just_words = np.fromiter((len(t.split()) for t in folded), dtype=np.int32, count=n)
+    dim_canon = np.full((n, len(dimensions)), -1, dtype=np.int8)
+    for i, r in enumerate(records):
+        given = r.get("dimension_choices") or {}
+        for d, name in enumerate(dimensions):
+            value = given.get(name)
+            if value in CHOICES:
+                label = CHOICES.index(value)
+                dim_canon[i, d] = 1 - label if swapped[i] and label < 2 else label
+    return {
+        "longer": longer,
+        "just_words": just_words,
+        "just_text": just_text[:n].astype(np.int32),
+        "dimensions": dimensions,
+        "dim_canon": dim_canon,
+    }

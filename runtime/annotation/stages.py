@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 
-from rlhfspec.runtime.annotation.aggregate import aggregate, load_records, write_pairs
+from rlhfspec.runtime.annotation.aggregate import (
+    aggregate,
+    load_records,
+    require_pairs,
+    write_pairs,
+)
 from rlhfspec.runtime.annotation.judge.review import ai_judge_gate, ai_judge_lineage
 from rlhfspec.runtime.annotation.judge.use import gate_state, records_for_aggregation
-from rlhfspec.runtime.annotation.qc import QcReport, run_qc
+from rlhfspec.runtime.annotation.qc import QC_CODES, QcReport, run_qc
 from rlhfspec.runtime.prompts.check import check_prompts, write_prompt_report
 from rlhfspec.runtime.prompts.pool import HOLDOUT_FILE, pool_with_holdout, read_holdout
 from rlhfspec.runtime.report.qc_report import write_qc_reports
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
 
-# annotator-level findings that excluding the annotator resolves
-RESOLVED_BY_EXCLUSION = {"Q003", "Q004", "Q005", "Q006", "Q007"}
+# annotator-level findings that excluding the annotator resolves (Q006, sessions over the
+# limit, does not exclude by itself but no longer matters once the annotator is left out)
+RESOLVED_BY_EXCLUSION = {code for code, entry in QC_CODES.items() if entry.excludes} | {"Q006"}
 
 
 def prompts_stage(ctx: StageContext) -> StageOutcome:
@@ -104,11 +110,18 @@ def aggregate_stage(ctx: StageContext) -> StageOutcome:
         failed_annotators=qc.get("excluded_annotators", []),
         holdout_prompts=holdout,
     )
+    require_pairs(result, ctx.project.display)
     write_pairs(result, ctx.path("preferences"))
     for warning in result.warnings:
         ctx.log(f"warning: {warning}")
     return StageOutcome(
-        ["preferences/pairs.jsonl", "preferences/provenance.jsonl", "preferences/summary.json"],
+        [
+            "preferences/pairs.jsonl",
+            "preferences/provenance.jsonl",
+            "preferences/requeue.jsonl",
+            "preferences/split_items.jsonl",
+            "preferences/summary.json",
+        ],
         {
             **result.summary(),
             "outside_focus_records": outside,

@@ -15,6 +15,7 @@ from rlhfspec.common.errors import RunError
 from rlhfspec.common.hashing import sha256_bytes, sha256_file
 from rlhfspec.compiler.lockfile import criteria_hash
 from rlhfspec.runtime.handoff.facts import Facts, RunDir, checkpoint_meta_path, own_file
+from rlhfspec.runtime.handoff.facts import _read_json as read_json
 from rlhfspec.runtime.handoff.layout import (
     HANDOFF_STAGE,
     PARTS,
@@ -276,11 +277,11 @@ def _history(run: RunDir, facts: Facts) -> dict[str, Any]:
             if not lock.is_file():
                 continue
             try:
-                doc = json.loads(lock.read_text(encoding="utf-8"))
+                doc = read_json(lock, str(lock_name))  # bounded, strict JSON
                 for item in doc.get("criteria", []):
                     if criteria_hash(item["content"]) == item["sha256"]:
                         contents[(str(item["version"]), str(item["sha256"]))] = item["content"]
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            except (RunError, AttributeError, KeyError, TypeError):
                 continue
             source = f"{lock_name} (each version's content checked against its sha256)"
             break

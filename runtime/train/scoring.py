@@ -26,12 +26,26 @@ REWARD_META = "rlhfspec_reward_model.json"
 
 
 def score_texts(
-    model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32, max_length: int = 512
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_length: int = 512,
+    mixed_precision: str = "no",
 ) -> list[float]:
-    """One scalar per text, read at the last real token (EOS is appended as in training)."""
+    """One scalar per text, read at the last real token (EOS is appended as in training).
+
+    Batched on the model's device, under autocast in `mixed_precision`. Complete texts from
+    elsewhere (an API) are scored as finished responses; PPO and evaluation score sampled
+    token ids instead (`rlhfspec.runtime.policy.ppo.rollout.episode_scores`).
+    """
     import torch
 
+    from rlhfspec.runtime.train.precision import autocast
+
     model.eval()
+    device = next(model.parameters()).device
     tokenizer.padding_side = "right"
     eos = tokenizer.eos_token or ""
     scores: list[float] = []
@@ -46,7 +60,11 @@ def score_texts(
                 max_length=max_length,
                 add_special_tokens=True,
             )
-            out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+            with autocast(mixed_precision, device):
+                out = model(
+                    input_ids=enc["input_ids"].to(device),
+                    attention_mask=enc["attention_mask"].to(device),
+                )
             scores.extend(float(v) for v in out.logits[:, 0].float().tolist())
     return scores
 
@@ -72,8 +90,13 @@ def score_file(
     history: Path | None = None,
     input_display: str,
     batch_size: int = 32,
+    device: str = "auto",
+    mixed_precision: str = "no",
 ) -> dict[str, Any]:
-    """Score a JSONL of {prompt, response, system?}; write scores and return the summary."""
+    """Score a JSONL of {prompt, response, system?} on `device` (auto: CUDA when there is
+    one) in `mixed_precision`, `batch_size` rows at a time; write scores, return the summary."""
+    import torch
+
     from rlhfspec.runtime.train.models import load_reward_model, load_tokenizer
 
     if not (model_dir / REWARD_META).is_file():
@@ -104,13 +127,17 @@ def score_file(
     if not rows:
         raise RunError(f"{input_display}: no rows to score")
     tokenizer = load_tokenizer(model_dir)
-    model = load_reward_model(model_dir, tokenizer=tokenizer)
+    model: Any = load_reward_model(model_dir, tokenizer=tokenizer)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
     scores = score_texts(
         model,
         tokenizer,
         [full_text(r["prompt"], r["response"]) for r in rows],
         batch_size=batch_size,
         max_length=int(meta.get("max_length", 512)),
+        mixed_precision=mixed_precision,
     )
     lines = []
     for row, score in zip(rows, scores, strict=True):

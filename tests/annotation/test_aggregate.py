@@ -137,7 +137,8 @@ def test_exclusions_gold_and_holdout(project: Project) -> None:
 def test_written_pairs_are_trl_format_with_aligned_provenance(
     project: Project, tmp_path: Path
 ) -> None:
-    result = aggregate(project, [vote("a1", HI), vote("a2", HI, item="item-y")])
+    one_vote = with_settings(project, min_votes=1)
+    result = aggregate(one_vote, [vote("a1", HI), vote("a2", HI, item="item-y")])
     write_pairs(result, tmp_path)
     pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     prov = [json.loads(line) for line in (tmp_path / "provenance.jsonl").read_text().splitlines()]
@@ -154,3 +155,49 @@ def test_example_recovers_the_ground_truth(project: Project) -> None:
     acc_careful = compare_with_truth(careful.pairs, TRUTH, "truth")["accuracy"]
     assert acc_all > 0.85
     assert acc_careful > acc_all
+
+
+def test_min_votes_holds_items_back_for_requeue(project: Project, tmp_path: Path) -> None:
+    records = [vote("a1", HI), vote("a2", HI), vote("a1", HI, item="item-y")]
+    result = aggregate(project, records)  # the example's min_votes is 2
+    assert [p.item_id for p in result.pairs] == ["item-x"]
+    assert result.counts["held_back_min_votes"] == 1
+    assert [h["item_id"] for h in result.held_back] == ["item-y"]
+    assert result.held_back[0]["reason"] == "too_few_votes"
+    write_pairs(result, tmp_path)
+    requeue = [json.loads(x) for x in (tmp_path / "requeue.jsonl").read_text().splitlines()]
+    assert [r["item_id"] for r in requeue] == ["item-y"]
+    assert requeue[0]["annotators"] == ["a1"]
+
+
+def test_split_items_are_exported_for_review(project: Project, tmp_path: Path) -> None:
+    records = [
+        vote("a1", HI),
+        vote("a2", LO),
+        vote("a3", HI, item="item-y"),
+        vote("a4", HI, item="item-y"),
+    ]
+    result = aggregate(project, records)
+    write_pairs(result, tmp_path)
+    split = [json.loads(x) for x in (tmp_path / "split_items.jsonl").read_text().splitlines()]
+    assert [s["item_id"] for s in split] == ["item-x"] and split[0]["votes"] == {
+        "lo": 1,
+        "hi": 1,
+        "tie": 0,
+    }
+    requeue = [json.loads(x) for x in (tmp_path / "requeue.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in requeue] == ["split"]
+
+
+def test_zero_pairs_and_unknown_responses_are_errors(project: Project) -> None:
+    from rlhfspec.common.errors import RunError
+    from rlhfspec.runtime.annotation.aggregate import require_pairs
+
+    result = aggregate(project, [vote("a1", HI), vote("a2", LO)])
+    with pytest.raises(RunError, match="0 preference pairs from 1 items .*1 split"):
+        require_pairs(result, "spec")
+    blinded = [dict(vote(a, HI), response_a="resp-0123456789ab") for a in ("a1", "a2")]
+    with pytest.raises(RunError, match="blinded ids: list the batch's unblinding_key.json"):
+        aggregate(project, blinded)
+    with pytest.raises(RunError, match="no usable votes"):
+        aggregate(project, [vote("a1", HI)], failed_annotators=["a1"])

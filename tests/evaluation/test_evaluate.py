@@ -414,3 +414,16 @@ def test_stage_settings_take_the_policys_temperature_and_penalty() -> None:
     assert (got.batch_size, got.device, got.mixed_precision) == (5, "cpu", "bf16")
     spec["policy"]["method"] = "dpo"
     assert eval_settings(spec).kl_at == 1.0
+
+
+def test_scoring_is_batched_on_the_models_device_in_its_precision(tiny: Path) -> None:
+    from rlhfspec.runtime.train.scoring import score_texts
+
+    tokenizer = load_tokenizer(tiny)
+    model = load_reward_model(tiny, tokenizer=tokenizer, seed=7)
+    texts = [f"User: {p}\nAssistant: {w} please" for p in PROMPTS["validation"] for w in WORDS[:3]]
+    one = score_texts(model, tokenizer, texts, batch_size=1)
+    many = score_texts(model, tokenizer, texts, batch_size=5)
+    assert many == pytest.approx(one, abs=1e-5)
+    bf16 = score_texts(model, tokenizer, texts, batch_size=5, mixed_precision="bf16")
+    assert bf16 == pytest.approx(one, abs=0.1) and bf16 != many  # autocast took effect

@@ -77,6 +77,11 @@ def small_project(root: Path, *, records: int = 420, edit: Any = None) -> Path:
         "max_disqualifier_rate: 0.0}", "max_disqualifier_rate: 1.0, max_no_eos_rate: 1.0}"
     )
     text = text.replace("per_checkpoint: 50", "per_checkpoint: 4")
+    # one batch of the example: keep its single-vote items (min_votes 1) so the small reward
+    # model sees enough pairs; holding items back is tested in tests/annotation
+    text = text.replace(
+        "exclude_failed_annotators: true}", "exclude_failed_annotators: true, min_votes: 1}"
+    )
     spec = root / "support-assistant.yaml"
     spec.write_text(text)
     shutil.copy(SPEC.with_name("support-assistant.lock.json"), root)
