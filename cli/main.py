@@ -320,6 +320,18 @@ def prompts(spec: Path, out_dir: Path | None, fmt: str, strict: bool) -> None:
     required=True,
     help="Output folder.",
 )
+@click.option(
+    "--per-annotator",
+    is_flag=True,
+    help="Also write one Label Studio import per annotator (one project each: Label Studio "
+    "Community cannot assign tasks).",
+)
+@click.option(
+    "--requeue",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="aggregate's requeue.jsonl: send those items out again, to annotators who have not "
+    "voted on them.",
+)
 @guarded
 def tasks(
     spec: Path,
@@ -328,6 +340,8 @@ def tasks(
     batch: str | None,
     limit: int | None,
     out_dir: Path,
+    per_annotator: bool,
+    requeue: Path | None,
 ) -> None:
     """Generate annotation tasks: overlap, randomised order, blinding, gold items, sessions."""
     from rlhfspec.runtime.annotation.tasks import generate_tasks
@@ -342,6 +356,8 @@ def tasks(
         limit=limit,
         batch=batch,
         responses_display=display_path(responses),
+        per_annotator=per_annotator,
+        requeue=requeue,
     )
     echo(summary.format_text())
 

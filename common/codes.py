@@ -218,6 +218,9 @@ REGISTRY: tuple[Code, ...] = (
     Code("O008", _WARN, "settings-for-other-method",
          "Settings for the method not selected are ignored.",
          "Remove the unused block or switch `policy.method`."),
+    Code("O009", _WARN, "hub-model-unpinned",
+         "A hub base model has no revision: the hub can change what it names between runs.",
+         "Pin it as `org/name@<commit>` so the plan records exactly what was trained."),
     # Evaluation
     Code("E001", _ERR, "prompt-set-without-source",
          "An evaluation prompt set has no prompts to draw from.",
@@ -263,6 +266,12 @@ REGISTRY: tuple[Code, ...] = (
     Code("F004", _ERR, "unusable-path",
          "The operating system refuses the path (a NUL byte, a name too long, no permission).",
          "Give a short relative path of ordinary characters to a readable file."),
+    Code("F005", _ERR, "model-folder-not-found",
+         "A base model is neither builtin, a hub id, nor an existing folder in the spec's folder.",
+         "Fix the path (relative to the spec's folder) or give a hub id `org/name[@revision]`."),
+    Code("F006", _ERR, "model-folder-incomplete",
+         "A base model folder lacks config.json or safetensors weights.",
+         "Save the model with `save_pretrained(..., safe_serialization=True)`."),
     # Prompt distribution (`rlhfspec prompts`)
     Code("PR001", _ERR, "mix-out-of-range",
          "A source kind's share of the prompts available for annotation is outside its "

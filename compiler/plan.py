@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from rlhfspec.common.hashing import canonical_json, file_fingerprint, sha256_bytes, sha256_text
+from rlhfspec.common.model_ref import kind_of, model_files
 from rlhfspec.common.version import __version__
 from rlhfspec.compiler.compute import TRAINING_STAGES, launch_command, run_command, stage_compute
 from rlhfspec.compiler.diagnostics import json_path
 from rlhfspec.compiler.lockfile import criteria_hash, lock_path_for, read_lock
 from rlhfspec.compiler.memory import stage_memory
 from rlhfspec.compiler.schemas import PLAN_SCHEMA, SPEC_SCHEMA, load_schema
-from rlhfspec.compiler.semantic import iter_paths
+from rlhfspec.compiler.semantic import iter_paths, used_base_models
 
 PLAN_VERSION = 1
 
@@ -288,7 +289,8 @@ def stage_graph(
             "description": stage["description"],
             "depends_on": stage["depends_on"],
             "settings": settings,
-            "inputs": [{"path": p, "sha256": by_path[p]} for p in files],
+            "inputs": [{"path": p, "sha256": by_path[p]} for p in files]
+            + _model_inputs(name, inputs),
             "reads": stage["reads"],
             "human_inputs": HUMAN_INPUTS.get(name, []),
             "outputs": stage["outputs"],
@@ -304,10 +306,31 @@ def stage_graph(
 
 
 def input_fingerprints(spec: dict[str, Any], spec_dir: Path) -> list[dict[str, Any]]:
+    """Every file the spec names, with sha256; and every provenance file (`MODEL_FILES`) of
+    each local base model a stage loads, so the plan pins the model's bytes too."""
     out = []
     for path, value in iter_paths(load_schema(SPEC_SCHEMA), spec):
         out.append({"field": json_path(path), "path": value, **file_fingerprint(spec_dir / value)})
+    for section in used_base_models(spec):
+        ref = spec[section]["base_model"]
+        if kind_of(ref, spec_dir) != "local":
+            continue
+        folder = Path(os.path.normpath(ref)).as_posix()
+        for name in model_files(spec_dir / folder):
+            out.append(
+                {
+                    "field": f"{section}.base_model",
+                    "path": f"{folder}/{name}",
+                    **file_fingerprint(spec_dir / folder / name),
+                }
+            )
     return out
+
+
+def _model_inputs(name: str, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The base-model files a training stage loads (the entry's own section's)."""
+    field = f"{name}.base_model"
+    return [{"path": i["path"], "sha256": i["sha256"]} for i in inputs if i["field"] == field]
 
 
 def lock_history(spec_path: Path) -> list[dict[str, str]]:

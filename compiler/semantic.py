@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfspec.common.errors import CompilerError
+from rlhfspec.common.model_ref import hub_parts, kind_of, model_files
 from rlhfspec.common.patterns import regex_problem
 from rlhfspec.compiler.compute import TRAINING_STAGES, stage_compute
 from rlhfspec.compiler.diagnostics import Diagnostic, json_path, make
@@ -606,14 +607,37 @@ class Checker:
                 key=True,
                 hint="point annotation.responses at the JSONL of compared responses (id, prompt_id, system, text)",
             )
-        if self.spec_path is None:
+        base_dir = None if self.spec_path is None else self.spec_path.parent.resolve()
+        for section in used_base_models(self.spec):
+            ref = self.spec[section]["base_model"]
+            kind = kind_of(ref, base_dir)
+            if kind == "hub" and hub_parts(ref)[1] is None:
+                self.emit(
+                    "O009",
+                    f"{section}.base_model '{ref}' names no revision",
+                    (section, "base_model"),
+                )
+            elif kind == "local" and base_dir is not None:
+                problem = check_model_folder(base_dir, ref)
+                if problem is not None:
+                    code, message, hint = problem
+                    self.emit(code, message, (section, "base_model"), hint=hint)
+        if base_dir is None:
             return
-        base = self.spec_path.parent.resolve()
         for path, value in iter_paths(self.schema, self.spec):
-            problem = check_path(base, value)
+            problem = check_path(base_dir, value)
             if problem is not None:
                 code, message, hint = problem
                 self.emit(code, message, path, hint=hint)
+
+
+def used_base_models(spec: dict[str, Any]) -> list[str]:
+    """The sections whose ``base_model`` a run loads (not the ones starting from SFT)."""
+    used = ["sft"] if spec["sft"]["enabled"] else []
+    for section in ("reward_model", "policy"):
+        if not spec[section]["start_from_sft"]:
+            used.append(section)
+    return used
 
 
 def iter_paths(schema: dict[str, Any], data: Any) -> Iterator[tuple[JsonPath, str]]:
@@ -663,4 +687,37 @@ def _check_path(base: Path, value: str) -> tuple[str, str, str] | None:
         )
     if not os.access(resolved, os.R_OK):
         raise PermissionError(13, "permission denied")
+    return None
+
+
+def check_model_folder(spec_dir: Path, ref: str) -> tuple[str, str, str] | None:
+    """A problem with a local base model, as (code, message, hint), or None."""
+    base = spec_dir.resolve()
+    candidate = Path(ref).expanduser()
+    resolved = (base / candidate).resolve()
+    if not resolved.is_relative_to(base):
+        return (
+            "F002",
+            f"base model '{ref}' leaves the spec's folder {base.name}/",
+            "put the model folder under the spec's folder and give a relative path",
+        )
+    if not resolved.is_dir():
+        return (
+            "F005",
+            f"base model folder '{ref}' does not exist (looked in {base.name}/); a hub id is "
+            "org/name[@revision]",
+            "check the path (relative to the spec's folder), or give a hub id",
+        )
+    names = model_files(resolved)
+    missing = []
+    if "config.json" not in names:
+        missing.append("config.json")
+    if not any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
+        missing.append("*.safetensors weights")
+    if missing:
+        return (
+            "F006",
+            f"base model folder '{ref}' lacks {' and '.join(missing)}",
+            "save the model with save_pretrained(..., safe_serialization=True)",
+        )
     return None

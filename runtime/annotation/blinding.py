@@ -42,11 +42,15 @@ class Unblinder:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     responses: dict[str, dict[str, Any]] = field(default_factory=dict)
     items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    annotator_ids: dict[str, str] = field(default_factory=dict)
+    """The spec's `annotation.annotator_ids`: a tool's user (email or numeric id) -> annotator."""
     reassigned: list[str] = field(default_factory=list)
     """Tasks answered by someone other than their planned annotator, as text."""
 
     @classmethod
-    def read(cls, path: Path, display: str) -> Unblinder:
+    def read(
+        cls, path: Path, display: str, annotator_ids: dict[str, str] | None = None
+    ) -> Unblinder:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -56,7 +60,7 @@ class Unblinder:
                 f"{display}: not an unblinding key written by `rlhfspec tasks` "
                 f'(expected "format": "{KEY_FORMAT}"); regenerate the tasks'
             )
-        return cls(display, doc["tasks"], doc["responses"], doc["items"])
+        return cls(display, doc["tasks"], doc["responses"], doc["items"], dict(annotator_ids or {}))
 
     def resolve(self, record: dict[str, Any]) -> list[Problem]:
         """Replace shown ids in `record` by the real ones, in place; problems as (field, message).
@@ -90,7 +94,8 @@ class Unblinder:
             response_b=task["response_b"],
             gold=task["gold"],
         )
-        who = record.setdefault("annotator", task["annotator"])
+        who = self._annotator(record.get("annotator"), task["annotator"])
+        record["annotator"] = who
         if who != task["annotator"]:
             self.reassigned.append(
                 f"task {task['task_id']} planned for {task['annotator']}, done by {who}"
@@ -109,3 +114,19 @@ class Unblinder:
             else:
                 record[side] = entry["response_id"]
         return problems
+
+    def _annotator(self, who: Any, planned: str) -> str:
+        """The spec's id for a tool user: mapped, else the task's planned annotator.
+
+        Label Studio reports users as `ls-user-<id>` or by email; the spec maps either. An
+        unmapped tool user falls back to the annotator the task was planned for (Label
+        Studio keeps it in the task's `meta`), so one person is one annotator across batches.
+        """
+        if not isinstance(who, str) or not who:
+            return planned
+        raw = who[len("ls-user-") :] if who.startswith("ls-user-") else who
+        if raw in self.annotator_ids:
+            return self.annotator_ids[raw]
+        if who.startswith("ls-user-") or "@" in who:
+            return planned
+        return who

@@ -20,20 +20,32 @@ from xml.sax.saxutils import quoteattr
 from rlhfspec.common.fileio import atomic_write_text
 
 DATA_FIELDS = (
+    "task_id",
     "item_id",
-    "prompt_id",
     "response_a",
     "response_b",
-    "gold",
     "criteria_version",
     "prompt",
     "text_a",
     "text_b",
 )
+"""What annotators can see in Label Studio's task list: opaque ids and the texts. The gold
+flag, the real item and prompt ids and the planned swap stay in unblinding_key.json."""
 META_FIELDS = ("task_id", "batch", "annotator", "session", "position")
 
 
-def labeling_config(*, criteria_version: str, allow_tie: bool, justification: str) -> str:
+DIMENSION_PREFIX = "dim_"
+"""Per-dimension Choices are named `dim_<dimension id>`; the reader maps them back."""
+
+
+def labeling_config(
+    *,
+    criteria_version: str,
+    allow_tie: bool,
+    justification: str,
+    dimensions: list[tuple[str, str]] | None = None,
+    dimensions_required: bool = False,
+) -> str:
     """The labeling config XML: prompt, response A, response B, an A/B(/tie) choice.
 
     The choice control is named `choice` with values A, B and tie, which is
@@ -56,6 +68,17 @@ def labeling_config(*, criteria_version: str, allow_tie: bool, justification: st
     for hotkey, value in enumerate(choices, start=1):
         lines.append(f'    <Choice value={quoteattr(value)} hotkey="{hotkey}"/>')
     lines.append("  </Choices>")
+    for dim_id, dim_name in dimensions or []:
+        required = "true" if dimensions_required else "false"
+        lines.append(
+            f'  <Header value={quoteattr(f"{dim_name}: which response is better?")} size="6"/>'
+        )
+        lines.append(
+            f'  <Choices name="{DIMENSION_PREFIX}{dim_id}" toName="prompt" choice="single" '
+            f'required="{required}" showInline="true">'
+        )
+        lines += [f"    <Choice value={quoteattr(value)}/>" for value in choices]
+        lines.append("  </Choices>")
     if justification != "none":
         required = "true" if justification == "required" else "false"
         placeholder = "Why is this response better? (" + justification + ")"
@@ -85,6 +108,8 @@ def write_label_studio(
     criteria_version: str,
     allow_tie: bool,
     justification: str,
+    dimensions: list[tuple[str, str]] | None = None,
+    dimensions_required: bool = False,
 ) -> list[Path]:
     """Write tasks.json and config.xml into out_dir atomically; return the paths."""
     paths = [out_dir / "tasks.json", out_dir / "config.xml"]
@@ -94,7 +119,11 @@ def write_label_studio(
     atomic_write_text(
         paths[1],
         labeling_config(
-            criteria_version=criteria_version, allow_tie=allow_tie, justification=justification
+            criteria_version=criteria_version,
+            allow_tie=allow_tie,
+            justification=justification,
+            dimensions=dimensions,
+            dimensions_required=dimensions_required,
         ),
     )
     return paths

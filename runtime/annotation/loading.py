@@ -34,7 +34,9 @@ def load_annotations(project: Project, *, skip_bad_rows: bool = False) -> Loaded
     if not batches:
         raise RunError(f"{project.display}: annotation.batches is empty; there is nothing to read")
     keys = {
-        entry["id"]: Unblinder.read(project.path(entry["key"]), entry["key"])
+        entry["id"]: Unblinder.read(
+            project.path(entry["key"]), entry["key"], project.spec["annotation"]["annotator_ids"]
+        )
         for entry in batches
         if entry.get("key")
     }

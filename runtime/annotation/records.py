@@ -225,7 +225,10 @@ def _strings(value: Any) -> list[str] | None:
     return None
 
 
-def _ls_choice(results: Any, problems: Problems) -> tuple[str | None, str | None]:
+def _ls_choice(
+    results: Any, problems: Problems, dims: dict[str, str] | None = None
+) -> tuple[str | None, str | None]:
+    """The overall choice and justification; per-dimension choices (`dim_<id>`) into `dims`."""
     choice = justification = None
     before = len(problems)
     if not isinstance(results, list):
@@ -247,7 +250,12 @@ def _ls_choice(results: Any, problems: Problems) -> tuple[str | None, str | None
                     (f"{field_name}.value.choices", "must be a non-empty list of strings")
                 )
                 continue
-            choice = {"a": "A", "b": "B", "tie": "tie"}.get(picked[0].strip().lower(), picked[0])
+            value_of = {"a": "A", "b": "B", "tie": "tie"}.get(picked[0].strip().lower(), picked[0])
+            from_name = str(result.get("from_name", ""))
+            if from_name.startswith("dim_") and dims is not None:
+                dims[from_name[len("dim_") :]] = value_of
+            else:
+                choice = value_of
         elif kind == "pairwise" and value.get("selected") in ("left", "right"):
             choice = "A" if value["selected"] == "left" else "B"
         elif kind == "textarea":
@@ -305,7 +313,8 @@ def _ls_record(
     problems: Problems = []
     data = task["data"]
     annotator = _ls_annotator(ann.get("completed_by"), problems)
-    choice, justification = _ls_choice(ann.get("result", []), problems)
+    dims: dict[str, str] = {}
+    choice, justification = _ls_choice(ann.get("result", []), problems, dims)
     submitted = _ls_time(ann.get("created_at"), problems)
     lead = _ls_lead(ann.get("lead_time"), problems)
     if problems or annotator is None or submitted is None or lead is None:
@@ -327,6 +336,8 @@ def _ls_record(
         "batch": batch,
         "gold": data.get("gold", False),
     }
+    if dims:
+        record["dimension_choices"] = dims
     meta: dict[str, Any] = task["meta"] if isinstance(task.get("meta"), dict) else {}
     if data.get("task_id") or meta.get("task_id"):
         record["task_id"] = data.get("task_id") or meta.get("task_id")

@@ -35,8 +35,6 @@ rest.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import json
 import math
@@ -50,7 +48,10 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.jsonl import missing_strings, read_objects, refusal
+from rlhfspec.compiler.lockfile import criteria_hash, lock_path_for, read_lock
+from rlhfspec.runtime.annotation.blinding import KEY_FORMAT, opaque_id
 from rlhfspec.runtime.annotation.label_studio import write_label_studio
+from rlhfspec.runtime.annotation.qc_model import asked_dimensions
 from rlhfspec.runtime.project import Project
 from rlhfspec.runtime.prompts.pool import load_prompt_pool
 
@@ -72,12 +73,6 @@ GOLD_CHOICES = ("A", "B", "tie")
 def _rng(seed: int, *parts: str) -> random.Random:
     """An independent stream per purpose (and per prompt or annotator)."""
     return random.Random("\x1f".join([str(seed), *parts]))
-
-
-def opaque_id(seed: int, kind: str, *parts: str, prefix: str) -> str:
-    """A stable id that reveals nothing without the seed: HMAC-SHA256, 12 hex digits."""
-    digest = hmac.new(str(seed).encode(), "\x1f".join([kind, *parts]).encode(), hashlib.sha256)
-    return f"{prefix}-{digest.hexdigest()[:12]}"
 
 
 def gold_count(regular: int, share: tuple[float, float], available: int) -> int:
@@ -177,6 +172,419 @@ class TaskSummary:
         return "\n".join(lines) + "\n"
 
 
+@dataclass
+class _Plan:
+    """The spec's annotation settings as `generate_tasks` uses them."""
+
+    seed: int
+    version: str
+    batch: str
+    per_item: int
+    blind: bool
+    randomize: bool
+    minutes: float
+    session_max: float
+    per_session: int
+    names: list[str]
+    gold_share: tuple[float, float] | None
+    dimensions: tuple[str, ...]
+
+    def shown(self, response_id: str) -> str:
+        if not self.blind:
+            return response_id
+        return opaque_id(self.seed, "response", response_id, prefix="resp")
+
+    def shown_item(self, item: _Item) -> str:
+        """Ordinary item ids are opaque already; a gold item's id (`gold-043`) would say so."""
+        return (
+            opaque_id(self.seed, "item", "gold", item.item_id, prefix="item")
+            if item.gold
+            else item.item_id
+        )
+
+
+def require_locked_criteria(project: Project) -> None:
+    """Tasks only from criteria the lock file records, content and version both.
+
+    Annotators label against a version; if that version is not locked, nothing proves later
+    which criteria the labels followed.
+    """
+    criteria = project.spec["criteria"]
+    lock = lock_path_for(project.spec_path)
+    hint = f"run `rlhfspec lock {project.display}` and commit the lock file"
+    if not lock.exists():
+        raise RunError(f"{project.display}: the criteria are not locked (no {lock.name}); {hint}")
+    entries = {e.version: e for e in read_lock(lock)}
+    entry = entries.get(str(criteria["version"]))
+    if entry is None or entry.sha256 != criteria_hash(criteria):
+        raise RunError(
+            f"{project.display}: criteria version {criteria['version']} is "
+            + ("not in the lock file" if entry is None else "changed since it was locked")
+            + f"; {hint}"
+        )
+
+
+def _plan(project: Project, annotators: Sequence[str], batch: str | None) -> _Plan:
+    spec = project.spec
+    ann = spec["annotation"]
+    names = list(annotators)
+    if any(not isinstance(a, str) or not a.strip() for a in names):
+        raise RunError("annotator ids must be non-empty strings")
+    dupes = sorted(a for a, c in Counter(names).items() if c > 1)
+    if dupes:
+        raise RunError(f"annotator(s) listed twice: {', '.join(dupes)}")
+    per_item = int(ann["annotators_per_item"])
+    if len(names) < per_item:
+        raise RunError(
+            f"annotation.annotators_per_item is {per_item} but only {len(names)} annotator(s) "
+            f"were given; every item needs {per_item} distinct annotators"
+        )
+    minutes = float(ann["minutes_per_task"])
+    session_max = float(ann["session_max_minutes"])
+    per_session = math.floor(session_max / minutes + 1e-9)
+    if per_session < 1:
+        raise RunError(
+            f"one task takes {minutes:g} minutes, longer than a session "
+            f"(annotation.session_max_minutes = {session_max:g})"
+        )
+    gold = ann.get("gold")
+    version = str(spec["criteria"]["version"])
+    return _Plan(
+        seed=project.seed,
+        version=version,
+        batch=batch or f"tasks-{version}",
+        per_item=per_item,
+        blind=bool(ann["blind"]),
+        randomize=bool(ann["randomize_order"]),
+        minutes=minutes,
+        session_max=session_max,
+        per_session=per_session,
+        names=sorted(names),
+        gold_share=(float(gold["share"][0]), float(gold["share"][1])) if gold else None,
+        dimensions=asked_dimensions(spec),
+    )
+
+
+@dataclass
+class _Responses:
+    rows: list[tuple[int, dict[str, Any]]]
+    by_prompt: dict[str, dict[str, list[dict[str, Any]]]]
+    system_of: dict[str, str]
+    unknown: Counter[str]
+    holdout_prompts: set[str]
+
+
+def _read_responses(path: Path, display: str, pool: Any) -> _Responses:
+    """Responses grouped by prompt and system; unknown and holdout prompts counted apart."""
+    out = _Responses(
+        _read_jsonl(path, display, RESPONSE_FIELDS, "responses", "id"), {}, {}, Counter(), set()
+    )
+    for _, row in out.rows:
+        out.system_of[row["id"]] = row["system"]
+        if row["prompt_id"] not in pool.by_id:
+            out.unknown[row["prompt_id"]] += 1
+        elif row["prompt_id"] in pool.holdout_ids:
+            out.holdout_prompts.add(row["prompt_id"])
+        else:
+            out.by_prompt.setdefault(row["prompt_id"], {}).setdefault(row["system"], []).append(row)
+    return out
+
+
+def _gold_item(row: dict[str, Any], system_of: dict[str, str], kind: str) -> _Item:
+    def side(key: str, text: str) -> dict[str, Any]:
+        return {
+            "id": row[key],
+            "text": row[text],
+            "system": system_of.get(row[key]),
+            "prompt_id": row["prompt_id"],
+        }
+
+    return _Item(
+        row["item_id"],
+        row["prompt_id"],
+        row["prompt"],
+        side("response_a", "text_a"),
+        side("response_b", "text_b"),
+        True,
+        kind,
+    )
+
+
+def _read_gold(project: Project, pool: Any, system_of: dict[str, str]) -> list[_Item]:
+    """The gold file's items (answers stay in the file); bad rows refuse it whole."""
+    gold_cfg = project.spec["annotation"].get("gold")
+    if not gold_cfg:
+        return []
+    display = gold_cfg["path"]
+    problems: list[str] = []
+    items: list[_Item] = []
+    for number, row in _read_jsonl(
+        project.path(display), display, GOLD_FIELDS, "gold items", "item_id"
+    ):
+        where = f"{display}: line {number}:"
+        if row["preferred"] not in GOLD_CHOICES:
+            problems.append(
+                f"{where} field 'preferred': must be A, B or tie, got {row['preferred']!r}"
+            )
+        elif row["response_a"] == row["response_b"]:
+            problems.append(f"{where} field 'response_b': is the same response as response_a")
+        elif row["prompt_id"] in pool.holdout_ids:
+            problems.append(
+                f"{where} field 'prompt_id': '{row['prompt_id']}' is a production-holdout "
+                "prompt, which is never annotated"
+            )
+        else:
+            prompt = pool.by_id.get(row["prompt_id"])
+            items.append(_gold_item(row, system_of, prompt.kind if prompt else "unknown"))
+    if problems:
+        raise refusal("gold items refused", problems)
+    return items
+
+
+def _draw_items(
+    plan: _Plan,
+    pool: Any,
+    responses: _Responses,
+    gold_items: list[_Item],
+    pairs_per_prompt: int,
+    counts: Counter[str],
+) -> list[_Item]:
+    """`pairs_per_prompt` seeded system pairs per prompt, never a pair that is already gold."""
+    gold_pairs = {frozenset((g.first["id"], g.second["id"])) for g in gold_items}
+    items: list[_Item] = []
+    counts["outside_focus_prompts"] = len(pool.outside_focus)
+    for prompt in pool.focused:  # prompts.focus narrows annotation to a high-value subset
+        systems = responses.by_prompt.get(prompt.id)
+        if systems is None or len(systems) < 2:
+            counts["prompts_without_responses" if systems is None else "single_system_prompts"] += 1
+            continue
+        rng = _rng(plan.seed, "pair", prompt.id)
+        combos = list(itertools.combinations(sorted(systems), 2))
+        rng.shuffle(combos)
+        taken = 0
+        for one, two in combos:
+            if taken == pairs_per_prompt:
+                break
+            first, second = rng.choice(systems[one]), rng.choice(systems[two])
+            if frozenset((first["id"], second["id"])) in gold_pairs:
+                counts["gold_duplicate_pairs"] += 1  # the annotator would see the same pair twice
+                continue
+            taken += 1
+            first, second = sorted((first, second), key=lambda r: plan.shown(r["id"]))
+            item_id = opaque_id(
+                plan.seed, "item", prompt.id, *sorted((first["id"], second["id"])), prefix="item"
+            )
+            items.append(_Item(item_id, prompt.id, prompt.text, first, second, False, prompt.kind))
+    return items
+
+
+def _requeued_items(
+    path: Path, responses: _Responses, pool: Any
+) -> tuple[list[_Item], dict[str, set[str]]]:
+    """Items from aggregate's requeue.jsonl, with the annotators who already voted on each."""
+    by_id = {row["id"]: row for _, row in responses.rows}
+    items: list[_Item] = []
+    voted: dict[str, set[str]] = {}
+    problems: list[str] = []
+    for number, row in read_objects(path, str(path), problems):
+        lo, hi = by_id.get(str(row.get("response_lo"))), by_id.get(str(row.get("response_hi")))
+        prompt = pool.by_id.get(row.get("prompt_id"))
+        if lo is None or hi is None or prompt is None:
+            problems.append(
+                f"{path}: line {number}: responses or prompt not in --responses / the prompt pool"
+            )
+            continue
+        items.append(_Item(str(row["item_id"]), prompt.id, prompt.text, lo, hi, False, prompt.kind))
+        voted[str(row["item_id"])] = set(row.get("annotators") or [])
+    if problems:
+        raise refusal("requeue file refused", problems)
+    return items, voted
+
+
+def _assign(plan: _Plan, items: list[_Item], voted: dict[str, set[str]]) -> dict[str, list[_Item]]:
+    """Least-loaded first, then least overlap with those already chosen; never someone who
+    already voted on the item (requeue)."""
+    assign_rng = _rng(plan.seed, "assign")
+    order = list(range(len(items)))
+    assign_rng.shuffle(order)
+    load = dict.fromkeys(plan.names, 0)
+    together: Counter[tuple[str, str]] = Counter()
+    queues: dict[str, list[_Item]] = {a: [] for a in plan.names}
+    for index in order:
+        tiebreak = {a: assign_rng.random() for a in plan.names}
+        done = voted.get(items[index].item_id, set())
+        free = [a for a in plan.names if a not in done]
+        chosen: list[str] = []
+        for _ in range(min(plan.per_item, len(free))):
+            best = min(
+                (a for a in free if a not in chosen),
+                key=lambda a: (load[a], sum(together[(a, c)] for c in chosen), tiebreak[a]),
+            )
+            chosen.append(best)
+        for a in chosen:
+            load[a] += 1
+            queues[a].append(items[index])
+        for a, b in itertools.permutations(chosen, 2):
+            together[(a, b)] += 1
+    return queues
+
+
+def _queue(
+    plan: _Plan, name: str, regular: list[_Item], gold_items: list[_Item], warnings: list[str]
+) -> tuple[list[_Item], int]:
+    """An annotator's shuffled queue with gold items mixed in at seeded positions."""
+    regular = sorted(regular, key=lambda i: i.item_id)
+    _rng(plan.seed, "queue", name).shuffle(regular)
+    queue = list(regular)
+    if plan.gold_share is None:
+        return queue, 0
+    low, high = plan.gold_share
+    n_gold = gold_count(len(regular), plan.gold_share, len(gold_items))
+    gold_rng = _rng(plan.seed, "gold", name)
+    picked = gold_rng.sample(gold_items, n_gold)
+    for position, item in zip(
+        sorted(gold_rng.sample(range(len(regular) + n_gold), n_gold)), picked, strict=True
+    ):
+        queue.insert(position, item)
+    value = n_gold / len(queue) if queue else 0.0
+    if not (low - 1e-9 <= value <= high + 1e-9):
+        warnings.append(
+            f"{name}: gold share {value:.3f} is outside [{low:g}, {high:g}] ({len(regular)} tasks, "
+            f"{len(gold_items)} gold items)"
+        )
+    return queue, n_gold
+
+
+def _flips(plan: _Plan, name: str, total: int) -> list[bool]:
+    """Seeded A/B swaps, balanced per annotator (half of the tasks, the odd one by coin)."""
+    if not plan.randomize:
+        return [False] * total
+    order_rng = _rng(plan.seed, "order", name)
+    swapped = total // 2 + (1 if total % 2 and order_rng.random() < 0.5 else 0)
+    flips = [True] * swapped + [False] * (total - swapped)
+    order_rng.shuffle(flips)
+    return flips
+
+
+def _session_sizes(plan: _Plan, total: int) -> list[int]:
+    """As few sessions as keep each within the limit, sized evenly."""
+    n = math.ceil(total / plan.per_session) if total else 0
+    return [total // n + (1 if s < total % n else 0) for s in range(n)]
+
+
+def _annotator_tasks(
+    plan: _Plan,
+    name: str,
+    queue: list[_Item],
+    flips: list[bool],
+    sizes: list[int],
+    first_number: int,
+) -> list[dict[str, Any]]:
+    """The task rows of one annotator, sessions in order."""
+    rows: list[dict[str, Any]] = []
+    index = 0
+    for s, size in enumerate(sizes, start=1):
+        session = f"{plan.batch}-{name}-s{s:03d}"
+        for position in range(1, size + 1):
+            item, swap = queue[index], flips[index]
+            left, right = (item.second, item.first) if swap else (item.first, item.second)
+            rows.append(
+                {
+                    "task_id": f"{plan.batch}-t{first_number + len(rows):06d}",
+                    "batch": plan.batch,
+                    "item_id": item.item_id,
+                    "prompt_id": item.prompt_id,
+                    "prompt": item.prompt,
+                    "response_a": plan.shown(left["id"]),
+                    "response_b": plan.shown(right["id"]),
+                    "text_a": left["text"],
+                    "text_b": right["text"],
+                    "swapped": swap,
+                    "annotator": name,
+                    "session": session,
+                    "position": position,
+                    "gold": item.gold,
+                    "criteria_version": plan.version,
+                    "_raw": (left["id"], right["id"], plan.shown_item(item)),
+                }
+            )
+            index += 1
+    return rows
+
+
+def _key(
+    plan: _Plan, project: Project, items: list[_Item], tasks: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """unblinding_key.json: shown response, item and task ids back to the real ones."""
+    responses: dict[str, dict[str, Any]] = {}
+    for item in items:
+        for response in (item.first, item.second):
+            opaque = plan.shown(response["id"])
+            if opaque in responses and responses[opaque]["response_id"] != response["id"]:
+                raise RunError(
+                    f"opaque id clash for responses {responses[opaque]['response_id']} and "
+                    f"{response['id']}; change the spec's seed"
+                )
+            responses[opaque] = {
+                "response_id": response["id"],
+                "system": response.get("system"),
+                "prompt_id": response["prompt_id"],
+            }
+    used = {t["response_a"] for t in tasks} | {t["response_b"] for t in tasks}
+    key_tasks: dict[str, Any] = {}
+    shown_items: dict[str, Any] = {}
+    for t in tasks:
+        raw_a, raw_b, shown_item = t["_raw"]
+        shown_items[shown_item] = {
+            "item_id": t["item_id"],
+            "prompt_id": t["prompt_id"],
+            "gold": t["gold"],
+        }
+        key_tasks[t["task_id"]] = {
+            "task_id": t["task_id"], "item_id": t["item_id"], "prompt_id": t["prompt_id"], "gold": t["gold"],
+            "annotator": t["annotator"], "session": t["session"], "position": t["position"], "swapped": t["swapped"],
+            "response_a": raw_a, "response_b": raw_b,
+            "shown_response_a": t["response_a"], "shown_response_b": t["response_b"], "shown_item_id": shown_item,
+        }  # fmt: skip
+    return {
+        "format": KEY_FORMAT,
+        "spec": project.name,
+        "batch": plan.batch,
+        "seed": plan.seed,
+        "blind": plan.blind,
+        "method": "resp-<first 12 hex digits of HMAC-SHA256(key=seed, 'response' 0x1f response id)>"
+        if plan.blind
+        else "identity (annotation.blind is false)",
+        "responses": {k: responses[k] for k in sorted(used)},
+        "items": dict(sorted(shown_items.items())),
+        "tasks": key_tasks,
+    }
+
+
+ANNOTATOR_FIELDS = (
+    "task_id",
+    "batch",
+    "item_id",
+    "prompt",
+    "response_a",
+    "response_b",
+    "text_a",
+    "text_b",
+    "annotator",
+    "session",
+    "position",
+    "criteria_version",
+)
+"""What an annotator's own task file shows: no prompt id, gold flag or planned swap."""
+
+
+def annotator_view(task: dict[str, Any]) -> dict[str, Any]:
+    """A task as the annotator sees it: opaque item id, nothing that tells gold or source."""
+    row = {name: task[name] for name in ANNOTATOR_FIELDS}
+    row["item_id"] = task["_raw"][2]
+    return row
+
+
 def generate_tasks(
     project: Project,
     responses: Path,
@@ -187,158 +595,43 @@ def generate_tasks(
     limit: int | None = None,
     batch: str | None = None,
     responses_display: str | None = None,
+    per_annotator: bool = False,
+    requeue: Path | None = None,
 ) -> TaskSummary:
     """Build the annotation tasks for `responses` and write them into `out_dir`.
 
-    `responses` is JSONL of `{"id", "prompt_id", "system", "text"}`;
-    `annotators` are the pool's ids (order does not matter: the output is
-    the same bytes for any order); `pairs_per_prompt` system pairs are drawn
-    per prompt (at most all pairs); `limit` keeps a seeded random sample of
-    that many items, which keeps the source mix rather than the first
-    prompts in file order; `batch` names the batch (default
-    `tasks-<criteria version>`) and prefixes task and session ids so they stay
-    unique across batches. Writes tasks.jsonl, unblinding_key.json,
-    summary.json, label_studio/tasks.json and label_studio/config.xml, each
-    atomically. Bad rows, too few annotators or a task longer than a
+    `responses` is JSONL of `{"id", "prompt_id", "system", "text"}`; `annotators` are the
+    pool's ids (order does not matter: the output is the same bytes for any order);
+    `pairs_per_prompt` system pairs are drawn per prompt (at most all pairs); `limit` keeps a
+    seeded random sample of that many items, which keeps the source mix rather than the first
+    prompts in file order; `batch` names the batch (default `tasks-<criteria version>`) and
+    prefixes task and session ids so they stay unique across batches; `requeue` (aggregate's
+    requeue.jsonl) sends those items out again, to annotators who have not voted on them;
+    `per_annotator` also writes one Label Studio import per annotator (Label Studio Community
+    cannot assign tasks). Writes tasks.jsonl (the lead's full view), annotators/<id>.jsonl (what
+    each annotator sees), unblinding_key.json, summary.json and label_studio/, each
+    atomically. Unlocked criteria, bad rows, too few annotators or a task longer than a
     session raise RunError; everything skipped is counted in the summary.
     """
-    spec = project.spec
-    ann = spec["annotation"]
-    seed = project.seed
-    version = str(spec["criteria"]["version"])
-    batch = batch or f"tasks-{version}"
-    per_item = int(ann["annotators_per_item"])
-    blind = bool(ann["blind"])
-    display = responses_display or str(responses)
-
-    names = list(annotators)
-    if any(not isinstance(a, str) or not a.strip() for a in names):
-        raise RunError("annotator ids must be non-empty strings")
-    dupes = sorted(a for a, c in Counter(names).items() if c > 1)
-    if dupes:
-        raise RunError(f"annotator(s) listed twice: {', '.join(dupes)}")
-    names = sorted(names)
-    if len(names) < per_item:
-        raise RunError(
-            f"annotation.annotators_per_item is {per_item} but only {len(names)} annotator(s) "
-            f"were given; every item needs {per_item} distinct annotators"
-        )
+    require_locked_criteria(project)
     if pairs_per_prompt < 1:
         raise RunError(f"pairs per prompt must be at least 1, got {pairs_per_prompt}")
     if limit is not None and limit < 1:
         raise RunError(f"--limit must be at least 1, got {limit}")
-    minutes = float(ann["minutes_per_task"])
-    session_max = float(ann["session_max_minutes"])
-    per_session = math.floor(session_max / minutes + 1e-9)
-    if per_session < 1:
-        raise RunError(
-            f"one task takes {minutes:g} minutes, longer than a session "
-            f"(annotation.session_max_minutes = {session_max:g})"
-        )
-
+    plan = _plan(project, annotators, batch)
+    display = responses_display or str(responses)
     pool = load_prompt_pool(project)
-
-    # Responses, grouped by prompt and system -------------------------------
-    by_prompt: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    system_of: dict[str, str] = {}
-    unknown: Counter[str] = Counter()
-    holdout_prompts: set[str] = set()
-    rows = _read_jsonl(responses, display, RESPONSE_FIELDS, "responses", "id")
-    for _, row in rows:
-        system_of[row["id"]] = row["system"]
-        if row["prompt_id"] not in pool.by_id:
-            unknown[row["prompt_id"]] += 1
-            continue
-        if row["prompt_id"] in pool.holdout_ids:
-            holdout_prompts.add(row["prompt_id"])
-            continue
-        by_prompt.setdefault(row["prompt_id"], {}).setdefault(row["system"], []).append(row)
-
-    # Gold ------------------------------------------------------------------
-    gold_items: list[_Item] = []
-    gold_pairs: set[frozenset[str]] = set()
-    gold_cfg = ann.get("gold")
-    if gold_cfg:
-        gold_display = gold_cfg["path"]
-        problems: list[str] = []
-        for number, row in _read_jsonl(
-            project.path(gold_cfg["path"]), gold_display, GOLD_FIELDS, "gold items", "item_id"
-        ):
-            where = f"{gold_display}: line {number}:"
-            if row["preferred"] not in GOLD_CHOICES:
-                problems.append(
-                    f"{where} field 'preferred': must be A, B or tie, got {row['preferred']!r}"
-                )
-            elif row["response_a"] == row["response_b"]:
-                problems.append(f"{where} field 'response_b': is the same response as response_a")
-            elif row["prompt_id"] in pool.holdout_ids:
-                problems.append(
-                    f"{where} field 'prompt_id': '{row['prompt_id']}' is a production-holdout "
-                    "prompt, which is never annotated"
-                )
-            else:
-                prompt = pool.by_id.get(row["prompt_id"])
-                gold_items.append(
-                    _Item(
-                        row["item_id"],
-                        row["prompt_id"],
-                        row["prompt"],
-                        {
-                            "id": row["response_a"],
-                            "text": row["text_a"],
-                            "system": system_of.get(row["response_a"]),
-                            "prompt_id": row["prompt_id"],
-                        },
-                        {
-                            "id": row["response_b"],
-                            "text": row["text_b"],
-                            "system": system_of.get(row["response_b"]),
-                            "prompt_id": row["prompt_id"],
-                        },
-                        True,
-                        prompt.kind if prompt else "unknown",
-                    )
-                )
-                gold_pairs.add(frozenset((row["response_a"], row["response_b"])))
-        if problems:
-            raise refusal("gold items refused", problems)
-
-    def shown(response_id: str) -> str:
-        return opaque_id(seed, "response", response_id, prefix="resp") if blind else response_id
-
-    # Items -----------------------------------------------------------------
-    items: list[_Item] = []
-    single_system = gold_duplicates = no_responses = 0
-    for prompt in pool.focused:  # prompts.focus narrows annotation to a high-value subset
-        systems = by_prompt.get(prompt.id)
-        if systems is None:
-            no_responses += 1
-            continue
-        if len(systems) < 2:
-            single_system += 1
-            continue
-        rng = _rng(seed, "pair", prompt.id)
-        combos = list(itertools.combinations(sorted(systems), 2))
-        rng.shuffle(combos)
-        taken = 0
-        for one, two in combos:
-            if taken == pairs_per_prompt:
-                break
-            first, second = rng.choice(systems[one]), rng.choice(systems[two])
-            if frozenset((first["id"], second["id"])) in gold_pairs:
-                # Already a gold item: the annotator would see the same pair twice.
-                gold_duplicates += 1
-                continue
-            taken += 1
-            first, second = sorted((first, second), key=lambda r: shown(r["id"]))
-            item_id = opaque_id(
-                seed, "item", prompt.id, *sorted((first["id"], second["id"])), prefix="item"
-            )
-            items.append(_Item(item_id, prompt.id, prompt.text, first, second, False, prompt.kind))
-    over_limit = 0
+    read = _read_responses(responses, display, pool)
+    gold_items = _read_gold(project, pool, read.system_of)
+    counts: Counter[str] = Counter()
+    voted: dict[str, set[str]] = {}
+    if requeue is not None:
+        items, voted = _requeued_items(requeue, read, pool)
+    else:
+        items = _draw_items(plan, pool, read, gold_items, pairs_per_prompt, counts)
     if limit is not None and len(items) > limit:
-        keep = sorted(_rng(seed, "limit").sample(range(len(items)), limit))
-        over_limit = len(items) - limit
+        keep = sorted(_rng(plan.seed, "limit").sample(range(len(items)), limit))
+        counts["over_limit"] = len(items) - limit
         items = [items[i] for i in keep]
     if not items:
         raise RunError(
@@ -350,177 +643,119 @@ def generate_tasks(
         raise RunError(
             f"gold item id(s) {', '.join(sorted(clash))} collide with generated item ids"
         )
-
-    # Opaque ids must stay one-to-one (48 bits: a clash is astronomically rare, but never silent).
-    key: dict[str, dict[str, Any]] = {}
-    for item in items + gold_items:
-        for response in (item.first, item.second):
-            opaque = shown(response["id"])
-            entry = {
-                "response_id": response["id"],
-                "system": response.get("system"),
-                "prompt_id": response["prompt_id"],
-            }
-            if opaque in key and key[opaque]["response_id"] != response["id"]:
-                raise RunError(
-                    f"opaque id clash for responses {key[opaque]['response_id']} and {response['id']}; "
-                    "change the spec's seed"
-                )
-            key[opaque] = entry
-
-    # Assignment: least-loaded first, then least overlap with those already chosen.
-    assign_rng = _rng(seed, "assign")
-    order = list(range(len(items)))
-    assign_rng.shuffle(order)
-    load = dict.fromkeys(names, 0)
-    together: Counter[tuple[str, str]] = Counter()
-    queues: dict[str, list[_Item]] = {a: [] for a in names}
-    for index in order:
-        tiebreak = {a: assign_rng.random() for a in names}
-        chosen: list[str] = []
-        for _ in range(per_item):
-            best = min(
-                (a for a in names if a not in chosen),
-                key=lambda a: (load[a], sum(together[(a, c)] for c in chosen), tiebreak[a]),
-            )
-            chosen.append(best)
-        for a in chosen:
-            load[a] += 1
-            queues[a].append(items[index])
-        for a, b in itertools.permutations(chosen, 2):
-            together[(a, b)] += 1
-
-    # Queues: shuffle, mix gold in, flip orders, cut sessions --------------
-    share_range = (
-        (float(gold_cfg["share"][0]), float(gold_cfg["share"][1])) if gold_cfg else (0.0, 0.0)
-    )
+    queues = _assign(plan, items, voted)
     warnings: list[str] = []
     tasks: list[dict[str, Any]] = []
-    per_annotator: dict[str, Any] = {}
-    for name in names:
-        regular = sorted(queues[name], key=lambda i: i.item_id)
-        _rng(seed, "queue", name).shuffle(regular)
-        queue: list[_Item] = list(regular)
-        n_gold = 0
-        if gold_cfg:
-            n_gold = gold_count(len(regular), share_range, len(gold_items))
-            gold_rng = _rng(seed, "gold", name)
-            picked = gold_rng.sample(gold_items, n_gold)
-            for position, item in zip(
-                sorted(gold_rng.sample(range(len(regular) + n_gold), n_gold)), picked, strict=True
-            ):
-                queue.insert(position, item)
-            value = n_gold / len(queue) if queue else 0.0
-            if not (share_range[0] - 1e-9 <= value <= share_range[1] + 1e-9):
-                warnings.append(
-                    f"{name}: gold share {value:.3f} is outside [{share_range[0]:g}, "
-                    f"{share_range[1]:g}] ({len(regular)} tasks, {len(gold_items)} gold items)"
-                )
-        order_rng = _rng(seed, "order", name)
-        total = len(queue)
-        if ann["randomize_order"]:
-            swapped_count = total // 2 + (1 if total % 2 and order_rng.random() < 0.5 else 0)
-            flips = [True] * swapped_count + [False] * (total - swapped_count)
-            order_rng.shuffle(flips)
-        else:
-            flips = [False] * total
-        n_sessions = math.ceil(total / per_session) if total else 0
-        sizes = [
-            total // n_sessions + (1 if s < total % n_sessions else 0) for s in range(n_sessions)
-        ]
-        index = 0
-        for s, size in enumerate(sizes, start=1):
-            session = f"{batch}-{name}-s{s:03d}"
-            for position in range(1, size + 1):
-                item, swap = queue[index], flips[index]
-                left, right = (item.second, item.first) if swap else (item.first, item.second)
-                tasks.append(
-                    {
-                        "task_id": f"{batch}-t{len(tasks) + 1:06d}",
-                        "batch": batch,
-                        "item_id": item.item_id,
-                        "prompt_id": item.prompt_id,
-                        "prompt": item.prompt,
-                        "response_a": shown(left["id"]),
-                        "response_b": shown(right["id"]),
-                        "text_a": left["text"],
-                        "text_b": right["text"],
-                        "swapped": swap,
-                        "annotator": name,
-                        "session": session,
-                        "position": position,
-                        "gold": item.gold,
-                        "criteria_version": version,
-                    }
-                )
-                index += 1
-        per_annotator[name] = {
-            "tasks": total,
-            "regular": len(regular),
+    per_annotator_stats: dict[str, Any] = {}
+    for name in plan.names:
+        queue, n_gold = _queue(plan, name, queues[name], gold_items, warnings)
+        flips, sizes = _flips(plan, name, len(queue)), _session_sizes(plan, len(queue))
+        tasks += _annotator_tasks(plan, name, queue, flips, sizes, len(tasks) + 1)
+        per_annotator_stats[name] = {
+            "tasks": len(queue),
+            "regular": len(queue) - n_gold,
             "gold": n_gold,
-            "gold_share": round(n_gold / total, 4) if total else 0.0,
+            "gold_share": round(n_gold / len(queue), 4) if queue else 0.0,
             "swapped": sum(flips),
-            "sessions": n_sessions,
+            "sessions": len(sizes),
             "tasks_per_session": sizes,
-            "estimated_minutes": round(total * minutes, 2),
-            "longest_session_minutes": round(max(sizes, default=0) * minutes, 2),
+            "estimated_minutes": round(len(queue) * plan.minutes, 2),
+            "longest_session_minutes": round(max(sizes, default=0) * plan.minutes, 2),
         }
+    data = _summary(
+        plan, project, items, gold_items, tasks, read, counts, per_annotator_stats, warnings
+    )
+    return _write(plan, project, out_dir, items + gold_items, tasks, data, per_annotator)
 
-    kinds = Counter(item.kind for item in items)
-    data = {
+
+def _summary(
+    plan: _Plan,
+    project: Project,
+    items: list[_Item],
+    gold_items: list[_Item],
+    tasks: list[dict[str, Any]],
+    read: _Responses,
+    counts: Counter[str],
+    per_annotator: dict[str, Any],
+    warnings: list[str],
+) -> dict[str, Any]:
+    return {
         "spec": project.name,
-        "batch": batch,
-        "criteria_version": version,
-        "seed": seed,
-        "blind": blind,
-        "randomize_order": bool(ann["randomize_order"]),
-        "annotators_per_item": per_item,
-        "minutes_per_task": minutes,
-        "session_max_minutes": session_max,
-        "tasks_per_session_max": per_session,
+        "batch": plan.batch,
+        "criteria_version": plan.version,
+        "seed": plan.seed,
+        "blind": plan.blind,
+        "randomize_order": plan.randomize,
+        "annotators_per_item": plan.per_item,
+        "minutes_per_task": plan.minutes,
+        "session_max_minutes": plan.session_max,
+        "tasks_per_session_max": plan.per_session,
+        "dimensions_asked": list(plan.dimensions),
         "items": len(items),
-        "items_per_kind": dict(sorted(kinds.items())),
+        "items_per_kind": dict(sorted(Counter(item.kind for item in items).items())),
         "gold_items_available": len(gold_items),
         "gold_tasks": sum(a["gold"] for a in per_annotator.values()),
         "tasks": len(tasks),
-        "responses": len(rows),
+        "responses": len(read.rows),
         "skipped": {
-            "holdout_prompts": len(holdout_prompts),
-            "unknown_prompts": len(unknown),
-            "unknown_prompt_responses": sum(unknown.values()),
-            "unknown_prompt_ids": sorted(unknown)[:MAX_LISTED],
-            "single_system_prompts": single_system,
-            "prompts_without_responses": no_responses,
-            "outside_focus_prompts": len(pool.outside_focus),
-            "gold_duplicate_pairs": gold_duplicates,
-            "over_limit": over_limit,
+            "holdout_prompts": len(read.holdout_prompts),
+            "unknown_prompts": len(read.unknown),
+            "unknown_prompt_responses": sum(read.unknown.values()),
+            "unknown_prompt_ids": sorted(read.unknown)[:MAX_LISTED],
+            "single_system_prompts": counts["single_system_prompts"],
+            "prompts_without_responses": counts["prompts_without_responses"],
+            "outside_focus_prompts": counts["outside_focus_prompts"],
+            "gold_duplicate_pairs": counts["gold_duplicate_pairs"],
+            "over_limit": counts["over_limit"],
         },
         "per_annotator": per_annotator,
         "warnings": warnings,
     }
-    used = {t["response_a"] for t in tasks} | {t["response_b"] for t in tasks}
-    unblinding = {
-        "spec": project.name,
-        "batch": batch,
-        "seed": seed,
-        "blind": blind,
-        "method": "resp-<first 12 hex digits of HMAC-SHA256(key=seed, 'response' 0x1f response id)>"
-        if blind
-        else "identity (annotation.blind is false)",
-        "responses": {k: key[k] for k in sorted(used)},
-    }
 
+
+def _write(
+    plan: _Plan,
+    project: Project,
+    out_dir: Path,
+    items: list[_Item],
+    tasks: list[dict[str, Any]],
+    data: dict[str, Any],
+    per_annotator: bool,
+) -> TaskSummary:
+    """Every output, atomically: the lead's tasks, the key, the summary, the annotators' views."""
+    key = _key(plan, project, items, tasks)
+    views = [annotator_view(t) for t in tasks]
+    for t in tasks:
+        del t["_raw"]
     paths = [out_dir / "tasks.jsonl", out_dir / "unblinding_key.json", out_dir / "summary.json"]
     atomic_write_text(paths[0], "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in tasks))
-    atomic_write_text(paths[1], json.dumps(unblinding, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(paths[1], json.dumps(key, indent=2, ensure_ascii=False) + "\n")
     summary = TaskSummary(data, [])
     atomic_write_text(paths[2], summary.to_json())
-    paths += write_label_studio(
-        tasks,
-        out_dir / "label_studio",
-        criteria_version=version,
-        allow_tie=bool(ann["allow_tie"]),
-        justification=str(ann["justification"]),
-    )
+    ann = project.spec["annotation"]
+    settings = {
+        "criteria_version": plan.version,
+        "allow_tie": bool(ann["allow_tie"]),
+        "justification": str(ann["justification"]),
+        "dimensions": [(d, _dimension_name(project, d)) for d in plan.dimensions],
+        "dimensions_required": ann["dimension_judgements"]["mode"] == "required",
+    }
+    paths += write_label_studio(views, out_dir / "label_studio", **settings)
+    for name in plan.names if per_annotator else []:
+        mine = [v for v in views if v["annotator"] == name]
+        paths += write_label_studio(mine, out_dir / "label_studio" / name, **settings)
+    for name in plan.names:
+        path = out_dir / "annotators" / f"{name}.jsonl"
+        mine = [v for v in views if v["annotator"] == name]
+        atomic_write_text(path, "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in mine))
+        paths.append(path)
     summary.paths = paths
     return summary
+
+
+def _dimension_name(project: Project, dim: str) -> str:
+    return next(
+        str(d.get("name") or d["id"])
+        for d in project.spec["criteria"]["dimensions"]
+        if d["id"] == dim
+    )

@@ -82,6 +82,16 @@ def corpus_texts(ctx: StageContext) -> Iterator[str]:
 
 
 def resolve(ctx: StageContext, ref: str) -> Path | str:
+    """A spec's base model: a local folder relative to the spec's folder (as every path in a
+    spec; never the current directory), builtin:tiny built from the project's texts, or a hub
+    id (``org/name@revision`` is loaded at that revision)."""
+    from rlhfspec.common.model_ref import kind_of
+
+    if kind_of(ref, ctx.project.folder) == "local":
+        folder = ctx.project.path(ref)
+        if not folder.is_dir():
+            raise RunError(f"base model folder {ref!r} does not exist in {ctx.project.folder}")
+        return folder
     return resolve_model(
         ref,
         texts_for_builtin=lambda: corpus_texts(ctx),

@@ -278,10 +278,26 @@ def _check_safetensors(ref: str | os.PathLike[str]) -> Path | None:
 
 
 def _common_kwargs(ref: str | os.PathLike[str], trust_remote_code: bool) -> dict[str, Any]:
-    return {
+    kwargs: dict[str, Any] = {
         "trust_remote_code": trust_remote_code,
         "local_files_only": _local_dir(ref) is not None,
     }
+    if _local_dir(ref) is None:
+        from rlhfspec.common.model_ref import hub_parts
+
+        revision = hub_parts(str(ref))[1]
+        if revision is not None:
+            kwargs["revision"] = revision
+    return kwargs
+
+
+def _source(ref: str | os.PathLike[str]) -> str:
+    """What ``from_pretrained`` is given: the folder, or the hub id without ``@revision``."""
+    if _local_dir(ref) is not None:
+        return str(ref)
+    from rlhfspec.common.model_ref import hub_parts
+
+    return hub_parts(str(ref))[0]
 
 
 @contextlib.contextmanager
@@ -317,7 +333,7 @@ def load_tokenizer(
 
     with _load_errors(ref, "a tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(
-            str(ref), **_common_kwargs(ref, trust_remote_code)
+            _source(ref), **_common_kwargs(ref, trust_remote_code)
         )
     ensure_pad_token(tokenizer)
     return tokenizer
@@ -371,7 +387,7 @@ def load_causal_lm(
         kwargs["quantization_config"] = quantization_config
     with _load_errors(ref, "a causal LM"):
         model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-            str(ref), use_safetensors=True, **kwargs
+            _source(ref), use_safetensors=True, **kwargs
         )
     _align_with_tokenizer(model, tokenizer)
     return model
@@ -408,7 +424,7 @@ def load_reward_model(
         if seed is not None:
             torch.manual_seed(seed)
         model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
-            str(ref),
+            _source(ref),
             num_labels=1,
             pad_token_id=tokenizer.pad_token_id,
             use_safetensors=True,

@@ -25,6 +25,19 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
         load_project(SPEC), RESPONSES, out, annotators=["ann-01", "ann-02", "ann-03"], limit=12
     )
     tasks = json.loads((out / "label_studio" / "tasks.json").read_text(encoding="utf-8"))
+    key = json.loads((out / "unblinding_key.json").read_text(encoding="utf-8"))["tasks"]
+    assert not any("gold" in t["data"] or "prompt_id" in t["data"] for t in tasks)
+    # these tests read the reader's own fields, as an export of un-blinded tasks carries them
+    # (the un-blinding through the key is tested round the loop in test_loop.py)
+    for task in tasks:
+        real = key[task["data"].pop("task_id")]
+        task["data"].update(
+            item_id=real["item_id"],
+            prompt_id=real["prompt_id"],
+            gold=real["gold"],
+            response_a=real["response_a"],
+            response_b=real["response_b"],
+        )
     assert any(t["data"]["gold"] for t in tasks)
     # Label Studio adds an id to every task on import; the export keeps `data` as imported.
     return [{"id": 100 + i, **task} for i, task in enumerate(tasks)]

@@ -28,6 +28,7 @@ FILES = (
     "summary.json",
     "label_studio/tasks.json",
     "label_studio/config.xml",
+    *(f"annotators/ann-0{i}.jsonl" for i in range(1, 7)),
 )
 
 
@@ -215,8 +216,14 @@ def test_label_studio_files(run: tuple[Path, TaskSummary], tasks: list[dict[str,
     assert {t.get("value") for t in root.findall("Text")} == {"$prompt", "$text_a", "$text_b"}
     imported = json.loads((run[0] / "label_studio" / "tasks.json").read_text(encoding="utf-8"))
     assert len(imported) == len(tasks)
+    key = json.loads((run[0] / "unblinding_key.json").read_text(encoding="utf-8"))
     for entry, task in zip(imported, tasks, strict=True):
-        assert entry["data"]["item_id"] == task["item_id"]
+        real = key["tasks"][entry["data"]["task_id"]]
+        assert real["item_id"] == task["item_id"] and real["gold"] == task["gold"]
+        assert key["items"][entry["data"]["item_id"]]["item_id"] == task["item_id"]
+        # nothing in what annotators see tells a gold item or the prompt's source
+        assert not {"gold", "prompt_id", "swapped"} & set(entry["data"])
+        assert not entry["data"]["item_id"].startswith("gold")
         assert entry["data"]["response_a"] == task["response_a"]
         assert entry["meta"]["annotator"] == task["annotator"]
         assert entry["meta"]["session"] == task["session"]
