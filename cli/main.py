@@ -628,6 +628,9 @@ def verify(package: Path) -> None:
 from rlhfspec.cli.judge import judge  # noqa: E402
 
 main.add_command(judge)
+from rlhfspec.cli.init import init  # noqa: E402
+
+main.add_command(init)
 
 if __name__ == "__main__":
     main()

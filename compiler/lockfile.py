@@ -22,6 +22,8 @@ from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import canonical_json, sha256_text
 
 LOCK_VERSION = 1
+LOCK_FORMAT = "rlhfspec.criteria_lock/1"
+"""Lock files written before the format field say only `lock_version: 1`; both read."""
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
 
 
@@ -91,6 +93,7 @@ def today() -> str:
 
 def write_lock(path: Path, spec_name: str, entries: list[LockEntry]) -> None:
     doc = {
+        "format": LOCK_FORMAT,
         "lock_version": LOCK_VERSION,
         "spec": spec_name,
         "note": "Criteria version history written by `rlhfspec lock`. Commit it beside the spec; do not edit.",

@@ -24,6 +24,7 @@ from rlhfspec.compiler.schemas import PLAN_SCHEMA, SPEC_SCHEMA, load_schema
 from rlhfspec.compiler.semantic import iter_paths, used_base_models
 
 PLAN_VERSION = 1
+PLAN_FORMAT = "rlhfspec.plan/1"
 
 
 def generator() -> str:
@@ -355,6 +356,7 @@ def build_plan(
     rel_spec_dir = Path(os.path.relpath(spec_dir.resolve(), out_dir.resolve())).as_posix()
     plan: dict[str, Any] = {
         "$schema": load_schema(PLAN_SCHEMA)["$id"],
+        "format": PLAN_FORMAT,
         "plan_version": PLAN_VERSION,
         "generator": generator(),
         "spec": {

@@ -20,6 +20,8 @@ from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import canonical_json, sha256_file, sha256_text
 
 LINEAGE_FILE = "lineage.json"
+LINEAGE_FORMAT = "rlhfspec.lineage/1"
+"""Older records say `lineage_version: 1` instead; both read the same."""
 LIBRARIES = (
     "rlhfspec",
     "numpy",
@@ -84,7 +86,7 @@ class Lineage:
         )
 
     def start(self, *, run_id: str, plan: dict[str, Any], started: str) -> None:
-        self.doc.setdefault("lineage_version", 1)
+        self.doc.setdefault("format", LINEAGE_FORMAT)
         self.doc.setdefault("run_id", run_id)
         self.doc.setdefault("started", started)
         self.doc["plan"] = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -45,7 +46,7 @@ HOSTILE = [
     ".nan", ".inf", "-.inf", "1e400", "-1", "0", "1" + "0" * 30, "9" * 5000, "true", "yes",
     "null", "[]", "{}", "''", '"\\0"', '"a\\0b"', "'" + "x" * 300 + "'", "'../../etc/passwd'",
     "/etc/passwd", "'((((((((((((((((((((((((a))))))))))))))))))))))))'", "'a{4294967295}'",
-    "'" + "(" * 3000 + "'", "!!python/object:os.system ls", "&a [*a, *a]", "*nope", "{a: 1",
+    "'" + "(" * 3000 + "'", "'" + "(" * 5000 + "a" + ")" * 5000 + "'", "!!python/object:os.system ls", "&a [*a, *a]", "*nope", "{a: 1",
     "[1, 2", "'\\x1b]0;title\\x07'", '"\\u202e"', "2026-11-01", "0o777", "0x1F", "- - -",
 ]  # fmt: skip
 json_values = st.recursive(
@@ -68,11 +69,22 @@ def corpus_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+# a `key: value` inside a line, block or flow style (`detect: {regex: '...'}` too)
+_VALUE = re.compile(r"(\w+): ('[^']*'|\"[^\"]*\"|[^,{}\[\]\n]+)")
+
+
 def _mutate(lines: list[str], index: int, op: int, token: str) -> list[str]:
     out = list(lines)
+    valued = [i for i, text in enumerate(out) if _VALUE.search(text)]
+    if op == 0 and valued:  # replace one value of a line that has values
+        line = out[valued[index % len(valued)]]
+        matches = list(_VALUE.finditer(line))
+        match = matches[index % len(matches)]
+        out[valued[index % len(valued)]] = line[: match.start(2)] + token + line[match.end(2) :]
+        return out
     line = out[index]
-    if op == 0 and ": " in line:  # replace a value
-        out[index] = line[: line.index(": ") + 2] + token
+    if op == 0:
+        out[index] = line + " " + token
     elif op == 1:
         del out[index]
     elif op == 2:
@@ -89,7 +101,7 @@ def _mutate(lines: list[str], index: int, op: int, token: str) -> list[str]:
     st.lists(
         st.tuples(
             st.integers(min_value=0, max_value=10_000),
-            st.integers(min_value=0, max_value=4),
+            st.sampled_from([0, 0, 0, 1, 2, 3, 4]),
             st.sampled_from(HOSTILE) | st.text(max_size=12),
         ),
         min_size=1,

@@ -427,7 +427,8 @@ def write_pairs(result: AggregateResult, out_dir: Path) -> list[Path]:
         atomic_write_text(out_dir / name, "".join(line + "\n" for line in lines))
         written.append(out_dir / name)
     atomic_write_text(
-        out_dir / "summary.json", json.dumps(result.summary(), indent=2, ensure_ascii=False) + "\n"
+        out_dir / "summary.json",
+        json.dumps(result.summary(), indent=2, ensure_ascii=False) + "\n",
     )
     written.append(out_dir / "summary.json")
     return written

@@ -15,7 +15,7 @@ from rlhfspec.common.findings import Finding, FindingsReport
 from rlhfspec.compiler.schemas import default_of
 from rlhfspec.runtime.annotation.records import CHOICES
 
-REPORT_SCHEMA = "rlhfspec-qc/1"
+REPORT_FORMAT = "rlhfspec.qc_report/1"
 DRIFT_TOLERANCE = 0.10
 """Largest drop in a batch's agreement versus the first batch before Q011 warns."""
 MIN_PAIR_OVERLAP = 20
@@ -175,7 +175,7 @@ class QcReport(FindingsReport):
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": REPORT_SCHEMA,
+            "format": REPORT_FORMAT,
             "meta": _clean(self.meta),
             "verdict": "pass" if self.ok else "fail",
             "summary": {"errors": len(self.errors), "warnings": len(self.warnings)},

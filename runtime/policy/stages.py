@@ -389,7 +389,8 @@ def select_stage(ctx: StageContext) -> StageOutcome:
         human=human,
         prefer_human=select["prefer_human_eval"],
     )
-    atomic_write_text(ctx.path("selection.json"), json.dumps(decision, indent=2) + "\n")
+    selection = {"format": "rlhfspec.selection/1", **decision}
+    atomic_write_text(ctx.path("selection.json"), json.dumps(selection, indent=2) + "\n")
     chosen = decision.get("chosen")
     gate = Gate(
         "deployment_candidate",

@@ -155,8 +155,7 @@ class PromptReport(FindingsReport):
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "report": "rlhfspec.prompts",
-            "version": 1,
+            "format": "rlhfspec.prompt_report/1",
             "spec": self.spec,
             "ok": self.ok,
             "errors": len(self.errors),

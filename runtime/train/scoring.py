@@ -162,6 +162,7 @@ def score_file(
         "overall": _summary(values, lengths),
         "systems": per_system,
     }
+    summary = {"format": "rlhfspec.score_summary/1", **summary}
     atomic_write_text(output.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
     if history is not None:
         previous = history.read_text(encoding="utf-8") if history.exists() else ""

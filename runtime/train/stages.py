@@ -110,6 +110,7 @@ def sft_stage(ctx: StageContext) -> StageOutcome:
 
     trainer, loss, tracking = run_trainer(ctx, build, checkpoints)
     metadata = {
+        "format": "rlhfspec.model_meta/1",
         "stage": "sft",
         "base_model": cfg["base_model"],
         "resolved_base_model": str(base),
@@ -220,6 +221,7 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
         gate.overridden = not gate.passed and gate.name in ctx.overrides
     pairs_file = ctx.upstream("preferences/pairs.jsonl")
     metadata = {
+        "format": "rlhfspec.model_meta/1",
         "stage": "reward_model",
         "base_model": "sft" if cfg["start_from_sft"] else cfg["base_model"],
         "resolved_base_model": str(base),
@@ -248,7 +250,7 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
     save_trained(trainer, tokenizer, ctx.path("models/reward_model"), metadata, REWARD_META)
     if not group().is_main:
         return StageOutcome([], {})
-    report = {"metadata": metadata, "holdout": metrics}
+    report = {"format": "rlhfspec.reward_model_eval/1", "metadata": metadata, "holdout": metrics}
     atomic_write_text(ctx.path("reward_model/eval.json"), json.dumps(report, indent=2) + "\n")
     atomic_write_text(ctx.path("reward_model/eval.md"), eval_markdown(metadata, metrics))
     atomic_write_text(

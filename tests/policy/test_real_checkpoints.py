@@ -272,12 +272,7 @@ def step_with(accumulation: int) -> dict[str, torch.Tensor]:
         optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
         accelerator=PlainAccelerator(),
         rollout=uneven_rollout(),
-        settings=settings(
-            gradient_accumulation_steps=accumulation,
-            max_grad_norm=1e9,
-            cliprange=10.0,
-            cliprange_value=10.0,
-        ),
+        settings=settings(gradient_accumulation_steps=accumulation, **SPLIT),
         update=1,
     )
     return {k: v - before[k] for k, v in model.state_dict().items()}
@@ -290,3 +285,57 @@ def test_one_minibatch_split_1_2_4_ways_takes_the_same_step() -> None:
     for n in (2, 4):
         for name in steps[1]:
             torch.testing.assert_close(steps[n][name], steps[1][name], atol=1e-6, rtol=0)
+
+
+SPLIT_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[2])  # the repository, for tests.*
+import torch
+from accelerate import Accelerator
+from rlhfspec.runtime.policy.distributed import Group
+from rlhfspec.runtime.policy.ppo import Rollout, ppo_update
+from tests.policy.test_real_checkpoints import SPLIT, TokenTable, settings, uneven_rollout
+
+accelerator = Accelerator(cpu=True)
+group = Group.current()
+model = TokenTable(vocab=5, actions=5)
+before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+model, optimizer = accelerator.prepare(model, optimizer)
+full = uneven_rollout()
+rows = slice(2 * group.rank, 2 * group.rank + 2)  # rank 0: lengths 1 and 8; rank 1: 8 and 8
+shard = Rollout(
+    input_ids=full.input_ids[rows], attention_mask=full.attention_mask[rows],
+    context_length=full.context_length, response_mask=full.response_mask[rows],
+    logp=full.logp[rows], values=full.values[rows], advantages=full.advantages[rows],
+    returns=full.returns[rows], stats={},
+)
+ppo_update(model=model, optimizer=optimizer, accelerator=accelerator, rollout=shard,
+           settings=settings(**SPLIT), update=1, group=group)
+after = accelerator.unwrap_model(model).state_dict()
+delta = {k: (after[k] - before[k]).tolist() for k in before}
+with open(f"{sys.argv[1]}/rank{group.rank}.json", "w") as handle:
+    json.dump(delta, handle)
+"""
+
+#: One minibatch of the whole batch, clipping off: the step is the plain gradient step.
+SPLIT: dict[str, Any] = {"max_grad_norm": 1e9, "cliprange": 10.0, "cliprange_value": 10.0}
+
+
+@pytest.mark.slow
+def test_one_minibatch_over_two_processes_takes_the_same_step(tmp_path: Path) -> None:
+    import json
+
+    from tests.conftest import ROOT
+    from tests.policy.test_multiprocess import torchrun
+
+    script = tmp_path / "split.py"
+    script.write_text(SPLIT_SCRIPT)
+    torchrun([str(script), str(tmp_path), str(ROOT)], cwd=ROOT)
+    single = step_with(1)
+    for rank in (0, 1):
+        delta = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        for name, value in single.items():
+            torch.testing.assert_close(
+                torch.tensor(delta[name], dtype=value.dtype), value, atol=1e-6, rtol=0
+            )

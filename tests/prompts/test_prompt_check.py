@@ -116,7 +116,7 @@ def test_usage_logs_without_privacy_review_are_refused(tmp_path: Path) -> None:
     spec = copy_example(
         tmp_path,
         replace=(
-            '      privacy_review: {approved: true, by: privacy@example.com, on: "2026-10-28", reference: PRIV-2231}\n',
+            '      privacy_review: {approved: true, by: privacy@example.com, "on": "2026-10-28", reference: PRIV-2231}\n',
             "",
         ),
     )

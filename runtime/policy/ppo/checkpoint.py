@@ -27,7 +27,7 @@ from rlhfspec.runtime.train.scale import save_pretrained_merged
 CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_META = "checkpoint.json"
-CHECKPOINT_FORMAT = "rlhfspec-ppo-checkpoint"
+CHECKPOINT_FORMAT = "rlhfspec.ppo_checkpoint/1"
 CHECKPOINT_VERSION = 1
 _CHECKPOINT_RE = re.compile(r"^update-(\d{6})$")
 
