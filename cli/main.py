@@ -599,9 +599,9 @@ def score(
 )
 @click.option(
     "--weights",
-    type=click.Choice(["include", "reference"]),
+    type=click.Choice(["include", "reference", "merged"]),
     default=None,
-    help="Copy the deployment weights, or reference them by path and sha256 (default: the spec's).",
+    help="Copy the deployment weights (merged: LoRA adapters merged, without the adapters), or reference them by path and sha256 (default: the spec's).",
 )
 @guarded
 def handoff(run_dir: Path, out: Path, weights: str | None) -> None:

@@ -352,7 +352,10 @@ def _ls_tasks(path: Path, display: str) -> list[Any]:
     except OSError as exc:
         raise RunError(f"{display}: cannot read: {exc.strerror or exc}") from None
     except JsonProblem as exc:
-        raise RunError(f"{display}: not a Label Studio JSON export: {exc}") from None
+        raise RunError(
+            f"{display}: not a Label Studio JSON export: {exc}; CSV and TSV exports are not "
+            "read: export the project as JSON (Export > JSON)"
+        ) from None
     if not isinstance(tasks, list):
         raise RunError(f"{display}: a Label Studio export is a JSON list of tasks")
     return tasks
@@ -380,8 +383,20 @@ def read_label_studio(
             f" (id {task.get('id')!r:.40})" if isinstance(task, dict) else ""
         )
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            minimal = isinstance(task, dict) and "annotator" in task
             out.problems.append(
-                RowProblem(display, task_where, "data", "a task needs a 'data' object")
+                RowProblem(
+                    display,
+                    task_where,
+                    "data",
+                    "a task needs a 'data' object"
+                    + (
+                        "; this is a JSON-MIN export, which drops the annotations' times and "
+                        "per-control results: export the project as JSON (Export > JSON)"
+                        if minimal
+                        else ""
+                    ),
+                )
             )
             continue
         annotations = task.get("annotations") or []

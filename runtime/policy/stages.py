@@ -27,6 +27,7 @@ from rlhfspec.runtime.prompts.pool import (
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
 
 CHECKPOINT_INDEX = "models/policy/checkpoints.json"
+CHECKPOINT_INDEX_FORMAT = "rlhfspec.checkpoint_index/1"
 PROMPT_SETS = "eval/prompt_sets.json"
 
 
@@ -134,7 +135,12 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
             "run_id": tracking_run_id(ctx),
             "dir": tracking_dir(ctx).relative_to(ctx.run_dir).as_posix(),
         }
-    index = {"start": str(start), "checkpoints": checkpoints, "metadata": metadata}
+    index = {
+        "format": CHECKPOINT_INDEX_FORMAT,
+        "start": str(start),
+        "checkpoints": checkpoints,
+        "metadata": metadata,
+    }
     atomic_write_text(ctx.path(CHECKPOINT_INDEX), json.dumps(index, indent=2) + "\n")
     return StageOutcome(["models/policy", PROMPT_SETS], metrics, summary=summary)
 

@@ -209,3 +209,18 @@ def test_bad_rows_refused_or_skipped(imported: list[dict[str, Any]], tmp_path: P
     assert [(p.where, p.field) for p in result.problems] == list(
         zip(where, ("result", "lead_time", "created_at"), strict=True)
     )
+
+
+def test_json_min_and_csv_exports_are_refused_with_a_hint(tmp_path: Path) -> None:
+    from rlhfspec.common.errors import RunError
+
+    minimal = tmp_path / "min.json"
+    minimal.write_text(
+        json.dumps([{"id": 1, "prompt": "p", "choice": "A", "annotator": 1, "lead_time": 3}])
+    )
+    with pytest.raises(RunError, match="JSON-MIN export.*Export > JSON"):
+        read(minimal)
+    csv = tmp_path / "export.csv"
+    csv.write_text("id,prompt,choice\n1,p,A\n")
+    with pytest.raises(RunError, match="CSV and TSV exports are not read"):
+        read(csv)

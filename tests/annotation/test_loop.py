@@ -61,10 +61,7 @@ def project_copy(root: Path, batches: str) -> Path:
     text = SPEC.read_text(encoding="utf-8")
     start, end = text.index("  batches:\n"), text.index("\nsft:")
     text = text[:start] + batches + text[end:]
-    text = text.replace(
-        "  randomize_order: true\n",
-        "  randomize_order: true\n  dimension_judgements: {mode: optional}\n",
-    )
+    assert "dimension_judgements: {mode: optional}" in text  # the example asks them
     spec = root / "support-assistant.yaml"
     spec.write_text(text, encoding="utf-8")
     return spec
