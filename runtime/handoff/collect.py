@@ -237,7 +237,7 @@ def _deployment_checkpoint(c: _Collector) -> None:
             "evidence/human_eval/results.json",
             part,
             "Human win rate of each checkpoint against the start",
-            json_bytes(c.facts.human),
+            json_bytes({"format": "rlhfspec.human_eval_results/1", "checkpoints": c.facts.human}),
         )
     add_weights(c.run, c.facts, c.entries, c.weights)
 
@@ -293,6 +293,7 @@ def _history(run: RunDir, facts: Facts) -> dict[str, Any]:
         for entry in facts.criteria["history"]
     ]
     return {
+        "format": "rlhfspec.criteria_history/1",
         "current": {"version": facts.criteria["version"], "sha256": facts.criteria["sha256"]},
         "lock_file": lock_name,
         "source": source,
@@ -303,6 +304,9 @@ def _history(run: RunDir, facts: Facts) -> dict[str, Any]:
 def add_weights(run: RunDir, facts: Facts, entries: list[Entry], weights: str) -> None:
     rel = facts.chosen["path"]
     files = _weight_files(run.dir, rel)
+    if weights == "merged":  # LoRA: the merged weights only, without the adapters beside them
+        folder = run.dir / rel
+        files = [p for p in files if p.relative_to(folder).parts[0] != "adapter"]
     producer = run.producer(rel) or "policy"
     meta_path = checkpoint_meta_path(run.dir, rel)
     if meta_path is not None:
@@ -335,7 +339,7 @@ def add_weights(run: RunDir, facts: Facts, entries: list[Entry], weights: str) -
         "`rlhfspec verify PACKAGE` given the run directory, or with sha256sum",
         "files": listed,
     }
-    if weights == "include":
+    if weights in ("include", "merged"):
         for path, item in zip(files, listed, strict=True):
             name = path.relative_to(run.dir / rel).as_posix()
             entries.append(

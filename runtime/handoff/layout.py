@@ -20,7 +20,7 @@ PARTS = (
 )
 
 
-WEIGHTS_MODES = ("include", "reference")
+WEIGHTS_MODES = ("include", "reference", "merged")
 CHECKSUMS_FILE = "CHECKSUMS.sha256"
 MANIFEST_FILE = "lineage/manifest.json"
 MANIFEST_FORMAT = "rlhfspec.handoff_manifest/1"

@@ -148,6 +148,7 @@ def import_policy_stage(ctx: StageContext) -> StageOutcome:
     """The policy stage's outputs from the exported job's checkpoints."""
     from rlhfspec.runtime.policy.stages import (
         CHECKPOINT_INDEX,
+        CHECKPOINT_INDEX_FORMAT,
         PROMPT_SETS,
         evaluation_prompts,
         prompt_pool,
@@ -186,7 +187,12 @@ def import_policy_stage(ctx: StageContext) -> StageOutcome:
         "reward_model": reward_model_version(ctx),
         "engine": engine,
     }
-    index = {"start": str(start_model(ctx)), "checkpoints": checkpoints, "metadata": metadata}
+    index = {
+        "format": CHECKPOINT_INDEX_FORMAT,
+        "start": str(start_model(ctx)),
+        "checkpoints": checkpoints,
+        "metadata": metadata,
+    }
     atomic_write_text(ctx.path(CHECKPOINT_INDEX), json.dumps(index, indent=2) + "\n")
     ctx.log(
         f"imported {len(checkpoints)} checkpoint(s) trained by {engine['name']} "

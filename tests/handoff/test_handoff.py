@@ -656,7 +656,8 @@ def test_human_evaluation_results_are_packaged(tmp_path: Path) -> None:
     out = tmp_path / "pkg"
     build_package(run, out)
     results = json.loads((out / "evidence/human_eval/results.json").read_text(encoding="utf-8"))
-    assert set(results) == {"update-000002", "update-000004"}
+    assert results["format"] == "rlhfspec.human_eval_results/1"
+    assert set(results["checkpoints"]) == {"update-000002", "update-000004"}
     assert (out / "evidence/human_eval/judgements.jsonl").is_file()
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "Human evaluation" in page
