@@ -404,15 +404,18 @@ def aggregate(spec: Path, out_dir: Path | None, truth: Path | None, skip_bad_row
     )
     from rlhfspec.runtime.annotation.judge.use import gate_state, records_for_aggregation
     from rlhfspec.runtime.annotation.qc import run_qc
-    from rlhfspec.runtime.prompts.pool import production_holdout
+    from rlhfspec.runtime.prompts.pool import load_prompt_pool, production_holdout
 
     project = _project(spec)
     report = run_qc(project, skip_bad_rows=skip_bad_rows)
     failed = report.excluded_annotators
     holdout = [row["id"] for row in production_holdout(project)]
-    records, ai_use = records_for_aggregation(
-        load_records(project, skip_bad_rows=skip_bad_rows), gate_state(report.to_dict())
+    focused, outside = load_prompt_pool(project).keep_in_focus(
+        load_records(project, skip_bad_rows=skip_bad_rows)
     )
+    if outside:
+        click.echo(f"prompts.focus: {outside} record(s) of prompts outside the focus left out")
+    records, ai_use = records_for_aggregation(focused, gate_state(report.to_dict()))
     if ai_use:
         echo(
             f"AI labels: {ai_use['ai_labels_used']} of {ai_use['ai_labels']} used "

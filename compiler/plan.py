@@ -63,6 +63,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "annotation.responses",
         "annotation.annotator_ids",
         "prompts.sources",
+        "prompts.focus",
     ),
     "sft": ("name", "seed", "sft", "compute", "tracking"),
     "reward_model": ("name", "seed", "criteria.version", "reward_model", "compute", "tracking"),
@@ -75,6 +76,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "evaluation.prompts_per_set",
         "evaluation.prompt_sets",
         "prompts.sources",
+        "prompts.focus",
     ),
     "evaluate": (
         "seed",
@@ -134,6 +136,8 @@ def _settings_paths(spec: dict[str, Any], name: str) -> list[str]:
     paths = list(STAGE_SETTINGS[name])
     if name == "prompts" and spec["sft"]["enabled"]:
         paths.append("sft.data")  # read to prove the holdout never leaks into it
+    if name == "sft" and spec["prompts"]["focus"]:
+        paths.extend(("prompts.sources", "prompts.focus"))  # demonstrations inside the focus only
     builtin = {
         "sft": spec["sft"]["base_model"],
         "reward_model": None

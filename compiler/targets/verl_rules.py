@@ -561,6 +561,17 @@ def _sources(setting: str, value: Any, s: dict[str, Any]) -> Row:
     )
 
 
+@rule("prompts.focus")
+def _focus(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    return _exact(
+        setting,
+        value,
+        {"data.train_files": f"{JOB_DIR}/data/train.parquet"},
+        "narrow fine-tuning: the training prompts and the validation set are drawn from inside "
+        "the focus, as for our PPO; rlhfspec evaluates the outside-focus slice after the import",
+    )
+
+
 @rule("evaluation.prompt_sets", "evaluation.prompts_per_set")
 def _eval_sets(setting: str, value: Any, s: dict[str, Any]) -> Row:
     return _exact(

@@ -22,6 +22,7 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.jsonl import read_rows
+from rlhfspec.runtime.annotation.judge.items import is_ai
 from rlhfspec.runtime.annotation.loading import load_annotations
 from rlhfspec.runtime.project import Project
 
@@ -205,7 +206,9 @@ def _decide(
     first = rows[0]
     lo, hi = sorted((first["response_a"], first["response_b"]))
     votes = Counter(_canonical(r["choice"], r["response_a"], r["response_b"]) for r in rows)
-    if sum(votes.values()) < inputs.min_votes:
+    # an AI judge's label stands alone: its check is the agreement gate on the human review
+    # sample (aggregation only sees AI records once that gate passed), not overlap
+    if sum(votes.values()) < inputs.min_votes and not all(is_ai(r) for r in rows):
         counts["held_back_min_votes"] += 1
         result.held_back.append(_held(item_id, rows, "too_few_votes", votes))
         return None

@@ -14,7 +14,7 @@ from rlhfspec.runtime.annotation.judge.review import ai_judge_gate, ai_judge_lin
 from rlhfspec.runtime.annotation.judge.use import gate_state, records_for_aggregation
 from rlhfspec.runtime.annotation.qc import QC_CODES, QcReport, run_qc
 from rlhfspec.runtime.prompts.check import check_prompts, write_prompt_report
-from rlhfspec.runtime.prompts.pool import HOLDOUT_FILE, read_holdout
+from rlhfspec.runtime.prompts.pool import HOLDOUT_FILE, pool_with_holdout, read_holdout
 from rlhfspec.runtime.report.qc_report import write_qc_reports
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
 
@@ -98,10 +98,12 @@ def annotation_qc_stage(ctx: StageContext) -> StageOutcome:
 
 def aggregate_stage(ctx: StageContext) -> StageOutcome:
     qc = json.loads(ctx.upstream("qc/report.json").read_text(encoding="utf-8"))
-    holdout = [row["id"] for row in read_holdout(ctx.upstream(HOLDOUT_FILE))]
-    records, ai_use = records_for_aggregation(
-        load_records(ctx.project), gate_state(qc, ctx.overrides)
+    holdout_rows = read_holdout(ctx.upstream(HOLDOUT_FILE))
+    holdout = [row["id"] for row in holdout_rows]
+    focused, outside = pool_with_holdout(ctx.project, holdout_rows).keep_in_focus(
+        load_records(ctx.project)
     )
+    records, ai_use = records_for_aggregation(focused, gate_state(qc, ctx.overrides))
     result = aggregate(
         ctx.project,
         records,
@@ -120,7 +122,11 @@ def aggregate_stage(ctx: StageContext) -> StageOutcome:
             "preferences/split_items.jsonl",
             "preferences/summary.json",
         ],
-        {**result.summary(), **({"ai_labels": ai_use} if ai_use else {})},
+        {
+            **result.summary(),
+            "outside_focus_records": outside,
+            **({"ai_labels": ai_use} if ai_use else {}),
+        },
         summary=f"{len(result.pairs)} preference pairs"
         + (
             f" ({ai_use['ai_labels_used']} AI labels used, gate {ai_use['gate']})" if ai_use else ""

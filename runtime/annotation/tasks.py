@@ -352,7 +352,8 @@ def _draw_items(
     """`pairs_per_prompt` seeded system pairs per prompt, never a pair that is already gold."""
     gold_pairs = {frozenset((g.first["id"], g.second["id"])) for g in gold_items}
     items: list[_Item] = []
-    for prompt in pool.available:
+    counts["outside_focus_prompts"] = len(pool.outside_focus)
+    for prompt in pool.focused:  # prompts.focus narrows annotation to a high-value subset
         systems = responses.by_prompt.get(prompt.id)
         if systems is None or len(systems) < 2:
             counts["prompts_without_responses" if systems is None else "single_system_prompts"] += 1
@@ -703,6 +704,7 @@ def _summary(
             "unknown_prompt_ids": sorted(read.unknown)[:MAX_LISTED],
             "single_system_prompts": counts["single_system_prompts"],
             "prompts_without_responses": counts["prompts_without_responses"],
+            "outside_focus_prompts": counts["outside_focus_prompts"],
             "gold_duplicate_pairs": counts["gold_duplicate_pairs"],
             "over_limit": counts["over_limit"],
         },

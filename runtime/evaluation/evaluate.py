@@ -80,6 +80,7 @@ from rlhfspec.runtime.evaluation.metrics import (  # noqa: E402
     win_rate,
 )
 from rlhfspec.runtime.evaluation.trajectory import trajectory_svg  # noqa: E402
+from rlhfspec.runtime.prompts.pool import OUTSIDE_FOCUS  # noqa: E402
 from rlhfspec.runtime.train.formatting import word_count  # noqa: E402
 
 __all__ = [
@@ -347,9 +348,10 @@ def evaluate_checkpoint(
         sets[name] = block
         responses[name] = texts
         scores[name] = [clean(s) for s in rows.rewards]
-        pooled.extend(rows)
+        if name != OUTSIDE_FOCUS:  # the excluded slice is reported, not selected on
+            pooled.extend(rows)
     overall = metrics(pooled, ids, settings.kl_at)
-    overall["sets"] = list(prompt_sets)
+    overall["sets"] = [name for name in prompt_sets if name != OUTSIDE_FOCUS]
     return {
         "format": EVAL_FORMAT,
         "label": label,

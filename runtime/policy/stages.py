@@ -19,6 +19,7 @@ from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
 from rlhfspec.runtime.prompts.pool import (
     HOLDOUT_FILE,
+    OUTSIDE_FOCUS,
     PromptPool,
     pool_with_holdout,
     read_holdout,
@@ -39,7 +40,7 @@ def evaluation_prompts(ctx: StageContext, pool: PromptPool) -> dict[str, list[di
     """Seeded evaluation sets, disjoint from the prompts the policy trains on."""
     size = int(ctx.settings["evaluation"]["prompts_per_set"])
     rng = random.Random(f"evaluation-prompts:{ctx.settings['seed']}")
-    available = pool.available
+    available = pool.focused  # prompts.focus: the subset this project trains for
     adversarial = [p for p in available if p.kind == "adversarial"]
     regular = [p for p in available if p.kind != "adversarial"]
     holdout = [p for p in pool.prompts if p.id in pool.holdout_ids]
@@ -53,13 +54,17 @@ def evaluation_prompts(ctx: StageContext, pool: PromptPool) -> dict[str, list[di
         if name in wanted and candidates:
             chosen = rng.sample(candidates, min(size, len(candidates)))
             sets[name] = [{"id": p.id, "text": p.text} for p in chosen]
+    outside = pool.outside_focus
+    if outside:  # reported at every checkpoint, never trained on nor used for selection
+        chosen = rng.sample(outside, min(size, len(outside)))
+        sets[OUTSIDE_FOCUS] = [{"id": p.id, "text": p.text} for p in chosen]
     return sets
 
 
 def training_prompts(pool: PromptPool, eval_sets: dict[str, list[dict[str, str]]]) -> list[str]:
     """Prompts for PPO rollouts: available prompts minus every evaluation prompt."""
     held = {p["id"] for rows in eval_sets.values() for p in rows}
-    return [p.text for p in pool.available if p.id not in held]
+    return [p.text for p in pool.focused if p.id not in held]
 
 
 def start_model(ctx: StageContext) -> Path:

@@ -39,6 +39,10 @@ class Prompt:
         return len(self.text.split())
 
 
+OUTSIDE_FOCUS = "outside_focus"
+"""The evaluation set of prompts `prompts.focus` leaves out: scored, reported, never pooled."""
+
+
 @dataclass
 class PromptPool:
     """Every prompt of every source, in source then file order, and the holdout."""
@@ -46,6 +50,8 @@ class PromptPool:
     prompts: list[Prompt]
     holdout_ids: frozenset[str]
     by_id: dict[str, Prompt] = field(default_factory=dict)
+    focus: dict[str, list[str]] = field(default_factory=dict)
+    """`prompts.focus`: field -> allowed values (narrow fine-tuning); empty keeps every prompt."""
 
     def __post_init__(self) -> None:
         self.by_id = {p.id: p for p in self.prompts}
@@ -54,6 +60,35 @@ class PromptPool:
     def available(self) -> list[Prompt]:
         """Prompts that may be annotated or trained on: everything but the holdout."""
         return [p for p in self.prompts if p.id not in self.holdout_ids]
+
+    def in_focus(self, prompt: Prompt) -> bool:
+        """Whether `prompts.focus` keeps the prompt: `source` is the source's id, `kind` its
+        kind, any other key a field of the prompt's row; every key must match."""
+        for key, allowed in self.focus.items():
+            value = {"source": prompt.source, "kind": prompt.kind}.get(key, prompt.row.get(key))
+            if str(value) not in allowed:
+                return False
+        return True
+
+    @property
+    def focused(self) -> list[Prompt]:
+        """Available prompts inside the focus: what is annotated and trained on."""
+        return [p for p in self.available if self.in_focus(p)]
+
+    @property
+    def outside_focus(self) -> list[Prompt]:
+        """Available prompts the focus leaves out: still evaluated, never trained on."""
+        return [p for p in self.available if not self.in_focus(p)]
+
+    def keep_in_focus(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """Rows (with a `prompt_id`) whose prompt the focus keeps, and how many it left out;
+        rows of an unknown prompt are kept for their consumer to report."""
+        kept = [
+            r
+            for r in rows
+            if r["prompt_id"] not in self.by_id or self.in_focus(self.by_id[r["prompt_id"]])
+        ]
+        return kept, len(rows) - len(kept)
 
     @property
     def holdout(self) -> list[Prompt]:
@@ -138,13 +173,20 @@ def load_prompt_pool(project: Project) -> PromptPool:
         if source["kind"] == "usage_logs":
             count = holdout_count(len(rows), share)
             holdout.update(p.id for p in rows[len(rows) - count :])
-    return PromptPool([p for rows in per_source for p in rows], frozenset(holdout))
+    return PromptPool(
+        [p for rows in per_source for p in rows], frozenset(holdout), focus=dict(spec["focus"])
+    )
 
 
 def pool_with_holdout(project: Project, holdout: list[dict[str, Any]]) -> PromptPool:
     """The prompt sources with the holdout the prompts stage reserved (`read_holdout`)."""
-    per_source = _read_sources(project, project.spec["prompts"]["sources"], [])
-    return PromptPool([p for rows in per_source for p in rows], frozenset(r["id"] for r in holdout))
+    spec = project.spec["prompts"]
+    per_source = _read_sources(project, spec["sources"], [])
+    return PromptPool(
+        [p for rows in per_source for p in rows],
+        frozenset(r["id"] for r in holdout),
+        focus=dict(spec["focus"]),
+    )
 
 
 def read_holdout(path: Path) -> list[dict[str, Any]]:

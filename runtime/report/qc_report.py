@@ -208,6 +208,7 @@ def context(report: QcReport) -> dict[str, Any]:
             "threshold": _f(split["threshold"]),
         },
         "thresholds": metrics["thresholds"],
+        "ai_judges": _ai_judges(metrics.get("ai_judge")),
         "fatigue_bin_minutes": metrics["fatigue_curve"]["bin_minutes"],
         "samples": report.samples,
         "codes": [
@@ -221,6 +222,24 @@ def context(report: QcReport) -> dict[str, Any]:
             for code, c in QC_CODES.items()
         ],  # fmt: skip
     }
+
+
+def _ai_judges(section: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per AI judge: who, with which prompt, and how it compares with people."""
+    rows = []
+    for name, j in (section or {}).get("judges", {}).items():
+        a = j["agreement"]
+        rows.append({
+            "name": name, "models": ", ".join(j["models"]),
+            "prompt": ", ".join(p[:12] for p in j["prompt_sha256"]),
+            "labelled": _count(j["ai_labelled_pairs"]), "reviewed": _count(j["reviewed_with_majority"]),
+            "kappa": f"{_f(a['kappa'], 3)} [{_f(a['low'], 3)}, {_f(a['high'], 3)}]",
+            "orders": _f(j["order_agreement"]["share"], 3),
+            "first": _f(j["position"]["first_shown_share"], 3),
+            "length": _f(j["length"]["bias"], 3), "gold": _f(j["gold"]["accuracy"], 3),
+            "gate": "pass" if j["gate_passed"] else "fail",
+        })  # fmt: skip
+    return rows
 
 
 def plots(report: QcReport) -> dict[str, Markup]:

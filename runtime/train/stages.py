@@ -19,7 +19,7 @@ from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
 from rlhfspec.common.templating import markdown_inline as md
 from rlhfspec.runtime.annotation.aggregate import read_jsonl_rows
-from rlhfspec.runtime.prompts.pool import HOLDOUT_FILE, read_holdout
+from rlhfspec.runtime.prompts.pool import HOLDOUT_FILE, pool_with_holdout, read_holdout
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
 from rlhfspec.runtime.train.common import (
     fresh_checkpoints,
@@ -63,6 +63,16 @@ def sft_stage(ctx: StageContext) -> StageOutcome:
         for r in read_jsonl_rows(ctx.project.path(cfg["data"]), cfg["data"], ("prompt", "response"))
         if r.get("prompt_id") not in holdout
     ]
+    focus = ctx.settings.get("prompts", {}).get("focus")  # in the settings only when set
+    if focus:
+        pool = pool_with_holdout(ctx.project, read_holdout(ctx.upstream(HOLDOUT_FILE)))
+        kept = [
+            r
+            for r in rows
+            if r.get("prompt_id") in pool.by_id and pool.in_focus(pool.by_id[r["prompt_id"]])
+        ]
+        ctx.log(f"prompts.focus: {len(kept)} of {len(rows)} demonstrations inside the focus")
+        rows = kept
     if not rows:
         raise RunError(f"{cfg['data']}: no demonstrations left to train on")
     base = resolve(ctx, cfg["base_model"])

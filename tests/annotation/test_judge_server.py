@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -38,7 +39,7 @@ from rlhfspec.runtime.annotation.agreement import wilson_interval
 from rlhfspec.runtime.annotation.judge.output import run_judge
 from rlhfspec.runtime.annotation.qc import run_qc
 from rlhfspec.runtime.project import Project, load_project
-from tests.annotation.judge_sim import DATA, Behaviour, JudgeServer
+from tests.annotation.judge_sim import DATA, Behaviour, JudgeServer, load_truth, preferred
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -303,3 +304,85 @@ def test_local_hugging_face_judge_is_constrained_to_the_format(
     ]
     assert len(rows) == 8 and all(r["status"] == "ok" and r["attempts"] == 1 for r in rows)
     assert all(r["confidence"] in ("low", "medium", "high") for r in rows)
+
+
+def answer_review_tasks(tasks_path: Path, key_path: Path, out: Path, accuracy: float) -> None:
+    """Simulated reviewers: each review task answered from the truth with `accuracy`, unblinded."""
+    key = json.loads(key_path.read_text())["responses"]
+    _, hidden = load_truth()
+    rows = []
+    clock: dict[str, float] = {}
+    for line in tasks_path.read_text().splitlines():
+        task = json.loads(line)
+        a, b = key[task["response_a"]]["response_id"], key[task["response_b"]]["response_id"]
+        right = preferred(hidden[a], hidden[b])
+        rng = random.Random(f"{task['task_id']}")
+        choice = (
+            right
+            if rng.random() < accuracy
+            else rng.choice([c for c in ("A", "B", "tie") if c != right])
+        )
+        start = clock.get(task["session"], 1_795_000_000.0 + 86_400 * len(clock))
+        clock[task["session"]] = start + 100
+        stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+        rows.append({
+            "item_id": task["item_id"], "prompt_id": task["prompt_id"], "response_a": a, "response_b": b,
+            "choice": choice, "annotator": task["annotator"], "session": task["session"],
+            "started_at": stamp(start), "submitted_at": stamp(start + 90), "justification": None,
+            "criteria_version": task["criteria_version"], "batch": "ai-review", "gold": task["gold"],
+        })  # fmt: skip
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_round_the_loop_ai_labels_used_after_the_gate(project: Path) -> None:
+    """judge (the items `tasks` gives) -> review tasks -> reviewers -> QC gate -> pairs."""
+    out = project.parent / "ai"
+    with JudgeServer(Behaviour(accuracy=0.9)) as server:
+        spec = configure(project, server.base_url)
+        summary = run_judge(spec, out, reviewers=["rev-1", "rev-2", "rev-3"]).summary
+    answer_review_tasks(out / "review" / "tasks.jsonl", out / "review" / "unblinding_key.json",
+                        out / "review" / "answers.jsonl", accuracy=0.95)  # fmt: skip
+    text = project.read_text()
+    start = text.index("  batches:\n")
+    end = text.index("\n\n", start)
+    text = (
+        text[:start]
+        + (
+            "  batches:\n"
+            "    - {id: ai-judge, path: ai/records.jsonl, criteria_version: 1.2.0}\n"
+            "    - {id: ai-review, path: ai/review/answers.jsonl, criteria_version: 1.2.0}"
+        )
+        + text[end:]
+    )
+    project.write_text(text)
+    run = subprocess.run(
+        [sys.executable, "-m", "rlhfspec.cli.main", "run", str(project), "--until", "aggregate",
+         "--run-dir", str(project.parent / "run")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    lineage = json.loads((project.parent / "run" / "lineage.json").read_text())
+    qc = lineage["stages"]["annotation_qc"]
+    gates = {g["name"]: g for g in qc["gates"]}
+    assert gates["ai_judge_agreement"]["passed"]
+    judge = qc["metrics"]["ai_judge"]["judges"]["ai:sim-judge"]
+    assert judge["prompt_sha256"] == [summary["prompt_sha256"]] and judge["kappa"] > 0.6
+    agg = lineage["stages"]["aggregate"]["metrics"]["ai_labels"]
+    labelled = summary["counts"]["labelled"] - summary["gold_items"]
+    reviewed = summary["review"]["sample"]
+    assert agg["gate"] == "passed" and agg["ai_labels"] == labelled
+    assert (
+        agg["ai_labels_used"] == labelled - reviewed and agg["ai_labels_left_to_humans"] == reviewed
+    )
+    report = (project.parent / "run" / "qc" / "report.md").read_text()
+    assert "## AI judge" in report and "ai:sim-judge" in report.replace("\\", "")
+    assert 'id="ai-judge"' in (project.parent / "run" / "qc" / "report.html").read_text()
+    prov = [
+        json.loads(x)
+        for x in (project.parent / "run" / "preferences" / "provenance.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    by_ai = [p for p in prov if p["annotators"] == ["ai:sim-judge"]]
+    assert by_ai and len(by_ai) <= agg["ai_labels_used"]
+    assert all(p["annotators"] != ["ai:sim-judge"] or p["batches"] == ["ai-judge"] for p in prov)

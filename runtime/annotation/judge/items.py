@@ -26,7 +26,7 @@ from rlhfspec.common.errors import RunError
 from rlhfspec.common.jsonl import read_rows
 from rlhfspec.runtime.annotation.records import read_batch
 from rlhfspec.runtime.project import Project
-from rlhfspec.runtime.prompts.check import load_prompt_pool
+from rlhfspec.runtime.prompts.pool import load_prompt_pool
 
 AI_PREFIX = "ai:"
 
@@ -141,6 +141,8 @@ def load_items(project: Project, source: str, *, limit: int | None = None) -> li
     seen: set[str] = set()
     for row in rows:
         prompt = pool.by_id.get(str(row["prompt_id"]))
+        if prompt is not None and prompt.id not in pool.holdout_ids and not pool.in_focus(prompt):
+            continue  # prompts.focus: outside the subset this project annotates
         if prompt is None or prompt.id in pool.holdout_ids:
             problems.append(
                 f"item {row['item_id']}: prompt {row['prompt_id']} is "
