@@ -381,11 +381,7 @@ REGISTRY: tuple[Code, ...] = (
     Code("Q026", _WARN, "dimension_agreement_low",
          "Agreement on one quality dimension is below the floor.",
          "Clarify the dimension's description and add a worked example for it."),
-    Code("Q027", _ERR, "not_qualified",
-         "Annotator has no passing calibration result.",
-         "Have the annotator take the calibration set before live tasks; their votes are left "
-         "out.", True),
-    Code("Q028", _WARN, "split_votes_in_period",
+    Code("Q027", _WARN, "split_votes_in_period",
          "A batch has more split items than max_split_vote_share.",
          "Read the batch's split items (preferences/split_items.jsonl) and clarify the criteria."),
     # AI judge (runtime/annotation/judge/review.py): each fails the ai_judge_agreement gate

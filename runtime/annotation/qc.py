@@ -27,7 +27,7 @@ Records of an AI judge (annotator `ai:<model>`) are kept out of every Q check, w
 people, and measured against the human review sample instead (J001-J006,
 `runtime/annotation/judge/review.py`); a J error fails the `ai_judge_agreement` gate.
 
-An error with a code marked `excludes` (Q003, Q004, Q005, Q007, Q023, Q024, Q027) puts the annotator in `QcReport.excluded_annotators`:
+An error with a code marked `excludes` (Q003, Q004, Q005, Q007, Q023, Q024) puts the annotator in `QcReport.excluded_annotators`:
 their labels are unreliable, so the aggregation step leaves their votes out when
 `aggregation.exclude_failed_annotators` is on. Q006 (sessions over the limit) is an error
 because the session limit is a rule of the spec, not a measurement, but it does not exclude
@@ -67,7 +67,6 @@ from rlhfspec.common.hashing import file_fingerprint
 from rlhfspec.common.jsonl import missing_strings, read_objects, refusal
 from rlhfspec.compiler.lockfile import criteria_hash
 from rlhfspec.compiler.plan import generator
-from rlhfspec.runtime.annotation.calibration import read_qualification
 from rlhfspec.runtime.annotation.loading import Loaded, load_annotations, response_lengths
 from rlhfspec.runtime.annotation.qc_annotators import check_annotators
 from rlhfspec.runtime.annotation.qc_batches import (
@@ -77,7 +76,6 @@ from rlhfspec.runtime.annotation.qc_batches import (
     _check_votes,
     _over_time,
     check_dimensions,
-    check_qualification,
     check_split_periods,
 )
 from rlhfspec.runtime.annotation.qc_frame import (
@@ -202,7 +200,6 @@ def analyse(
     frame = _prepare(table, gold)
     overall = frame.agreement(frame.main, settings)
     findings, annotators, curves = check_annotators(frame, settings, overall)
-    findings += check_qualification(frame, settings)
     excluded = _excluded(findings)
     keep = np.ones(frame.n_ann, dtype=bool)
     keep[[frame.names.index(a) for a in excluded]] = False
@@ -438,9 +435,6 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
     settings = QcSettings.from_spec(spec)
     ai_only = {r["batch"] for r in ai_records} - {r["batch"] for r in records}
     settings = replace(settings, batches=tuple(b for b in settings.batches if b[0] not in ai_only))
-    qualification = read_qualification(project)
-    if qualification is not None:
-        settings = replace(settings, qualification=qualification)
     table = AnnotationTable.from_records(
         records, lengths=response_lengths(project), dimensions=settings.dimensions
     )

@@ -310,7 +310,7 @@ def _split_items(frame: _Frame, rows: npt.NDArray[np.bool_]) -> tuple[int, int]:
 def check_split_periods(
     frame: _Frame, settings: QcSettings, table: AnnotationTable, kept: npt.NDArray[np.bool_]
 ) -> tuple[list[Finding], dict[str, Any]]:
-    """Q028: the split-vote rate per batch and per ISO week (of the item's first vote).
+    """Q027: the split-vote rate per batch and per ISO week (of the item's first vote).
 
     The overall rate (Q013) can hide one batch where a criteria change or a new prompt source
     made items ambiguous; this is where that shows. Counted on the annotators who passed QC.
@@ -326,7 +326,7 @@ def check_split_periods(
         if voted and share > settings.max_split_vote_share:
             findings.append(
                 _finding(
-                    "Q028", f"batch {b_id}",
+                    "Q027", f"batch {b_id}",
                     f"{split} of {voted} items ({share:.1%}) split, above "
                     f"{settings.max_split_vote_share:g}",
                     share, settings.max_split_vote_share,
@@ -341,30 +341,3 @@ def check_split_periods(
                 {"week": label, "items": voted, "split": split, "share": _rate(split, voted)}
             )
     return findings, {"batches": per_batch, "weeks": per_week}
-
-
-def check_qualification(frame: _Frame, settings: QcSettings) -> list[Finding]:
-    """Q027: with a calibration set, every annotator needs a passing calibration result."""
-    if settings.qualification is None:
-        return []
-    findings = []
-    for name in frame.names:
-        result = settings.qualification.get(name)
-        if result is None:
-            findings.append(
-                _finding(
-                    "Q027",
-                    f"annotator {name}",
-                    "no calibration result: took live tasks unqualified",
-                )
-            )
-        elif not result.get("passed"):
-            findings.append(
-                _finding(
-                    "Q027", f"annotator {name}",
-                    f"calibration score {float(result['score']):.2f} below the pass mark "
-                    f"{float(result['pass_mark']):g}",
-                    float(result["score"]), float(result["pass_mark"]),
-                )
-            )  # fmt: skip
-    return findings

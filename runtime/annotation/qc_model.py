@@ -94,7 +94,6 @@ class QcSettings:
     min_gaming_sample: int = MIN_GAMING_SAMPLE
     dimensions: tuple[str, ...] = ()
     """Quality dimensions annotators judge one by one, in rank order (empty: not asked)."""
-    qualification: Mapping[str, Any] | None = None
     """Calibration results per annotator ({"passed", "score", "pass_mark"}); None: not required."""
 
     @classmethod
