@@ -107,7 +107,9 @@ def lora_config(compute: dict[str, Any], task: str) -> Any:
     targets = lora["target_modules"]
     return LoraConfig(
         r=int(lora["r"]),
-        lora_alpha=float(lora["alpha"]),
+        # the spec allows any positive number (scale = alpha / r); PEFT annotates int but
+        # divides, so the value goes through as written (32 stays an int)
+        lora_alpha=lora["alpha"],
         lora_dropout=float(lora["dropout"]),
         target_modules="all-linear" if "all-linear" in targets else list(targets),
         task_type=task,
