@@ -17,9 +17,12 @@ from jinja2 import (
     FileSystemLoader,
     PackageLoader,
     StrictUndefined,
+    TemplateError,
     select_autoescape,
 )
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from rlhfspec.common.errors import RunError
 
 
 def environment(user_templates: Path | None = None) -> ImmutableSandboxedEnvironment:
@@ -51,3 +54,13 @@ def markdown_inline(text: Any) -> str:
     for char in ("\\", "`", "*", "_", "[", "]", "<", ">", "|", "#"):
         out = out.replace(char, "\\" + char)
     return " ".join(out.splitlines())
+
+
+def render_template(name: str, values: dict[str, Any]) -> str:
+    """Render one shipped report template; a template error is a located RunError (exit 1)."""
+    try:
+        return str(environment().get_template(name).render(**values))
+    except TemplateError as exc:
+        line = getattr(exc, "lineno", None)
+        where = f" (line {line})" if line else ""
+        raise RunError(f"template {name}{where}: {exc}") from None

@@ -12,11 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
-from jinja2 import TemplateError
 from markupsafe import Markup
 
-from rlhfspec.common.errors import RunError
-from rlhfspec.common.templating import environment
 from rlhfspec.common.version import __version__ as rlhfspec_version
 from rlhfspec.runtime.handoff.facts import Facts, RunDir
 from rlhfspec.runtime.handoff.layout import PARTS, human_size
@@ -128,15 +125,6 @@ def inline_svg(text: str) -> Markup | None:
 
     out = render(root)
     return Markup(out) if out is not None else None  # noqa: S704 - rebuilt and escaped above
-
-
-def render_template(name: str, values: dict[str, Any]) -> str:
-    try:
-        return str(environment().get_template(name).render(**values))
-    except TemplateError as exc:
-        line = getattr(exc, "lineno", None)
-        where = f" (line {line})" if line else ""
-        raise RunError(f"template {name}{where}: {exc}") from None
 
 
 def _sets_table(evaluation: dict[str, Any]) -> list[dict[str, str]]:

@@ -16,9 +16,10 @@ from typing import Any
 
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.hashing import sha256_bytes
+from rlhfspec.common.templating import render_template
 from rlhfspec.common.version import __version__ as rlhfspec_version
 from rlhfspec.runtime.handoff.collect import Entry, collect_entries
-from rlhfspec.runtime.handoff.context import front_matter, render_template, template_context
+from rlhfspec.runtime.handoff.context import front_matter, template_context
 from rlhfspec.runtime.handoff.facts import Facts, RunDir, epoch, gather_facts
 from rlhfspec.runtime.handoff.layout import (
     CHECKSUMS_FILE,

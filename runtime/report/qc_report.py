@@ -17,12 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jinja2 import TemplateError
 from markupsafe import Markup
 
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
-from rlhfspec.common.templating import environment
+from rlhfspec.common.templating import render_template
 from rlhfspec.runtime.annotation.qc import QC_CODES, QcReport
 from rlhfspec.runtime.report import svg as svg_plots
 
@@ -342,21 +341,12 @@ def _drift_chart(
     )
 
 
-def _render(name: str, values: dict[str, Any]) -> str:
-    try:
-        return str(environment().get_template(name).render(**values))
-    except TemplateError as exc:
-        line = getattr(exc, "lineno", None)
-        where = f" (line {line})" if line else ""
-        raise RunError(f"template {name}{where}: {exc}") from None
-
-
 def render_markdown(report: QcReport) -> str:
-    return _render("qc_report.md.j2", context(report))
+    return render_template("qc_report.md.j2", context(report))
 
 
 def render_html(report: QcReport) -> str:
-    return _render("qc_report.html.j2", {**context(report), "plots": plots(report)})
+    return render_template("qc_report.html.j2", {**context(report), "plots": plots(report)})
 
 
 def write_qc_reports(report: QcReport, out_dir: Path) -> list[Path]:
