@@ -54,7 +54,6 @@ from rlhfspec.common.errors import RunError
 from rlhfspec.compiler.schemas import default_of
 from rlhfspec.runtime.policy.distributed import SINGLE, Group, launched_world_size
 from rlhfspec.runtime.train.common import (
-    ProgressLines,
     quiet_transformers,
     seed_everything,
     steps_for,
@@ -63,6 +62,7 @@ from rlhfspec.runtime.train.common import (
 )
 from rlhfspec.runtime.train.formatting import format_prompt, format_response
 from rlhfspec.runtime.train.models import load_causal_lm, load_tokenizer
+from rlhfspec.runtime.train.progress import progress_callback
 
 CHECKPOINT_META = "checkpoint.json"
 METRICS_FILE = "metrics.jsonl"
@@ -368,7 +368,7 @@ def train_dpo(
     _ = args.device
     group = Group.current() if args.world_size > 1 else SINGLE
     if not group.is_main:
-        log = _silent  # one process speaks for the run (ProgressLines, the savers, this)
+        log = _silent  # one process speaks for the run (progress, the savers, this)
     point, kept_rows = _resume_point_of_run(out_dir, resume, group, log)
     if not group.single:
         chosen = group.broadcast(None if point is None else (str(point[0]), point[1]))
@@ -518,7 +518,7 @@ def _make_trainer(
             processing_class=tokenizer,
             train_dataset=Dataset.from_list(dpo_rows(pairs)),
             args=args,
-            callbacks=[ProgressLines(log), metrics, saver, *callbacks],
+            callbacks=[progress_callback(log, "policy"), metrics, saver, *callbacks],
         )
     )
     return trainer, saver

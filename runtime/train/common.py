@@ -17,13 +17,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import json  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 from rlhfspec.common.errors import RunError  # noqa: E402
@@ -155,25 +154,6 @@ def steps_for(rows: int, train: dict[str, Any], processes: int = 1) -> int:
     return max(1, int(-(-rows // per_step) * float(train["epochs"])))
 
 
-class ProgressLines(TrainerCallback):
-    """Concise progress lines (no bars): readable in CI logs and on a terminal alike."""
-
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.log = log
-
-    def on_log(
-        self,
-        args: Any,
-        state: Any,
-        control: Any,
-        logs: dict[str, float] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if not logs or "loss" not in logs:
-            return
-        self.log(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}")
-
-
 def resume_checkpoint(ctx: StageContext, checkpoints: Path) -> str | None:
     """The last training checkpoint of an interrupted stage, when resuming."""
     if not ctx.resume or not checkpoints.is_dir():
@@ -265,7 +245,7 @@ def quiet_transformers() -> None:
 
 
 def without_printer(trainer: Any) -> Any:
-    """Trainer prints raw log dicts when tqdm is off; ProgressLines says it better."""
+    """Trainer prints raw log dicts when tqdm is off; the progress callback (runtime/train/progress.py) says it better."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
