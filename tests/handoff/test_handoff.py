@@ -364,6 +364,7 @@ EXPECTED = {
     "sampling/sampling.md", "sampling/sampling.html", "sampling/prompt_check.json",
     "sampling/prompt_check.md",
     "playbook/playbook.md", "playbook/playbook.html", "playbook/gold_items.jsonl",
+    "playbook/playbook.auditor.md", "playbook/playbook.auditor.html",
     "playbook/worked_examples.json",
     "annotation_qc/report.html", "annotation_qc/report.md", "annotation_qc/report.json",
     "annotation_qc/aggregation_summary.json",
