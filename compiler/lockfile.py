@@ -182,7 +182,9 @@ def _item_changes(kind: str, old: list[Any], new: list[Any]) -> list[dict[str, A
     out: list[dict[str, Any]] = []
     for ident, item in news.items():
         before = olds.get(ident)
-        fields = sorted(k for k in set(item) | set(before or {}) if (before or {}).get(k) != item.get(k))
+        fields = sorted(
+            k for k in set(item) | set(before or {}) if (before or {}).get(k) != item.get(k)
+        )
         if before is None or fields:
             change = "added" if before is None else "changed"
             out.append(_change(kind, ident, _label(item), change, [] if before is None else fields))
@@ -242,7 +244,13 @@ def criteria_changes(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str,
     new_g = hashed_content(new).get(GUIDANCE, {})
     for section in [*new_g, *(s for s in old_g if s not in new_g)]:
         if old_g.get(section) != new_g.get(section):
-            change = "added" if section not in old_g else "removed" if section not in new_g else "changed"
+            change = (
+                "added"
+                if section not in old_g
+                else "removed"
+                if section not in new_g
+                else "changed"
+            )
             out.append(_change("guidance", section, None, change))
     return out
 

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 from jinja2 import UndefinedError
-
-from rlhfspec.common.errors import CompilerError
 from markupsafe import escape
 
+from rlhfspec.common.errors import CompilerError
 from rlhfspec.common.templating import environment
 from rlhfspec.compiler.render import render_all
 from rlhfspec.compiler.schemas import SPEC_SCHEMA, load_schema, with_defaults
