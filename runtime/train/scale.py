@@ -379,7 +379,7 @@ class MetricsTracker:
         elif self.backend == "trackio":
             import trackio
 
-            trackio.finish()
+            trackio.finish()  # type: ignore[no-untyped-call,unused-ignore]
 
 
 # ---------------------------------------------------------------------------------------------
