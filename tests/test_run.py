@@ -35,7 +35,7 @@ def quiet(_: str) -> None:
 def test_lineage_records_hashes_of_inputs_and_outputs(project: Path, tmp_path: Path) -> None:
     run_dir = run(project, display="spec", run_dir=tmp_path / "run", until="aggregate", log=quiet)
     lineage = json.loads((run_dir / "lineage.json").read_text())
-    assert lineage["plan"]["criteria_version"] == "1.2.0"
+    assert lineage["plan"]["criteria_version"] == "1.3.0"
     assert lineage["libraries"]["numpy"] and lineage["seed"] == 20261101
     plan = json.loads((run_dir / "plan" / "plan.json").read_text())
     assert lineage["plan"]["fingerprint"] == plan["fingerprint"]

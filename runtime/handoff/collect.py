@@ -152,6 +152,9 @@ def _playbook(c: _Collector) -> None:
     about = "The annotator playbook"
     c.copy("plan/playbook.md", "playbook/playbook.md", "playbook", about)
     c.copy("plan/playbook.html", "playbook/playbook.html", "playbook", about)
+    audit = "The playbook's auditor's edition: adds ids, detectors and QC cutoffs"
+    c.copy("plan/playbook.auditor.md", "playbook/playbook.auditor.md", "playbook", audit)
+    c.copy("plan/playbook.auditor.html", "playbook/playbook.auditor.html", "playbook", audit)
     c.make(
         "playbook/worked_examples.json",
         "playbook",

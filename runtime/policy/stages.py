@@ -120,7 +120,11 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
             for step, c in _ppo_checkpoints(out_dir)
         ]
         summary = f"{result.updates} PPO updates, {len(checkpoints)} checkpoints"
-        metrics: dict[str, Any] = {"updates": result.updates, "final": result.final_metrics}
+        metrics: dict[str, Any] = {
+            "updates": result.updates,
+            "final": result.final_metrics,
+            "compute": _ppo_compute_record(ctx, result),
+        }
     else:
         checkpoints = [
             {
@@ -189,6 +193,8 @@ def train_policy(
             mixed_precision=str(compute["mixed_precision"]),
             gradient_checkpointing=bool(compute["gradient_checkpointing"]),
             lora=_ppo_lora(compute),
+            strategy=str(compute["strategy"]),
+            cpu_offload=bool(compute["fsdp"]["cpu_offload"]),
         )
         with tracking_env(ctx) as tracking:
             tracker = MetricsTracker(tracking, ctx.run_dir, group().is_main)
@@ -227,6 +233,23 @@ def train_policy(
         metadata=metadata,
         compute=spec["compute"],
     )
+
+
+def _ppo_compute_record(ctx: StageContext, result: Any) -> dict[str, Any]:
+    """How PPO ran, for lineage: the strategy actually used (``single`` with one process,
+    whatever the spec asked), and whether FSDP's CPU offload applied (accelerators only)."""
+    from rlhfspec.runtime.train.scale import group
+
+    compute = ctx.stage["compute"]
+    record: dict[str, Any] = {
+        "processes": group().world,
+        "strategy": result.strategy,
+        "gradient_checkpointing": bool(compute["gradient_checkpointing"]),
+        "mixed_precision": compute["mixed_precision"],
+    }
+    if result.strategy == "fsdp":
+        record["cpu_offload"] = result.cpu_offload
+    return record
 
 
 def _ppo_lora(compute: dict[str, Any]) -> dict[str, Any] | None:

@@ -364,6 +364,7 @@ EXPECTED = {
     "sampling/sampling.md", "sampling/sampling.html", "sampling/prompt_check.json",
     "sampling/prompt_check.md",
     "playbook/playbook.md", "playbook/playbook.html", "playbook/gold_items.jsonl",
+    "playbook/playbook.auditor.md", "playbook/playbook.auditor.html",
     "playbook/worked_examples.json",
     "annotation_qc/report.html", "annotation_qc/report.md", "annotation_qc/report.json",
     "annotation_qc/aggregation_summary.json",
@@ -420,7 +421,7 @@ def test_manifest_says_what_produced_every_file(base_run: Path, tmp_path: Path) 
     assert stage["index.html"] == "handoff"
     rm_sha = sha256_file(base_run / "models/reward_model/model.safetensors")
     evidence = files["evidence/update-000002.json"]["produced_by"]
-    assert evidence["criteria_version"] == "1.2.0"
+    assert evidence["criteria_version"] == "1.3.0"
     assert evidence["annotation_batches"] == ["2026-11-w1", "2026-11-w2", "2026-11-w3", "2026-11-w4"]  # fmt: skip
     assert evidence["reward_model"] == rm_sha
     assert evidence["kl"]["coef"] == 0.05
@@ -432,8 +433,9 @@ def test_manifest_says_what_produced_every_file(base_run: Path, tmp_path: Path) 
     assert manifest["deployment_checkpoint"]["label"] == "update-000002"
     assert manifest["run"]["finished"] == _stamp(8)  # the select stage's time, not the clock
     history = json.loads((tmp_path / "pkg/criteria/history.json").read_text(encoding="utf-8"))
-    assert [h["version"] for h in history["history"]] == ["1.2.0"]
-    assert history["history"][0]["content"]["version"] == "1.2.0"  # confirmed by the lock file
+    assert [h["version"] for h in history["history"]] == ["1.2.0", "1.3.0"]
+    assert history["history"][1]["content"]["version"] == "1.3.0"  # confirmed by the lock file
+    assert history["history"][1]["content"]["guidance"]["hard_cases"]
 
 
 def test_verify_reports_altered_missing_and_extra(base_run: Path, tmp_path: Path) -> None:
