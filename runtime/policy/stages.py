@@ -20,6 +20,7 @@ from rlhfspec.common.hashing import sha256_file
 from rlhfspec.runtime.prompts.pool import (
     HOLDOUT_FILE,
     OUTSIDE_FOCUS,
+    Prompt,
     PromptPool,
     pool_with_holdout,
     read_holdout,
@@ -36,7 +37,7 @@ def prompt_pool(ctx: StageContext) -> PromptPool:
     return pool_with_holdout(ctx.project, read_holdout(ctx.upstream(HOLDOUT_FILE)))
 
 
-def evaluation_prompts(ctx: StageContext, pool: PromptPool) -> dict[str, list[dict[str, str]]]:
+def evaluation_prompts(ctx: StageContext, pool: PromptPool) -> dict[str, list[dict[str, Any]]]:
     """Seeded evaluation sets, disjoint from the prompts the policy trains on."""
     size = int(ctx.settings["evaluation"]["prompts_per_set"])
     rng = random.Random(f"evaluation-prompts:{ctx.settings['seed']}")
@@ -44,7 +45,7 @@ def evaluation_prompts(ctx: StageContext, pool: PromptPool) -> dict[str, list[di
     adversarial = [p for p in available if p.kind == "adversarial"]
     regular = [p for p in available if p.kind != "adversarial"]
     holdout = [p for p in pool.prompts if p.id in pool.holdout_ids]
-    sets: dict[str, list[dict[str, str]]] = {}
+    sets: dict[str, list[dict[str, Any]]] = {}
     wanted = ctx.settings["evaluation"]["prompt_sets"]
     for name, candidates in (
         ("validation", regular),
@@ -53,18 +54,32 @@ def evaluation_prompts(ctx: StageContext, pool: PromptPool) -> dict[str, list[di
     ):
         if name in wanted and candidates:
             chosen = rng.sample(candidates, min(size, len(candidates)))
-            sets[name] = [{"id": p.id, "text": p.text} for p in chosen]
+            sets[name] = [_set_row(p) for p in chosen]
     outside = pool.outside_focus
     if outside:  # reported at every checkpoint, never trained on nor used for selection
         chosen = rng.sample(outside, min(size, len(outside)))
-        sets[OUTSIDE_FOCUS] = [{"id": p.id, "text": p.text} for p in chosen]
+        sets[OUTSIDE_FOCUS] = [_set_row(p) for p in chosen]
     return sets
 
 
-def training_prompts(pool: PromptPool, eval_sets: dict[str, list[dict[str, str]]]) -> list[str]:
-    """Prompts for PPO rollouts: available prompts minus every evaluation prompt."""
+def _set_row(prompt: Prompt) -> dict[str, Any]:
+    """An evaluation-set row: id and text, and the messages of a multi-turn prompt."""
+    row: dict[str, Any] = {"id": prompt.id, "text": prompt.text}
+    if prompt.messages is not None:
+        row["messages"] = prompt.messages
+    return row
+
+
+def set_prompt(row: dict[str, Any]) -> Any:
+    """An evaluation-set row's prompt for the formatter: its messages, else its text."""
+    return row.get("messages") or row["text"]
+
+
+def training_prompts(pool: PromptPool, eval_sets: dict[str, list[dict[str, Any]]]) -> list[Any]:
+    """Prompts for PPO rollouts (a text, or a multi-turn prompt's messages): available prompts
+    minus every evaluation prompt."""
     held = {p["id"] for rows in eval_sets.values() for p in rows}
-    return [p.text for p in pool.focused if p.id not in held]
+    return [p.chat for p in pool.focused if p.id not in held]
 
 
 def start_model(ctx: StageContext) -> Path:
@@ -164,14 +179,21 @@ def policy_training(ctx: StageContext) -> None:
 
 def train_policy(
     ctx: StageContext,
-    prompts: list[str],
+    prompts: list[Any],
     start: Path,
     metadata: dict[str, Any],
 ) -> Any:
-    """Train PPO or DPO from `start`; the one call every process of the stage makes."""
+    """Train PPO or DPO from `start`; the one call every process of the stage makes. Prompts
+    and responses are formatted by the stage's chat format (from the start model's
+    tokenizer), recorded in `metadata` and so in every checkpoint."""
+    from rlhfspec.runtime.train.formatting import stage_format
+    from rlhfspec.runtime.train.models import load_tokenizer
+
     spec = ctx.settings
     policy = spec["policy"]
     out_dir = ctx.path("models/policy")
+    chat = stage_format(ctx, load_tokenizer(start, trust_remote_code=policy["trust_remote_code"]))
+    metadata["chat_template"] = chat.record()
     if policy["method"] == "ppo":
         from rlhfspec.runtime.policy.ppo import PPOSettings, train_ppo
         from rlhfspec.runtime.train.scale import MetricsTracker, group, tracking_env
@@ -195,6 +217,7 @@ def train_policy(
                     prompts,
                     settings,
                     out_dir,
+                    chat=chat,
                     resume=ctx.resume,
                     log=ctx.log,
                     metadata=metadata,
@@ -207,7 +230,12 @@ def train_policy(
     from rlhfspec.runtime.train.common import read_pairs
 
     pairs = [
-        {"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
+        {
+            "prompt": p["prompt"],
+            "chosen": p["chosen"],
+            "rejected": p["rejected"],
+            **({"messages": p["messages"]} if p.get("messages") else {}),
+        }
         for p in read_pairs(ctx)
     ]
     return train_dpo(
@@ -215,6 +243,7 @@ def train_policy(
         start,
         pairs,
         policy,
+        chat=chat,
         seed=int(spec["seed"]),
         out_dir=out_dir,
         resume=ctx.resume,
@@ -246,7 +275,7 @@ def _ppo_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def eval_settings(spec: dict[str, Any]) -> Any:
+def eval_settings(spec: dict[str, Any], spec_dir: Path | None = None) -> Any:
     """Evaluation as PPO sees it: KL at the policy's sampling temperature (PPO's, or 1 for DPO,
     whose implicit KL is at temperature 1), PPO's missing-EOS penalty, the spec's device and
     precision, batched."""
@@ -274,6 +303,8 @@ def eval_settings(spec: dict[str, Any]) -> Any:
         kl_temperature=float(policy["ppo"]["temperature"]) if policy["method"] == "ppo" else 1.0,
         missing_eos_penalty=float(policy["ppo"]["missing_eos_penalty"]),
         mixed_precision=str(compute["mixed_precision"]),
+        chat_template=str(spec.get("prompts", {}).get("chat_template", "auto")),
+        template_dir=spec_dir,
     )
 
 
@@ -283,17 +314,17 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
         trajectory_svg,
         write_eval,
     )
-    from rlhfspec.runtime.evaluation.selection import export_human_eval
     from rlhfspec.runtime.train.common import quiet_transformers, seed_everything
+    from rlhfspec.runtime.train.formatting import check_planned_template
 
     quiet_transformers()
     spec = ctx.settings
     seed_everything(int(spec["seed"]))
     index = json.loads(ctx.upstream(CHECKPOINT_INDEX).read_text(encoding="utf-8"))
     eval_sets = json.loads(ctx.upstream(PROMPT_SETS).read_text(encoding="utf-8"))
-    prompt_sets = {name: [p["text"] for p in rows] for name, rows in eval_sets.items()}
+    prompt_sets = {name: [set_prompt(p) for p in rows] for name, rows in eval_sets.items()}
     evaluation = spec["evaluation"]
-    settings = eval_settings(spec)
+    settings = eval_settings(spec, ctx.project.folder)
     reward_model = ctx.upstream("models/reward_model")
     reference = Path(index["start"])
     targets = [{"label": "start", "step": 0, "path": str(reference)}] + [
@@ -312,6 +343,7 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
             step=target["step"],
             label=target["label"],
         )
+        check_planned_template(ctx, result["chat_template"])
         write_eval(result, ctx.path(f"eval/{target['label']}.json"))
         overall = result["overall"]
         ctx.log(
@@ -324,28 +356,7 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
     atomic_write_text(ctx.path("eval/trajectory.svg"), trajectory_svg(results, guards=guards))
     outputs = [f"eval/{t['label']}.json" for t in targets] + ["eval/trajectory.svg"]
     if evaluation["human_eval"]["enabled"]:
-        baseline = [
-            (p, r)
-            for name in prompt_sets
-            for p, r in zip(prompt_sets[name], results[0]["responses"][name], strict=True)
-        ]
-        by_label = {
-            res["label"]: [
-                (p, r)
-                for name in prompt_sets
-                for p, r in zip(prompt_sets[name], res["responses"][name], strict=True)
-            ]
-            for res in results[1:]
-        }
-        written = export_human_eval(
-            by_label,
-            baseline,
-            ctx.path("eval"),
-            seed=int(spec["seed"]),
-            per_checkpoint=int(evaluation["human_eval"]["per_checkpoint"]),
-            criteria_version=spec["criteria"]["version"],
-        )
-        outputs += [str(p.relative_to(ctx.run_dir)) for p in written]
+        outputs += human_eval_tasks(ctx, eval_sets, results)
     table = [
         {
             "label": r["label"],
@@ -366,6 +377,34 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
         {"checkpoints": table},
         summary=f"{len(results)} checkpoints evaluated on {', '.join(prompt_sets)}",
     )
+
+
+def human_eval_tasks(
+    ctx: StageContext, eval_sets: dict[str, list[dict[str, Any]]], results: list[dict[str, Any]]
+) -> list[str]:
+    """Human-evaluation tasks: each checkpoint's responses against the start's, on the same
+    prompts (shown as text: a multi-turn prompt's transcript); returns the files written."""
+    from rlhfspec.runtime.evaluation.selection import export_human_eval
+
+    spec = ctx.settings
+    shown = {name: [p["text"] for p in rows] for name, rows in eval_sets.items()}
+
+    def pairs(result: dict[str, Any]) -> list[tuple[str, str]]:
+        return [
+            (p, r)
+            for name in shown
+            for p, r in zip(shown[name], result["responses"][name], strict=True)
+        ]
+
+    written = export_human_eval(
+        {res["label"]: pairs(res) for res in results[1:]},
+        pairs(results[0]),
+        ctx.path("eval"),
+        seed=int(spec["seed"]),
+        per_checkpoint=int(spec["evaluation"]["human_eval"]["per_checkpoint"]),
+        criteria_version=spec["criteria"]["version"],
+    )
+    return [str(p.relative_to(ctx.run_dir)) for p in written]
 
 
 HUMAN_JUDGEMENTS = "eval/human_eval/judgements.jsonl"

@@ -379,7 +379,8 @@ class MetricsTracker:
         elif self.backend == "trackio":
             import trackio
 
-            trackio.finish()
+            finish: Any = trackio.finish  # untyped in trackio 0.43 (mypy strict)
+            finish()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ from rlhfspec.runtime.policy.ppo import (  # noqa: E402
     checkpoint_name,
     train_ppo,
 )
-from rlhfspec.runtime.train.formatting import format_prompt, full_text  # noqa: E402
+from rlhfspec.runtime.train.formatting import chat_format  # noqa: E402
 from rlhfspec.runtime.train.models import (  # noqa: E402
     build_tiny,
     load_causal_lm,
@@ -176,6 +176,7 @@ def fit_probe_reward_model(base: Path, planted_id: int, out_dir: Path) -> Path:
     policy = load_causal_lm(base, tokenizer=tokenizer)
     reward_model = load_reward_model(base, tokenizer=tokenizer, seed=0)
     prompts = [f"prompt {i} on {WORDS[i % 9]} and {WORDS[(5 * i) % 9]}" for i in range(128)]
+    chat = chat_format(tokenizer, "auto")  # PPO and the evaluation format with the template
     sampled = generate(
         policy, tokenizer, prompts, EvalSettings(seed=1, max_new_tokens=8, temperature=1.0)
     )
@@ -186,7 +187,7 @@ def fit_probe_reward_model(base: Path, planted_id: int, out_dir: Path) -> Path:
         for position in rng.sample(range(len(ids)), rng.randint(0, len(ids))):
             ids[position] = planted_id
         text = tokenizer.decode(ids).strip()
-        texts.append(full_text(prompt, text))
+        texts.append(chat.prompt(prompt) + text)  # a response cut at the limit: no EOS
         counts.append(float(text.count(PLANTED_WORD)))
     tokenizer.padding_side = "right"
     # read where PPO and the evaluation read a response cut at max_new_tokens (almost all of
@@ -215,7 +216,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     assert tokenizer.tokenize(" " + PLANTED_WORD) == [PLANTED_TOKEN]
     model = load_causal_lm(tiny, tokenizer=tokenizer)
     tokenizer.padding_side = "left"
-    enc = tokenizer([format_prompt(p) for p in PROMPTS], return_tensors="pt", padding=True)
+    chat = chat_format(tokenizer, "auto")  # builtin:tiny's template, as PPO formats
+    enc = tokenizer([chat.prompt(p) for p in PROMPTS], return_tensors="pt", padding=True)
     with torch.no_grad():
         hidden = model.model(**enc).last_hidden_state[enc["attention_mask"].bool()].mean(dim=0)
         # tied embeddings: this raises the token's logit wherever the state is typical

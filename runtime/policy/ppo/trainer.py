@@ -14,13 +14,14 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from rlhfspec.common.chat_templates import AUTO
 from rlhfspec.common.errors import RunError
 from rlhfspec.runtime.policy.distributed import SINGLE, Group
 from rlhfspec.runtime.policy.ppo.checkpoint import (
@@ -51,6 +52,7 @@ from rlhfspec.runtime.policy.ppo.settings import (
 from rlhfspec.runtime.policy.ppo.update import ppo_update
 from rlhfspec.runtime.policy.ppo_math import AdaptiveKLController, FixedKLController
 from rlhfspec.runtime.train.common import quiet_transformers, seed_everything
+from rlhfspec.runtime.train.formatting import ChatFormat, PromptInput, chat_format
 from rlhfspec.runtime.train.models import (
     corpus_sha256,
     load_causal_lm,
@@ -66,10 +68,11 @@ def train_ppo(
     policy_dir: Path,
     reference_dir: Path,
     reward_model_dir: Path,
-    prompts: list[str],
+    prompts: Sequence[PromptInput],
     settings: PPOSettings,
     out_dir: Path,
     *,
+    chat: ChatFormat | None = None,
     resume: bool = False,
     log: Callable[[str], None] = print,
     metadata: dict[str, Any] | None = None,
@@ -81,7 +84,9 @@ def train_ppo(
 
     The policy and the frozen `reference_dir` are causal LMs sharing one tokenizer (the reward
     model must use it too, since it scores the policy's token ids and the value model starts as
-    its copy). `prompts` are raw prompt texts. Writes ``out_dir/metrics.jsonl`` (one row per
+    its copy). `prompts` are raw prompts (a text, or chat messages), rendered by `chat` (the
+    run's `ChatFormat`; None: the policy tokenizer's own, as ``prompts.chat_template: auto``).
+    Writes ``out_dir/metrics.jsonl`` (one row per
     update, `METRIC_FIELDS`) and ``out_dir/checkpoints/update-NNNNNN`` every
     ``checkpoint_every`` updates and after the last one. `metadata` (e.g. the reward model's
     version and annotation batches) is copied into every ``checkpoint.json`` for lineage.
@@ -107,9 +112,10 @@ def train_ppo(
                 Path(policy_dir),
                 Path(reference_dir),
                 Path(reward_model_dir),
-                prompts,
+                list(prompts),
                 reward_fn,
                 trust_remote_code,
+                (chat or _model_format(Path(policy_dir), trust_remote_code)).prompt,
             ),
             settings,
             Path(out_dir),
@@ -123,6 +129,11 @@ def train_ppo(
         torch.set_num_threads(threads_before)
 
 
+def _model_format(policy_dir: Path, trust_remote_code: bool) -> ChatFormat:
+    """The policy tokenizer's own format (its chat template, else the plain one)."""
+    return chat_format(load_tokenizer(policy_dir, trust_remote_code=trust_remote_code), AUTO)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Inputs:
     """What a run trains from: the three model folders, the prompts and the reward."""
@@ -130,9 +141,10 @@ class _Inputs:
     policy_dir: Path
     reference_dir: Path
     reward_model_dir: Path
-    prompts: list[str]
+    prompts: list[PromptInput]
     reward_fn: RewardFn | None
     trust_remote_code: bool
+    render: Callable[[PromptInput], str]
 
     def sources(self) -> dict[str, Any]:
         """The models by path and weights hash: a resumed run must start from the same ones."""
@@ -200,7 +212,7 @@ def _train_ppo(
 
     start = _starting_point(out_dir, resume, group)
     sources = inputs.sources()
-    prompts_sha = corpus_sha256(inputs.prompts)
+    prompts_sha = corpus_sha256(inputs.render(p) for p in inputs.prompts)  # as the model sees them
     group.agree(
         "the PPO run (settings, prompts, models or starting checkpoint)",
         [settings.comparable(), prompts_sha, sources, None if start is None else start.name],
@@ -226,7 +238,7 @@ def _train_ppo(
 
     final = start if start is not None and state.update == settings.num_updates else None
     while state.update < settings.num_updates:
-        row = _one_update(state, inputs.prompts, settings, models, accelerator, group)
+        row = _one_update(state, inputs, settings, models, accelerator, group)
         if group.is_main:
             write_metrics(metrics_path, state.rows)
             if on_update is not None:
@@ -443,7 +455,7 @@ def _restore(
 
 def _one_update(
     state: _State,
-    prompts: list[str],
+    inputs: _Inputs,
     settings: PPOSettings,
     models: _Models,
     accelerator: Any,
@@ -453,6 +465,7 @@ def _one_update(
     began = time.perf_counter()
     state.update += 1
     local_batch = settings.per_process_batch(group.world)
+    prompts = inputs.prompts
     indices = prompt_indices(
         len(prompts), settings.seed, state.episodes, settings.rollout_batch_size
     )
@@ -471,6 +484,7 @@ def _one_update(
         update=state.update,
         device=accelerator.device,
         group=group,
+        render=inputs.render,
     )
     train_stats, steps = ppo_update(
         model=models.model,
