@@ -454,7 +454,7 @@ def test_rewarding_length_makes_responses_longer(dirs: dict[str, Path]) -> None:
     enc = tokenizer([chat.prompt(p) for p in PROMPTS], return_tensors="pt", padding=True)
     with torch.no_grad():
         hidden = model.model(**enc).last_hidden_state[enc["attention_mask"].bool()].mean(dim=0)
-        model.get_input_embeddings().weight[tokenizer.eos_token_id] = hidden / hidden.norm()
+        model.get_input_embeddings().weight[tokenizer.eos_token_id] = 2 * hidden / hidden.norm()
     chatty = dirs["root"] / "chatty"
     model.save_pretrained(chatty, safe_serialization=True)
     tokenizer.save_pretrained(chatty)

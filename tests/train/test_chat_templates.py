@@ -222,6 +222,7 @@ def hub_project(root: Path) -> Path:
     return spec
 
 
+@pytest.mark.slow  # two small runs up to evaluate: about 30 s each
 @pytest.mark.parametrize("base", ["builtin:tiny", "hub"])
 def test_the_template_reaches_every_stage(base: str, tmp_path: Path) -> None:
     spec = small_project(tmp_path) if base == "builtin:tiny" else hub_project(tmp_path)
