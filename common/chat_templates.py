@@ -22,6 +22,7 @@ from typing import Any
 from rlhfspec.common.hashing import sha256_text
 from rlhfspec.common.model_ref import kind_of
 from rlhfspec.common.model_shapes import BUILTIN_TINY
+from rlhfspec.common.plan_types import ChatTemplateRecord
 
 #: builtin:tiny's chat template. Every turn opens with a role token (``<|user|>``,
 #: ``<|assistant|>``, ``<|system|>``: special tokens of the tiny tokenizer) and a newline; an
@@ -62,7 +63,7 @@ def folder_template(folder: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def template_record(setting: str, model_ref: str, spec_dir: Path) -> dict[str, Any]:
+def template_record(setting: str, model_ref: str, spec_dir: Path) -> ChatTemplateRecord:
     """What the plan records of the template a stage formats with: the setting, where the
     template comes from, and its sha256 (null when only the run can know: a hub model)."""
     if setting == NONE:

@@ -17,6 +17,14 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
+from rlhfspec.runtime.evaluation.files import (
+    EVAL_SUMMARY,
+    PROMPT_SETS,
+    prompt_sets_text,
+    read_prompt_sets,
+    read_summary,
+    summary_text,
+)
 from rlhfspec.runtime.prompts.pool import (
     HOLDOUT_FILE,
     OUTSIDE_FOCUS,
@@ -29,7 +37,6 @@ from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_g
 
 CHECKPOINT_INDEX = "models/policy/checkpoints.json"
 CHECKPOINT_INDEX_FORMAT = "rlhfspec.checkpoint_index/1"
-PROMPT_SETS = "eval/prompt_sets.json"
 
 
 def prompt_pool(ctx: StageContext) -> PromptPool:
@@ -110,9 +117,7 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
     policy = ctx.settings["policy"]
     pool = prompt_pool(ctx)
     eval_sets = evaluation_prompts(ctx, pool)
-    atomic_write_text(
-        ctx.path(PROMPT_SETS), json.dumps(eval_sets, indent=2, ensure_ascii=False) + "\n"
-    )
+    atomic_write_text(ctx.path(PROMPT_SETS), prompt_sets_text(eval_sets))
     start = start_model(ctx)
     out_dir = ctx.path("models/policy")
     metadata: dict[str, Any] = {
@@ -130,7 +135,11 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
             for step, c in _ppo_checkpoints(out_dir)
         ]
         summary = f"{result.updates} PPO updates, {len(checkpoints)} checkpoints"
-        metrics: dict[str, Any] = {"updates": result.updates, "final": result.final_metrics}
+        metrics: dict[str, Any] = {
+            "updates": result.updates,
+            "final": result.final_metrics,
+            "compute": _ppo_compute_record(ctx, result),
+        }
     else:
         checkpoints = [
             {
@@ -206,6 +215,8 @@ def train_policy(
             mixed_precision=str(compute["mixed_precision"]),
             gradient_checkpointing=bool(compute["gradient_checkpointing"]),
             lora=_ppo_lora(compute),
+            strategy=str(compute["strategy"]),
+            cpu_offload=bool(compute["fsdp"]["cpu_offload"]),
         )
         with tracking_env(ctx) as tracking:
             tracker = MetricsTracker(tracking, ctx.run_dir, group().is_main)
@@ -251,6 +262,23 @@ def train_policy(
         metadata=metadata,
         compute=spec["compute"],
     )
+
+
+def _ppo_compute_record(ctx: StageContext, result: Any) -> dict[str, Any]:
+    """How PPO ran, for lineage: the strategy actually used (``single`` with one process,
+    whatever the spec asked), and whether FSDP's CPU offload applied (accelerators only)."""
+    from rlhfspec.runtime.train.scale import group
+
+    compute = ctx.stage["compute"]
+    record: dict[str, Any] = {
+        "processes": group().world,
+        "strategy": result.strategy,
+        "gradient_checkpointing": bool(compute["gradient_checkpointing"]),
+        "mixed_precision": compute["mixed_precision"],
+    }
+    if result.strategy == "fsdp":
+        record["cpu_offload"] = result.cpu_offload
+    return record
 
 
 def _ppo_lora(compute: dict[str, Any]) -> dict[str, Any] | None:
@@ -309,27 +337,52 @@ def eval_settings(spec: dict[str, Any], spec_dir: Path | None = None) -> Any:
 
 
 def evaluate_stage(ctx: StageContext) -> StageOutcome:
-    from rlhfspec.runtime.evaluation.evaluate import (
-        evaluate_checkpoint,
-        trajectory_svg,
-        write_eval,
-    )
+    from rlhfspec.runtime.evaluation.evaluate import trajectory_svg
     from rlhfspec.runtime.train.common import quiet_transformers, seed_everything
-    from rlhfspec.runtime.train.formatting import check_planned_template
 
     quiet_transformers()
     spec = ctx.settings
     seed_everything(int(spec["seed"]))
     index = json.loads(ctx.upstream(CHECKPOINT_INDEX).read_text(encoding="utf-8"))
-    eval_sets = json.loads(ctx.upstream(PROMPT_SETS).read_text(encoding="utf-8"))
+    eval_sets = read_prompt_sets(
+        json.loads(ctx.upstream(PROMPT_SETS).read_text(encoding="utf-8")), PROMPT_SETS
+    )
     prompt_sets = {name: [set_prompt(p) for p in rows] for name, rows in eval_sets.items()}
     evaluation = spec["evaluation"]
-    settings = eval_settings(spec, ctx.project.folder)
-    reward_model = ctx.upstream("models/reward_model")
     reference = Path(index["start"])
     targets = [{"label": "start", "step": 0, "path": str(reference)}] + [
         {**c, "path": str(ctx.path(c["path"]))} for c in index["checkpoints"]
     ]
+    results = _evaluate_targets(ctx, targets, reference, prompt_sets)
+    guards = evaluation["select"]["guards"]
+    atomic_write_text(ctx.path("eval/trajectory.svg"), trajectory_svg(results, guards=guards))
+    outputs = [f"eval/{t['label']}.json" for t in targets] + ["eval/trajectory.svg"]
+    if evaluation["human_eval"]["enabled"]:
+        # shown to people as text (a multi-turn prompt's transcript)
+        shown = {name: [p["text"] for p in rows] for name, rows in eval_sets.items()}
+        outputs += _export_human_eval(ctx, shown, results)
+    table = _summary_table(results)
+    atomic_write_text(ctx.path(EVAL_SUMMARY), summary_text(table))
+    return StageOutcome(
+        outputs + [EVAL_SUMMARY],
+        {"checkpoints": table},
+        summary=f"{len(results)} checkpoints evaluated on {', '.join(prompt_sets)}",
+    )
+
+
+def _evaluate_targets(
+    ctx: StageContext,
+    targets: list[dict[str, Any]],
+    reference: Path,
+    prompt_sets: dict[str, list[Any]],
+) -> list[dict[str, Any]]:
+    """Evaluate the start and every checkpoint in order, each against the start's responses,
+    formatted as the plan's entry recorded (`check_planned_template`)."""
+    from rlhfspec.runtime.evaluation.evaluate import evaluate_checkpoint, write_eval
+    from rlhfspec.runtime.train.formatting import check_planned_template
+
+    settings = eval_settings(ctx.settings, ctx.project.folder)
+    reward_model = ctx.upstream("models/reward_model")
     results: list[dict[str, Any]] = []
     for target in targets:
         ctx.log(f"evaluating {target['label']} (step {target['step']})")
@@ -352,12 +405,38 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
             f"win rate {overall.get('win_rate_vs_start')}"
         )
         results.append(result)
-    guards = evaluation["select"]["guards"]
-    atomic_write_text(ctx.path("eval/trajectory.svg"), trajectory_svg(results, guards=guards))
-    outputs = [f"eval/{t['label']}.json" for t in targets] + ["eval/trajectory.svg"]
-    if evaluation["human_eval"]["enabled"]:
-        outputs += human_eval_tasks(ctx, eval_sets, results)
-    table = [
+    return results
+
+
+def _export_human_eval(
+    ctx: StageContext, prompt_sets: dict[str, list[str]], results: list[dict[str, Any]]
+) -> list[str]:
+    """Blinded checkpoint-vs-start pairs for human evaluators; returns the paths written."""
+    from rlhfspec.runtime.evaluation.selection import export_human_eval
+
+    spec = ctx.settings
+
+    def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+        return [
+            (p, r)
+            for name in prompt_sets
+            for p, r in zip(prompt_sets[name], result["responses"][name], strict=True)
+        ]
+
+    written = export_human_eval(
+        {res["label"]: rows(res) for res in results[1:]},
+        rows(results[0]),
+        ctx.path("eval"),
+        seed=int(spec["seed"]),
+        per_checkpoint=int(spec["evaluation"]["human_eval"]["per_checkpoint"]),
+        criteria_version=spec["criteria"]["version"],
+    )
+    return [str(p.relative_to(ctx.run_dir)) for p in written]
+
+
+def _summary_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per evaluated checkpoint: the figures selection and the handoff compare."""
+    return [
         {
             "label": r["label"],
             "step": r["step"],
@@ -371,40 +450,6 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
         }
         for r in results
     ]
-    atomic_write_text(ctx.path("eval/summary.json"), json.dumps(table, indent=2) + "\n")
-    return StageOutcome(
-        outputs + ["eval/summary.json"],
-        {"checkpoints": table},
-        summary=f"{len(results)} checkpoints evaluated on {', '.join(prompt_sets)}",
-    )
-
-
-def human_eval_tasks(
-    ctx: StageContext, eval_sets: dict[str, list[dict[str, Any]]], results: list[dict[str, Any]]
-) -> list[str]:
-    """Human-evaluation tasks: each checkpoint's responses against the start's, on the same
-    prompts (shown as text: a multi-turn prompt's transcript); returns the files written."""
-    from rlhfspec.runtime.evaluation.selection import export_human_eval
-
-    spec = ctx.settings
-    shown = {name: [p["text"] for p in rows] for name, rows in eval_sets.items()}
-
-    def pairs(result: dict[str, Any]) -> list[tuple[str, str]]:
-        return [
-            (p, r)
-            for name in shown
-            for p, r in zip(shown[name], result["responses"][name], strict=True)
-        ]
-
-    written = export_human_eval(
-        {res["label"]: pairs(res) for res in results[1:]},
-        pairs(results[0]),
-        ctx.path("eval"),
-        seed=int(spec["seed"]),
-        per_checkpoint=int(spec["evaluation"]["human_eval"]["per_checkpoint"]),
-        criteria_version=spec["criteria"]["version"],
-    )
-    return [str(p.relative_to(ctx.run_dir)) for p in written]
 
 
 HUMAN_JUDGEMENTS = "eval/human_eval/judgements.jsonl"
@@ -413,7 +458,9 @@ HUMAN_JUDGEMENTS = "eval/human_eval/judgements.jsonl"
 def select_stage(ctx: StageContext) -> StageOutcome:
     from rlhfspec.runtime.evaluation.selection import import_human_eval, select_checkpoint
 
-    summary = json.loads(ctx.upstream("eval/summary.json").read_text(encoding="utf-8"))
+    summary = read_summary(
+        json.loads(ctx.upstream(EVAL_SUMMARY).read_text(encoding="utf-8")), EVAL_SUMMARY
+    )
     evals = [
         json.loads(ctx.upstream(f"eval/{row['label']}.json").read_text(encoding="utf-8"))
         for row in summary

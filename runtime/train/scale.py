@@ -379,8 +379,7 @@ class MetricsTracker:
         elif self.backend == "trackio":
             import trackio
 
-            finish: Any = trackio.finish  # untyped in trackio 0.43 (mypy strict)
-            finish()
+            trackio.finish()  # type: ignore[no-untyped-call,unused-ignore]
 
 
 # ---------------------------------------------------------------------------------------------
