@@ -298,7 +298,7 @@ def make_run(root: Path, *, hostile: bool = False, human: bool = False) -> Path:
         human_results = import_human_eval(
             run / "eval/human_eval/judgements.jsonl", run / "eval/human_eval/key.json"
         )
-    _json(run, "eval/summary.json", summary)
+    _json(run, "eval/summary.json", summary)  # the bare list older runs wrote: still read
     outputs["evaluate"].append("eval/summary.json")
     decision = select_checkpoint(results[1:], maximize="reward_mean", guards=guards, human=human_results)  # fmt: skip
     _json(run, "selection.json", decision)
@@ -391,6 +391,8 @@ def test_package_is_complete_and_verifies(base_run: Path, tmp_path: Path) -> Non
     # the gold items are the spec's own file, and the plan documents are the compiled ones
     assert files["playbook/gold_items.jsonl"] == (SPECS / "support-assistant/data/gold.jsonl").read_bytes()  # fmt: skip
     assert files["criteria/criteria.md"] == (base_run / "plan/criteria.md").read_bytes()
+    examples = json.loads(files["playbook/worked_examples.json"])
+    assert examples["format"] == "rlhfspec.worked_examples/1" and examples["examples"]
     verified = verify_package(out)
     assert verified.ok and verified.checked == len(EXPECTED) - 1, verified.lines()
     assert verified.lines()[-1].endswith(f"OK, {len(EXPECTED) - 1} files match their checksums")
