@@ -23,7 +23,7 @@ from rlhfspec.compiler.diagnostics import json_path
 from rlhfspec.compiler.lockfile import criteria_hash, lock_path_for, read_lock
 from rlhfspec.compiler.memory import stage_memory
 from rlhfspec.compiler.schemas import PLAN_SCHEMA, SPEC_SCHEMA, load_schema
-from rlhfspec.compiler.semantic import iter_paths, used_base_models
+from rlhfspec.compiler.spec_paths import iter_paths, used_base_models
 
 PLAN_VERSION = 1
 PLAN_FORMAT = "rlhfspec.plan/1"
