@@ -148,47 +148,61 @@ def unbounded_numbers(data: Any, locator: Locator, *, file: str) -> list[Diagnos
 
 
 def _convert(error: ValidationError, locator: Locator, file: str) -> list[Diagnostic]:
+    """One jsonschema error as diagnostics: key errors point at the key, the rest at the value."""
     path: JsonPath = tuple(error.absolute_path)
     kind = error.validator
     schema = error.schema if isinstance(error.schema, dict) else {}
     instance = error.instance
-    where = json_path(path)
-
     if kind == "additionalProperties" and isinstance(instance, dict):
-        allowed = list(schema.get("properties", {}))
-        diags = []
-        for key in instance:
-            if key in allowed:
-                continue
-            key_path = path + (key,)
-            line, col = locator.key(key_path)
-            guess = suggest(str(key), allowed)
-            message = f"unknown key '{key}' in {where}"
-            message += f"; did you mean '{guess}'?" if guess else ""
-            hint = None if guess else "allowed keys: " + ", ".join(allowed)
-            diags.append(
-                make(
-                    "S001",
-                    message,
-                    file=file,
-                    line=line,
-                    col=col,
-                    path=json_path(key_path),
-                    hint=hint,
-                )
-            )
-        return diags
-
+        return _unknown_keys(instance, path, schema, locator, file)
     if kind == "propertyNames":
-        key = str(instance)
+        return _unknown_property_name(error, path, locator, file)
+    if kind == "required" and isinstance(instance, dict):
+        return _missing_keys(error, instance, path, schema, locator, file)
+    line, col = locator.value(path)
+    where = json_path(path)
+    if kind == "type":
+        return [_type_mismatch(instance, schema, file=file, line=line, col=col, where=where)]
+    if kind in ("enum", "const"):
+        return [_not_allowed(error, file=file, line=line, col=col, where=where)]
+    if kind in RANGE_VALIDATORS:
+        message = f"{_short(instance)} is out of range: {error.message}"
+        hint = schema.get("description") or None
+        return [make("S005", message, file=file, line=line, col=col, path=where, hint=hint)]
+    if kind in FORMAT_VALIDATORS:
+        if kind == "pattern":
+            message = f"{_short(instance)} does not have the required form (pattern {error.validator_value})"
+        else:
+            message = error.message
+        hint = schema.get("description") or None
+        return [make("S006", message, file=file, line=line, col=col, path=where, hint=hint)]
+    if kind == "uniqueItems":
+        message = f"items must be unique: {error.message}"
+        return [make("S007", message, file=file, line=line, col=col, path=where)]
+    return [make("S008", error.message, file=file, line=line, col=col, path=where)]
+
+
+def _unknown_keys(
+    instance: dict[str, Any],
+    path: JsonPath,
+    schema: dict[str, Any],
+    locator: Locator,
+    file: str,
+) -> list[Diagnostic]:
+    """S001 for each key the schema does not allow, with the closest allowed key."""
+    allowed = list(schema.get("properties", {}))
+    where = json_path(path)
+    diags = []
+    for key in instance:
+        if key in allowed:
+            continue
         key_path = path + (key,)
         line, col = locator.key(key_path)
-        allowed = [str(v) for v in error.validator_value.get("enum", [])]
-        guess = suggest(key, allowed)
-        message = f"unknown key '{key}' in {where}" + (
-            f"; did you mean '{guess}'?" if guess else ""
-        )
-        return [
+        guess = suggest(str(key), allowed)
+        message = f"unknown key '{key}' in {where}"
+        message += f"; did you mean '{guess}'?" if guess else ""
+        hint = None if guess else "allowed keys: " + ", ".join(allowed)
+        diags.append(
             make(
                 "S001",
                 message,
@@ -196,98 +210,96 @@ def _convert(error: ValidationError, locator: Locator, file: str) -> list[Diagno
                 line=line,
                 col=col,
                 path=json_path(key_path),
-                hint="allowed keys: " + ", ".join(allowed),
+                hint=hint,
             )
-        ]
-
-    if kind == "required" and isinstance(instance, dict):
-        diags = []
-        for key in error.validator_value:
-            if key in instance:
-                continue
-            key_path = path + (key,)
-            line, col = locator.key(path) if path else (1, 1)
-            description = schema.get("properties", {}).get(key, {}).get("description", "")
-            diags.append(
-                make(
-                    "S002",
-                    f"missing required key '{key}' in {where}",
-                    file=file,
-                    line=line,
-                    col=col,
-                    path=json_path(key_path),
-                    hint=f"add '{key}': {description}" if description else None,
-                )
-            )
-        return diags
-
-    line, col = locator.value(path)
-
-    if kind == "type":
-        expected = _expected_types(schema)
-        message = f"expected {expected}, got {_type_name(instance)} {_short(instance)}"
-        hint = None
-        if "boolean" in expected and isinstance(instance, str) and instance in YAML11_BOOLEANS:
-            hint = (
-                "YAML 1.2 booleans are only true and false; 'yes', 'no', 'on' and 'off' are strings"
-            )
-        elif ("number" in expected or "integer" in expected) and isinstance(instance, str):
-            hint = "write the number without quotes"
-        return [make("S003", message, file=file, line=line, col=col, path=where, hint=hint)]
-
-    if kind in ("enum", "const"):
-        allowed_values = error.validator_value if kind == "enum" else [error.validator_value]
-        allowed_text = ", ".join(repr(v) for v in allowed_values)
-        guess = (
-            suggest(str(instance), [str(v) for v in allowed_values])
-            if isinstance(instance, str)
-            else None
         )
-        message = f"{_short(instance)} is not allowed here; expected one of {allowed_text}"
-        if guess:
-            message += f"; did you mean '{guess}'?"
-        return [make("S004", message, file=file, line=line, col=col, path=where)]
+    return diags
 
-    if kind in RANGE_VALIDATORS:
-        return [
+
+def _unknown_property_name(
+    error: ValidationError, path: JsonPath, locator: Locator, file: str
+) -> list[Diagnostic]:
+    """S001 for a key outside a propertyNames enum (maps keyed by dimension ids and such)."""
+    key = str(error.instance)
+    key_path = path + (key,)
+    line, col = locator.key(key_path)
+    allowed = [str(v) for v in error.validator_value.get("enum", [])]
+    guess = suggest(key, allowed)
+    message = f"unknown key '{key}' in {json_path(path)}" + (
+        f"; did you mean '{guess}'?" if guess else ""
+    )
+    return [
+        make(
+            "S001",
+            message,
+            file=file,
+            line=line,
+            col=col,
+            path=json_path(key_path),
+            hint="allowed keys: " + ", ".join(allowed),
+        )
+    ]
+
+
+def _missing_keys(
+    error: ValidationError,
+    instance: dict[str, Any],
+    path: JsonPath,
+    schema: dict[str, Any],
+    locator: Locator,
+    file: str,
+) -> list[Diagnostic]:
+    """S002 for each required key that is absent, with the key's description as the hint."""
+    where = json_path(path)
+    diags = []
+    for key in error.validator_value:
+        if key in instance:
+            continue
+        key_path = path + (key,)
+        line, col = locator.key(path) if path else (1, 1)
+        description = schema.get("properties", {}).get(key, {}).get("description", "")
+        diags.append(
             make(
-                "S005",
-                f"{_short(instance)} is out of range: {error.message}",
+                "S002",
+                f"missing required key '{key}' in {where}",
                 file=file,
                 line=line,
                 col=col,
-                path=where,
-                hint=schema.get("description") or None,
+                path=json_path(key_path),
+                hint=f"add '{key}': {description}" if description else None,
             )
-        ]
+        )
+    return diags
 
-    if kind in FORMAT_VALIDATORS:
-        if kind == "pattern":
-            message = f"{_short(instance)} does not have the required form (pattern {error.validator_value})"
-        else:
-            message = error.message
-        return [
-            make(
-                "S006",
-                message,
-                file=file,
-                line=line,
-                col=col,
-                path=where,
-                hint=schema.get("description") or None,
-            )
-        ]
 
-    if kind == "uniqueItems":
-        return [
-            make(
-                "S007",
-                f"items must be unique: {error.message}",
-                file=file,
-                line=line,
-                col=col,
-                path=where,
-            )
-        ]
+def _type_mismatch(
+    instance: Any, schema: dict[str, Any], *, file: str, line: int, col: int, where: str
+) -> Diagnostic:
+    """S003, with a hint for the two usual YAML slips: yes/no booleans and quoted numbers."""
+    expected = _expected_types(schema)
+    message = f"expected {expected}, got {_type_name(instance)} {_short(instance)}"
+    hint = None
+    if "boolean" in expected and isinstance(instance, str) and instance in YAML11_BOOLEANS:
+        hint = "YAML 1.2 booleans are only true and false; 'yes', 'no', 'on' and 'off' are strings"
+    elif ("number" in expected or "integer" in expected) and isinstance(instance, str):
+        hint = "write the number without quotes"
+    return make("S003", message, file=file, line=line, col=col, path=where, hint=hint)
 
-    return [make("S008", error.message, file=file, line=line, col=col, path=where)]
+
+def _not_allowed(
+    error: ValidationError, *, file: str, line: int, col: int, where: str
+) -> Diagnostic:
+    """S004 for a value outside an enum or const, with the closest allowed value."""
+    instance = error.instance
+    kind = error.validator
+    allowed_values = error.validator_value if kind == "enum" else [error.validator_value]
+    allowed_text = ", ".join(repr(v) for v in allowed_values)
+    guess = (
+        suggest(str(instance), [str(v) for v in allowed_values])
+        if isinstance(instance, str)
+        else None
+    )
+    message = f"{_short(instance)} is not allowed here; expected one of {allowed_text}"
+    if guess:
+        message += f"; did you mean '{guess}'?"
+    return make("S004", message, file=file, line=line, col=col, path=where)

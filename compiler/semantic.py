@@ -404,51 +404,67 @@ class Checker:
     # Stage 5 ---------------------------------------------------------------
     def policy(self) -> None:
         policy = self.spec["policy"]
+        if policy["kl"]["mode"] == "adaptive":
+            self._adaptive_kl(policy)
+        else:
+            self._fixed_kl(policy)
+        self._start_points_and_code(policy)
+        if policy["method"] == "ppo":
+            self._ppo_schedule(policy)
+
+    def _adaptive_kl(self, policy: dict[str, Any]) -> None:
+        """O002/O006: an adaptive KL controller needs a target, a start and a guard above it."""
         kl = policy["kl"]
         kl_path: JsonPath = ("policy", "kl")
-        if kl["mode"] == "adaptive":
-            if "target" not in kl:
-                self.emit(
-                    "O002",
-                    "adaptive KL needs a target",
-                    kl_path,
-                    key=True,
-                    hint="add target: (e.g. 6.0)",
-                )
-            if kl["coef"] == 0:
-                self.emit(
-                    "O002",
-                    "adaptive KL cannot start from coef 0: the controller only scales it",
-                    kl_path + ("coef",),
-                )
-            if policy["method"] == "dpo":
-                self.emit(
-                    "O002",
-                    "DPO has no adaptive KL controller; its constraint is dpo.beta",
-                    kl_path + ("mode",),
-                )
-            guard = self.spec["evaluation"]["select"]["guards"]["max_kl"]
-            if "target" in kl and guard < kl["target"]:
-                self.emit(
-                    "O006",
-                    f"guard max_kl {guard} is below the KL target {kl['target']}",
-                    ("evaluation", "select", "guards", "max_kl"),
-                )
-        else:
-            if "target" in kl:
-                self.emit(
-                    "O002",
-                    "kl.target only applies in adaptive mode",
-                    kl_path + ("target",),
-                    hint="set mode: adaptive or remove target",
-                )
-            if kl["coef"] == 0 and policy["method"] == "ppo":
-                self.emit(
-                    "O003",
-                    "KL coefficient 0: nothing keeps the policy near its reference",
-                    kl_path + ("coef",),
-                    hint="start with a moderate penalty such as 0.05 and adjust at checkpoints",
-                )
+        if "target" not in kl:
+            self.emit(
+                "O002",
+                "adaptive KL needs a target",
+                kl_path,
+                key=True,
+                hint="add target: (e.g. 6.0)",
+            )
+        if kl["coef"] == 0:
+            self.emit(
+                "O002",
+                "adaptive KL cannot start from coef 0: the controller only scales it",
+                kl_path + ("coef",),
+            )
+        if policy["method"] == "dpo":
+            self.emit(
+                "O002",
+                "DPO has no adaptive KL controller; its constraint is dpo.beta",
+                kl_path + ("mode",),
+            )
+        guard = self.spec["evaluation"]["select"]["guards"]["max_kl"]
+        if "target" in kl and guard < kl["target"]:
+            self.emit(
+                "O006",
+                f"guard max_kl {guard} is below the KL target {kl['target']}",
+                ("evaluation", "select", "guards", "max_kl"),
+            )
+
+    def _fixed_kl(self, policy: dict[str, Any]) -> None:
+        """O002/O003: a fixed KL has no target, and PPO with coef 0 has no tether at all."""
+        kl = policy["kl"]
+        kl_path: JsonPath = ("policy", "kl")
+        if "target" in kl:
+            self.emit(
+                "O002",
+                "kl.target only applies in adaptive mode",
+                kl_path + ("target",),
+                hint="set mode: adaptive or remove target",
+            )
+        if kl["coef"] == 0 and policy["method"] == "ppo":
+            self.emit(
+                "O003",
+                "KL coefficient 0: nothing keeps the policy near its reference",
+                kl_path + ("coef",),
+                hint="start with a moderate penalty such as 0.05 and adjust at checkpoints",
+            )
+
+    def _start_points_and_code(self, policy: dict[str, Any]) -> None:
+        """O005/O007/O008: start_from_sft without SFT, remote code, the other method's block."""
         for section in ("policy", "reward_model"):
             if self.spec[section]["start_from_sft"] and not self.spec["sft"]["enabled"]:
                 self.emit(
@@ -471,31 +487,33 @@ class Checker:
                 ("policy", other),
                 key=True,
             )
-        if policy["method"] == "ppo":
-            ppo = policy["ppo"]
-            if ppo["rollout_batch_size"] % ppo["mini_batches"]:
-                self.emit(
-                    "O004",
-                    f"rollout_batch_size {ppo['rollout_batch_size']} does not split into "
-                    f"{ppo['mini_batches']} equal minibatches",
-                    ("policy", "ppo", "mini_batches"),
-                )
-            updates = ppo["total_episodes"] // ppo["rollout_batch_size"]
-            if updates < 1:
-                self.emit(
-                    "O001",
-                    f"total_episodes {ppo['total_episodes']} is less than one rollout batch "
-                    f"({ppo['rollout_batch_size']})",
-                    ("policy", "ppo", "total_episodes"),
-                )
-            elif policy["checkpoint_every"] > updates:
-                self.emit(
-                    "O001",
-                    f"checkpoint_every {policy['checkpoint_every']} exceeds the {updates} PPO updates "
-                    f"({ppo['total_episodes']} episodes / {ppo['rollout_batch_size']} per update)",
-                    ("policy", "checkpoint_every"),
-                    hint=f"use at most {updates}",
-                )
+
+    def _ppo_schedule(self, policy: dict[str, Any]) -> None:
+        """O004/O001: minibatches that split the rollout, and checkpoints the run will reach."""
+        ppo = policy["ppo"]
+        if ppo["rollout_batch_size"] % ppo["mini_batches"]:
+            self.emit(
+                "O004",
+                f"rollout_batch_size {ppo['rollout_batch_size']} does not split into "
+                f"{ppo['mini_batches']} equal minibatches",
+                ("policy", "ppo", "mini_batches"),
+            )
+        updates = ppo["total_episodes"] // ppo["rollout_batch_size"]
+        if updates < 1:
+            self.emit(
+                "O001",
+                f"total_episodes {ppo['total_episodes']} is less than one rollout batch "
+                f"({ppo['rollout_batch_size']})",
+                ("policy", "ppo", "total_episodes"),
+            )
+        elif policy["checkpoint_every"] > updates:
+            self.emit(
+                "O001",
+                f"checkpoint_every {policy['checkpoint_every']} exceeds the {updates} PPO updates "
+                f"({ppo['total_episodes']} episodes / {ppo['rollout_batch_size']} per update)",
+                ("policy", "checkpoint_every"),
+                hint=f"use at most {updates}",
+            )
 
     # Evaluation ------------------------------------------------------------
     def evaluation(self) -> None:

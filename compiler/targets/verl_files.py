@@ -59,6 +59,30 @@ def mapping_md(
         "| spec setting | value | verl keys | status | note |",
         "| --- | --- | --- | --- | --- |",
     ]
+    lines += _settings_rows(result)
+    lines += _override_section(keys)
+    lines += _refused_section(result)
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"- `data/train.parquet`: {facts.train_prompts} training prompts as chat messages "
+        "(the evaluation sets and the production holdout are never among them, by id nor by "
+        "text).",
+        f"- `data/val.parquet`: the {facts.val_prompts} prompts of the validation set, which "
+        "verl loads but, with validation off, does not train on.",
+        "- `eval/prompt_sets.json`: the evaluation sets rlhfspec evaluates the imported "
+        "checkpoints on.",
+        "",
+        "Bring the checkpoints back with `rlhfspec run SPEC --run-dir RUN --stage evaluate "
+        "--policy-checkpoints THIS_FOLDER`, then `--stage select` and `--stage handoff`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _settings_rows(result: verl.Check) -> list[str]:
+    """One table row per spec setting: its verl keys and whether it maps exactly."""
+    lines = []
     for row in result.rows:
         status = STATUS_WORDS[row.status]
         if row.acknowledged:
@@ -67,7 +91,12 @@ def mapping_md(
             f"| `{row.setting}` | {_cell(row.value)} | {_keys(row)} | {status} | "
             f"{_cell(row.note)} |"
         )
-    lines += [
+    return lines
+
+
+def _override_section(keys: dict[str, tuple[Any, str]]) -> list[str]:
+    """The verl keys set away from verl's default, with why; the rest named in one line."""
+    lines = [
         "",
         "## verl defaults overridden on purpose",
         "",
@@ -87,14 +116,16 @@ def mapping_md(
             f"| `{key}` | `{verl.hydra_value(default)}` | `{verl.hydra_value(value)}` | "
             f"{_cell(reason)} |"
         )
-    lines += [
+    return lines + [
         "",
         "Set to verl's own default, stated anyway so a change of verl's defaults cannot change "
         "the job: " + ", ".join(same) + ".",
-        "",
-        "## Refused settings",
-        "",
     ]
+
+
+def _refused_section(result: verl.Check) -> list[str]:
+    """The settings verl cannot honour, each with whether the spec acknowledged it."""
+    lines = ["", "## Refused settings", ""]
     refused = [r for r in result.rows if r.status == "refused"]
     if not refused:
         lines.append("None: every setting maps.")
@@ -103,22 +134,7 @@ def mapping_md(
             f"- `{row.setting}` = {_cell(row.value)}: {row.note}. Acknowledged: "
             f"{_cell(row.acknowledged)}."
         )
-    lines += [
-        "",
-        "## Data",
-        "",
-        f"- `data/train.parquet`: {facts.train_prompts} training prompts as chat messages "
-        "(the evaluation sets and the production holdout are never among them, by id nor by "
-        "text).",
-        f"- `data/val.parquet`: the {facts.val_prompts} prompts of the validation set, which "
-        "verl loads but, with validation off, does not train on.",
-        "- `eval/prompt_sets.json`: the evaluation sets rlhfspec evaluates the imported "
-        "checkpoints on.",
-        "",
-        "Bring the checkpoints back with `rlhfspec run SPEC --run-dir RUN --stage evaluate "
-        "--policy-checkpoints THIS_FOLDER`, then `--stage select` and `--stage handoff`.",
-    ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 _READ_OVERRIDES = r"""JOB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

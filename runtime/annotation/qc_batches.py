@@ -9,7 +9,13 @@ import numpy as np
 import numpy.typing as npt
 
 from rlhfspec.common.findings import Finding
-from rlhfspec.runtime.annotation.qc_frame import _agreement, _band, _Frame, _iso_weeks
+from rlhfspec.runtime.annotation.qc_frame import (
+    _Agreement,
+    _agreement,
+    _band,
+    _Frame,
+    _iso_weeks,
+)
 from rlhfspec.runtime.annotation.qc_model import _LABELS, QcSettings, _finding, _rate
 from rlhfspec.runtime.annotation.records import AnnotationTable
 
@@ -48,6 +54,29 @@ def _check_votes(
                 float(short.sum()), float(settings.annotators_per_item),
             )
         )  # fmt: skip
+    findings += _check_unkeyed_gold(frame, table)
+    justification_findings, justification = _check_justifications(frame, settings, table)
+    findings += justification_findings
+    metrics = {
+        "split_votes": {
+            "items": n_voted,
+            "split": n_split,
+            "share": share,
+            "threshold": settings.max_split_vote_share,
+        },
+        "coverage": {
+            "items": int(labelled.sum()),
+            "under_covered": int(short.sum()),
+            "annotators_per_item": settings.annotators_per_item,
+        },
+        "justification": justification,
+    }
+    return findings, metrics
+
+
+def _check_unkeyed_gold(frame: _Frame, table: AnnotationTable) -> list[Finding]:
+    """Q018: records marked gold whose item has no answer in the gold file."""
+    findings: list[Finding] = []
     unkeyed = table.gold.astype(bool) & ~frame.has_key
     if unkeyed.any():
         findings.append(
@@ -59,6 +88,14 @@ def _check_votes(
                 float(unkeyed.sum()),
             )
         )  # fmt: skip
+    return findings
+
+
+def _check_justifications(
+    frame: _Frame, settings: QcSettings, table: AnnotationTable
+) -> tuple[list[Finding], dict[str, Any]]:
+    """Q016: records without the justification the spec requires; the share per annotator."""
+    findings: list[Finding] = []
     justified = table.has_justification.astype(bool)
     by_annotator = frame.count(~justified)
     if settings.justification == "required" and by_annotator.any():
@@ -73,28 +110,14 @@ def _check_votes(
                 float(by_annotator.sum()),
             )
         )  # fmt: skip
-    metrics = {
-        "split_votes": {
-            "items": n_voted,
-            "split": n_split,
-            "share": share,
-            "threshold": settings.max_split_vote_share,
-        },
-        "coverage": {
-            "items": int(labelled.sum()),
-            "under_covered": int(short.sum()),
-            "annotators_per_item": settings.annotators_per_item,
-        },
-        "justification": {
-            "required": settings.justification,
-            "missing": int(by_annotator.sum()),
-            "share_by_annotator": {
-                name: _rate(int(frame.count(justified)[a]), int(frame.count(frame.ann >= 0)[a]))
-                for a, name in enumerate(frame.names)
-            },
+    return findings, {
+        "required": settings.justification,
+        "missing": int(by_annotator.sum()),
+        "share_by_annotator": {
+            name: _rate(int(frame.count(justified)[a]), int(frame.count(frame.ann >= 0)[a]))
+            for a, name in enumerate(frame.names)
         },
     }
-    return findings, metrics
 
 
 def _batch_order(settings: QcSettings, table: AnnotationTable) -> list[str]:
@@ -161,49 +184,11 @@ def _check_batches(
             out.append(entry)
             continue
         rows = batch == code
-        every = frame.agreement(rows & frame.main, settings)
-        judged = frame.agreement(rows & frame.main & kept, settings)
-        g_ok, g_n = frame.gold_accuracy(rows)
-        k_ok, k_n = frame.gold_accuracy(rows & kept)
-        entry.update({
-            "records": int(rows.sum()),
-            "items": int(np.unique(frame.item[rows & frame.main]).size),
-            "annotators": int(np.unique(frame.ann[rows]).size),
-            "metric_used": every.metric,
-            "agreement": every.value,
-            "band": _band(every.value),
-            "agreement_kept": judged.value,
-            "band_kept": _band(judged.value),
-            "reference_agreement": _rate(int((frame.match & rows).sum()), int((frame.scored & rows).sum())),
-            "gold_scored": g_n,
-            "gold_accuracy": _rate(g_ok, g_n),
-            "gold_scored_kept": k_n,
-            "gold_accuracy_kept": _rate(k_ok, k_n),
-        })  # fmt: skip
+        judged, (k_ok, k_n) = _batch_figures(frame, settings, rows, kept, entry)
         out.append(entry)
+        has_kept = bool((rows & frame.main & kept).any())
+        findings += _batch_level(subject, judged, has_kept, settings, kept_overall)
         value = judged.value
-        if not math.isfinite(value):
-            if (rows & frame.main & kept).any():
-                findings.append(
-                    _finding("Q020", subject, f"{judged.metric} undefined: {judged.note}")
-                )
-        elif value < settings.floor:
-            findings.append(
-                _finding(
-                    "Q009", subject,
-                    f"{judged.metric} {value:.3f} below the floor {settings.floor:g}",
-                    value, settings.floor,
-                )
-            )  # fmt: skip
-        elif value < settings.target and kept_overall >= settings.target:
-            findings.append(
-                _finding(
-                    "Q010", subject,
-                    f"{judged.metric} {value:.3f} below the target {settings.target:g} (all "
-                    f"batches together: {kept_overall:.3f})",
-                    value, settings.target,
-                )
-            )  # fmt: skip
         if math.isfinite(value):
             if baseline is None:
                 baseline = value
@@ -227,6 +212,64 @@ def _check_batches(
                 )
             )  # fmt: skip
     return findings, out
+
+
+def _batch_figures(
+    frame: _Frame,
+    settings: QcSettings,
+    rows: npt.NDArray[np.bool_],
+    kept: npt.NDArray[np.bool_],
+    entry: dict[str, Any],
+) -> tuple[_Agreement, tuple[int, int]]:
+    """Fill one batch's metrics entry; return the kept annotators' agreement and gold score."""
+    every = frame.agreement(rows & frame.main, settings)
+    judged = frame.agreement(rows & frame.main & kept, settings)
+    g_ok, g_n = frame.gold_accuracy(rows)
+    k_ok, k_n = frame.gold_accuracy(rows & kept)
+    entry.update({
+        "records": int(rows.sum()),
+        "items": int(np.unique(frame.item[rows & frame.main]).size),
+        "annotators": int(np.unique(frame.ann[rows]).size),
+        "metric_used": every.metric,
+        "agreement": every.value,
+        "band": _band(every.value),
+        "agreement_kept": judged.value,
+        "band_kept": _band(judged.value),
+        "reference_agreement": _rate(int((frame.match & rows).sum()), int((frame.scored & rows).sum())),
+        "gold_scored": g_n,
+        "gold_accuracy": _rate(g_ok, g_n),
+        "gold_scored_kept": k_n,
+        "gold_accuracy_kept": _rate(k_ok, k_n),
+    })  # fmt: skip
+    return judged, (k_ok, k_n)
+
+
+def _batch_level(
+    subject: str, judged: _Agreement, has_kept: bool, settings: QcSettings, kept_overall: float
+) -> list[Finding]:
+    """Q020/Q009/Q010: a batch's agreement undefined, below the floor, or below the target."""
+    value = judged.value
+    if not math.isfinite(value):
+        if has_kept:
+            return [_finding("Q020", subject, f"{judged.metric} undefined: {judged.note}")]
+    elif value < settings.floor:
+        return [
+            _finding(
+                "Q009", subject,
+                f"{judged.metric} {value:.3f} below the floor {settings.floor:g}",
+                value, settings.floor,
+            )
+        ]  # fmt: skip
+    elif value < settings.target and kept_overall >= settings.target:
+        return [
+            _finding(
+                "Q010", subject,
+                f"{judged.metric} {value:.3f} below the target {settings.target:g} (all "
+                f"batches together: {kept_overall:.3f})",
+                value, settings.target,
+            )
+        ]  # fmt: skip
+    return []
 
 
 def _over_time(

@@ -120,41 +120,13 @@ def select_checkpoint(
     threshold and verdict), which guards each failing checkpoint broke, the ranking of the
     eligible ones and the chosen checkpoint (None, with the reason, when none qualifies).
     """
-    if maximize not in METRICS:
-        raise RunError(f"unknown selection metric {maximize!r}; expected one of {METRICS}")
-    thresholds = {**DEFAULT_GUARDS, **{k: v for k, v in (guards or {}).items() if v is not None}}
-    unknown = sorted(set(thresholds) - set(DEFAULT_GUARDS))
-    if unknown:
-        raise RunError(f"unknown selection guard(s): {', '.join(unknown)}")
+    thresholds = _thresholds(maximize, guards)
     labels = [str(e["label"]) for e in evals]
     if len(set(labels)) != len(labels):
         raise RunError(f"checkpoint labels must be unique, got {labels}")
     human = {str(k): v for k, v in (human or {}).items()}
     stray = sorted(set(human) - set(labels))
-
-    rows: list[dict[str, Any]] = []
-    for evaluation in sorted(evals, key=lambda e: (int(e["step"]), str(e["label"]))):
-        values = _guard_values(evaluation)
-        checks: dict[str, Any] = {}
-        for name, threshold in thresholds.items():
-            value = values[name]
-            passed = _passes(name, value, threshold, evaluation["overall"])
-            checks[name] = {"value": value, "threshold": threshold, "passed": passed}
-        rate, n = _human_value(human.get(str(evaluation["label"])))
-        rows.append(
-            {
-                "label": str(evaluation["label"]),
-                "step": int(evaluation["step"]),
-                "metric": maximize,
-                "value": _metric_value(evaluation, maximize),
-                "human_win_rate": rate,
-                "human_n": n,
-                "guards": checks,
-                "failed_guards": [g for g, c in checks.items() if not c["passed"]],
-            }
-        )
-    for row in rows:
-        row["passed"] = not row["failed_guards"]
+    rows = _candidate_rows(evals, thresholds, human, maximize)
     eligible = [r for r in rows if r["passed"]]
 
     human_present = any(r["human_win_rate"] is not None for r in rows)
@@ -179,7 +151,76 @@ def select_checkpoint(
     if unranked:
         what = "no human judgements" if use_human else f"no {maximize} value"
         notes.append(f"not ranked ({what}): {', '.join(unranked)}")
+    chosen, reason = _decide(rows, eligible, ranked, rule=rule, key=key)
+    return {
+        "rule": rule,
+        "maximize": maximize,
+        "prefer_human": prefer_human,
+        "human_present": human_present,
+        "guards": thresholds,
+        "tie_break": TIE_BREAK,
+        "candidates": rows,
+        "failed": {r["label"]: r["failed_guards"] for r in rows if r["failed_guards"]},
+        "ranking": [r["label"] for r in ranked],
+        "chosen": chosen,
+        "reason": reason,
+        "notes": notes,
+    }
 
+
+def _thresholds(maximize: str, guards: dict[str, float] | None) -> dict[str, float]:
+    """The guards in force: the defaults overridden by the spec's, after checking the names."""
+    if maximize not in METRICS:
+        raise RunError(f"unknown selection metric {maximize!r}; expected one of {METRICS}")
+    thresholds = {**DEFAULT_GUARDS, **{k: v for k, v in (guards or {}).items() if v is not None}}
+    unknown = sorted(set(thresholds) - set(DEFAULT_GUARDS))
+    if unknown:
+        raise RunError(f"unknown selection guard(s): {', '.join(unknown)}")
+    return thresholds
+
+
+def _candidate_rows(
+    evals: Sequence[dict[str, Any]],
+    thresholds: dict[str, float],
+    human: dict[str, Any],
+    maximize: str,
+) -> list[dict[str, Any]]:
+    """One row per checkpoint, in step order: its metric, human win rate and guard verdicts."""
+    rows: list[dict[str, Any]] = []
+    for evaluation in sorted(evals, key=lambda e: (int(e["step"]), str(e["label"]))):
+        values = _guard_values(evaluation)
+        checks: dict[str, Any] = {}
+        for name, threshold in thresholds.items():
+            value = values[name]
+            passed = _passes(name, value, threshold, evaluation["overall"])
+            checks[name] = {"value": value, "threshold": threshold, "passed": passed}
+        rate, n = _human_value(human.get(str(evaluation["label"])))
+        rows.append(
+            {
+                "label": str(evaluation["label"]),
+                "step": int(evaluation["step"]),
+                "metric": maximize,
+                "value": _metric_value(evaluation, maximize),
+                "human_win_rate": rate,
+                "human_n": n,
+                "guards": checks,
+                "failed_guards": [g for g, c in checks.items() if not c["passed"]],
+            }
+        )
+    for row in rows:
+        row["passed"] = not row["failed_guards"]
+    return rows
+
+
+def _decide(
+    rows: list[dict[str, Any]],
+    eligible: list[dict[str, Any]],
+    ranked: list[dict[str, Any]],
+    *,
+    rule: str,
+    key: str,
+) -> tuple[dict[str, Any] | None, str]:
+    """The chosen checkpoint (None when none qualifies) and the reason, in words."""
     chosen: dict[str, Any] | None = None
     if not rows:
         reason = "no checkpoints were evaluated"
@@ -199,20 +240,7 @@ def select_checkpoint(
         )
         if runner_up:
             reason += f"; tied with {', '.join(r['label'] for r in runner_up)}, earlier step wins"
-    return {
-        "rule": rule,
-        "maximize": maximize,
-        "prefer_human": prefer_human,
-        "human_present": human_present,
-        "guards": thresholds,
-        "tie_break": TIE_BREAK,
-        "candidates": rows,
-        "failed": {r["label"]: r["failed_guards"] for r in rows if r["failed_guards"]},
-        "ranking": [r["label"] for r in ranked],
-        "chosen": chosen,
-        "reason": reason,
-        "notes": notes,
-    }
+    return chosen, reason
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,16 +285,7 @@ def export_human_eval(
     exported: dict[str, int] = {}
     for label in sorted(responses_by_label):
         rows = responses_by_label[label]
-        if len(rows) != len(baseline):
-            raise RunError(
-                f"checkpoint {label!r}: {len(rows)} responses, but the baseline has {len(baseline)}"
-            )
-        for index, ((prompt, _), (base_prompt, _)) in enumerate(zip(rows, baseline, strict=True)):
-            if prompt != base_prompt:
-                raise RunError(
-                    f"checkpoint {label!r}: prompt {index} differs from the baseline's; "
-                    "both must answer the same prompts in the same order"
-                )
+        _check_aligned(label, rows, baseline)
         indices = sorted(rng.sample(range(len(rows)), min(per_checkpoint, len(rows))))
         shown = [i for i in indices if rows[i][1] != baseline[i][1]]
         identical[label] = len(indices) - len(shown)
@@ -292,8 +311,38 @@ def export_human_eval(
             )
             key_tasks[task_id] = {"label": label, "checkpoint_side": side, "prompt_index": index}
     rng.shuffle(tasks)  # interleave checkpoints: task order must not reveal them either
+    key = {
+        "format": KEY_FORMAT,
+        "seed": seed,
+        "criteria_version": criteria_version,
+        "per_checkpoint": per_checkpoint,
+        "exported": exported,
+        "identical": identical,
+        "tasks": {t["task_id"]: key_tasks[t["task_id"]] for t in tasks},
+    }
+    return _write_human_eval(Path(out_dir) / "human_eval", tasks, key, criteria_version)
 
-    folder = Path(out_dir) / "human_eval"
+
+def _check_aligned(
+    label: str, rows: list[tuple[str, str]], baseline: list[tuple[str, str]]
+) -> None:
+    """A checkpoint's rows must answer the baseline's prompts, in the same order."""
+    if len(rows) != len(baseline):
+        raise RunError(
+            f"checkpoint {label!r}: {len(rows)} responses, but the baseline has {len(baseline)}"
+        )
+    for index, ((prompt, _), (base_prompt, _)) in enumerate(zip(rows, baseline, strict=True)):
+        if prompt != base_prompt:
+            raise RunError(
+                f"checkpoint {label!r}: prompt {index} differs from the baseline's; "
+                "both must answer the same prompts in the same order"
+            )
+
+
+def _write_human_eval(
+    folder: Path, tasks: list[dict[str, Any]], key: dict[str, Any], criteria_version: str
+) -> list[Path]:
+    """The evaluators' files (tasks, Label Studio import and config) and the key, kept apart."""
     paths = {
         name: folder / name
         for name in ("tasks.jsonl", "label_studio.json", "config.xml", "key.json")
@@ -309,15 +358,6 @@ def export_human_eval(
         paths["config.xml"],
         labeling_config(criteria_version=criteria_version, allow_tie=True, justification="none"),
     )
-    key = {
-        "format": KEY_FORMAT,
-        "seed": seed,
-        "criteria_version": criteria_version,
-        "per_checkpoint": per_checkpoint,
-        "exported": exported,
-        "identical": identical,
-        "tasks": {t["task_id"]: key_tasks[t["task_id"]] for t in tasks},
-    }
     atomic_write_text(paths["key.json"], json.dumps(key, indent=2, ensure_ascii=False) + "\n")
     return list(paths.values())
 

@@ -286,12 +286,7 @@ def eval_settings(spec: dict[str, Any]) -> Any:
 
 
 def evaluate_stage(ctx: StageContext) -> StageOutcome:
-    from rlhfspec.runtime.evaluation.evaluate import (
-        evaluate_checkpoint,
-        trajectory_svg,
-        write_eval,
-    )
-    from rlhfspec.runtime.evaluation.selection import export_human_eval
+    from rlhfspec.runtime.evaluation.evaluate import trajectory_svg
     from rlhfspec.runtime.train.common import quiet_transformers, seed_everything
 
     quiet_transformers()
@@ -301,12 +296,36 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
     eval_sets = json.loads(ctx.upstream(PROMPT_SETS).read_text(encoding="utf-8"))
     prompt_sets = {name: [p["text"] for p in rows] for name, rows in eval_sets.items()}
     evaluation = spec["evaluation"]
-    settings = eval_settings(spec)
-    reward_model = ctx.upstream("models/reward_model")
     reference = Path(index["start"])
     targets = [{"label": "start", "step": 0, "path": str(reference)}] + [
         {**c, "path": str(ctx.path(c["path"]))} for c in index["checkpoints"]
     ]
+    results = _evaluate_targets(ctx, targets, reference, prompt_sets)
+    guards = evaluation["select"]["guards"]
+    atomic_write_text(ctx.path("eval/trajectory.svg"), trajectory_svg(results, guards=guards))
+    outputs = [f"eval/{t['label']}.json" for t in targets] + ["eval/trajectory.svg"]
+    if evaluation["human_eval"]["enabled"]:
+        outputs += _export_human_eval(ctx, prompt_sets, results)
+    table = _summary_table(results)
+    atomic_write_text(ctx.path("eval/summary.json"), json.dumps(table, indent=2) + "\n")
+    return StageOutcome(
+        outputs + ["eval/summary.json"],
+        {"checkpoints": table},
+        summary=f"{len(results)} checkpoints evaluated on {', '.join(prompt_sets)}",
+    )
+
+
+def _evaluate_targets(
+    ctx: StageContext,
+    targets: list[dict[str, Any]],
+    reference: Path,
+    prompt_sets: dict[str, list[str]],
+) -> list[dict[str, Any]]:
+    """Evaluate the start and every checkpoint in order, each against the start's responses."""
+    from rlhfspec.runtime.evaluation.evaluate import evaluate_checkpoint, write_eval
+
+    settings = eval_settings(ctx.settings)
+    reward_model = ctx.upstream("models/reward_model")
     results: list[dict[str, Any]] = []
     for target in targets:
         ctx.log(f"evaluating {target['label']} (step {target['step']})")
@@ -328,33 +347,38 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
             f"win rate {overall.get('win_rate_vs_start')}"
         )
         results.append(result)
-    guards = evaluation["select"]["guards"]
-    atomic_write_text(ctx.path("eval/trajectory.svg"), trajectory_svg(results, guards=guards))
-    outputs = [f"eval/{t['label']}.json" for t in targets] + ["eval/trajectory.svg"]
-    if evaluation["human_eval"]["enabled"]:
-        baseline = [
+    return results
+
+
+def _export_human_eval(
+    ctx: StageContext, prompt_sets: dict[str, list[str]], results: list[dict[str, Any]]
+) -> list[str]:
+    """Blinded checkpoint-vs-start pairs for human evaluators; returns the paths written."""
+    from rlhfspec.runtime.evaluation.selection import export_human_eval
+
+    spec = ctx.settings
+
+    def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+        return [
             (p, r)
             for name in prompt_sets
-            for p, r in zip(prompt_sets[name], results[0]["responses"][name], strict=True)
+            for p, r in zip(prompt_sets[name], result["responses"][name], strict=True)
         ]
-        by_label = {
-            res["label"]: [
-                (p, r)
-                for name in prompt_sets
-                for p, r in zip(prompt_sets[name], res["responses"][name], strict=True)
-            ]
-            for res in results[1:]
-        }
-        written = export_human_eval(
-            by_label,
-            baseline,
-            ctx.path("eval"),
-            seed=int(spec["seed"]),
-            per_checkpoint=int(evaluation["human_eval"]["per_checkpoint"]),
-            criteria_version=spec["criteria"]["version"],
-        )
-        outputs += [str(p.relative_to(ctx.run_dir)) for p in written]
-    table = [
+
+    written = export_human_eval(
+        {res["label"]: rows(res) for res in results[1:]},
+        rows(results[0]),
+        ctx.path("eval"),
+        seed=int(spec["seed"]),
+        per_checkpoint=int(spec["evaluation"]["human_eval"]["per_checkpoint"]),
+        criteria_version=spec["criteria"]["version"],
+    )
+    return [str(p.relative_to(ctx.run_dir)) for p in written]
+
+
+def _summary_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per evaluated checkpoint: the figures selection and the handoff compare."""
+    return [
         {
             "label": r["label"],
             "step": r["step"],
@@ -368,12 +392,6 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
         }
         for r in results
     ]
-    atomic_write_text(ctx.path("eval/summary.json"), json.dumps(table, indent=2) + "\n")
-    return StageOutcome(
-        outputs + ["eval/summary.json"],
-        {"checkpoints": table},
-        summary=f"{len(results)} checkpoints evaluated on {', '.join(prompt_sets)}",
-    )
 
 
 HUMAN_JUDGEMENTS = "eval/human_eval/judgements.jsonl"

@@ -17,7 +17,8 @@ compares the prompts a team actually has with what the spec promised:
 * the production holdout: the last `holdout_count(n, share)` rows of each
   usage-log source in file order (the most recent logs: new logs are
   appended), reserved for validation. A holdout prompt id in an annotation
-  batch, a gold item or an SFT demonstration is a leak, an error.
+  batch, a gold item or an SFT demonstration is a leak, an error; blinded
+  batches are read through their unblinding key (`prompts.batch_ids`).
 
 Unreadable prompt rows and duplicate prompt ids are refused with a
 `RunError` naming file, line and field: every later number (shares,
@@ -35,11 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from rlhfspec.common.codes import Code, family
-from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.findings import Finding, FindingsReport
 from rlhfspec.common.templating import markdown_inline as md
+from rlhfspec.runtime.annotation.blinding import Unblinder
 from rlhfspec.runtime.project import Project
+from rlhfspec.runtime.prompts.batch_ids import read_prompt_ids
 from rlhfspec.runtime.prompts.pool import (  # re-exported: the pool used to live here
     HOLDOUT_FILE,
     Prompt,
@@ -76,52 +78,6 @@ JSON_KEYS = ("code", "severity", "title", "message", "hint")
 
 def _bin_label(low: int, high: int) -> str:
     return f"[{low}, {high})"
-
-
-def _read_ids(path: Path, display: str, fmt: str) -> tuple[list[str], int]:
-    """Prompt ids a batch/gold/demonstration file names, and its unreadable rows.
-
-    Read loosely on purpose: this is a leak check, not the annotation
-    reader, so a row that only lacks other fields still has its prompt id
-    checked. A Label Studio export is read per task (`data.prompt_id`), so
-    tasks whose annotations were cancelled or are broken count too: their
-    prompt was shown to someone.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunError(f"{display}: cannot read: {exc}") from None
-    ids: list[str] = []
-    bad = 0
-    if fmt == "label_studio":
-        try:
-            tasks = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RunError(f"{display}: not a Label Studio JSON export: {exc.msg}") from None
-        if not isinstance(tasks, list):
-            raise RunError(f"{display}: a Label Studio export is a JSON list of tasks")
-        for task in tasks:
-            data = task.get("data") if isinstance(task, dict) else None
-            value = data.get("prompt_id") if isinstance(data, dict) else None
-            if isinstance(value, str) and value:
-                ids.append(value)
-            else:
-                bad += 1
-        return ids, bad
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        value = row.get("prompt_id") if isinstance(row, dict) else None
-        if isinstance(value, str) and value:
-            ids.append(value)
-        else:
-            bad += 1
-    return ids, bad
 
 
 def _kinds_present(spec: dict[str, Any]) -> list[str]:
@@ -451,9 +407,13 @@ class _LeakScan:
     unreadable: dict[str, int] = field(default_factory=dict)
     annotated: set[str] = field(default_factory=set)
 
-    def read(self, project: Project, rel: str, fmt: str, pool: PromptPool) -> list[str]:
-        """The prompt ids a file names; its unreadable rows and unknown ids are noted."""
-        ids, bad = _read_ids(project.path(rel), rel, fmt)
+    def read(
+        self, project: Project, rel: str, fmt: str, pool: PromptPool, key: str | None = None
+    ) -> list[str]:
+        """The prompt ids a file names (through its unblinding `key` when it has one); its
+        unreadable rows and unknown ids are noted."""
+        unblinder = Unblinder.read(project.path(key), key) if key else None
+        ids, bad = read_prompt_ids(project.path(rel), rel, fmt, key=unblinder)
         if bad:
             self.unreadable[rel] = bad
         self.unknown.setdefault(rel, set()).update(i for i in ids if i not in pool.by_id)
@@ -465,7 +425,8 @@ def _check_batch_leaks(
 ) -> None:
     """No annotation batch annotates a production-holdout prompt (PR008)."""
     for batch in project.spec["annotation"]["batches"]:
-        ids = scan.read(project, batch["path"], batch["format"], pool)
+        # blinded batches name their prompts only through the unblinding key
+        ids = scan.read(project, batch["path"], batch["format"], pool, batch.get("key"))
         scan.annotated.update(ids)
         leaked = sorted({i for i in ids if i in pool.holdout_ids})
         if leaked:

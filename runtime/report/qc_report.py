@@ -79,9 +79,53 @@ def _flag_codes(report: QcReport) -> dict[str, list[str]]:
 def context(report: QcReport) -> dict[str, Any]:
     """What the QC templates see: numbers already formatted, so Markdown and HTML agree."""
     metrics = report.metrics
-    flags = _flag_codes(report)
-    overview = metrics["overview"]
     agreement = metrics["agreement"]
+    names, pairwise = _pairwise_rows(agreement["pairwise"])
+    annotators = _annotator_rows(report)
+    batches = _batch_rows(metrics)
+    weeks = _week_rows(metrics)
+    split = metrics["split_votes"]
+    return {
+        "meta": report.meta,
+        "verdict": "fail" if report.errors else "pass",
+        "n_errors": len(report.errors),
+        "n_warnings": len(report.warnings),
+        "excluded": report.excluded_annotators,
+        "findings": [
+            {
+                "severity": f.severity,
+                "code": f.code,
+                "name": f.name,
+                "subject": f.subject,
+                "message": f.message,
+            }
+            for f in report.findings
+        ],
+        "overview": _overview_rows(metrics["overview"]),
+        "agreement": _agreement_summary(agreement),
+        "pairwise_names": names,
+        "pairwise": pairwise,
+        "annotators": annotators,
+        "batches": batches,
+        "weeks": weeks,
+        "split": {
+            "voted": _count(split["items"]),
+            "split": _count(split["split"]),
+            "share": _f(split["share"], 3),
+            "threshold": _f(split["threshold"]),
+        },
+        "thresholds": metrics["thresholds"],
+        "ai_judges": _ai_judges(metrics.get("ai_judge")),
+        "fatigue_bin_minutes": metrics["fatigue_curve"]["bin_minutes"],
+        "samples": report.samples,
+        "codes": _code_rows(),
+    }
+
+
+def _annotator_rows(report: QcReport) -> list[dict[str, Any]]:
+    """One row per annotator: gold, consensus, position, fatigue and session figures."""
+    metrics = report.metrics
+    flags = _flag_codes(report)
     annotators = []
     for name, row in metrics["annotators"].items():
         gold, pos, fat, ses, con = (
@@ -108,8 +152,12 @@ def context(report: QcReport) -> dict[str, Any]:
             "max_session": _f(ses["max_minutes"], 0),
             "median_session": _f(ses["median_minutes"], 0),
         })  # fmt: skip
-    pair = agreement["pairwise"]
-    names = pair["annotators"]
+    return annotators
+
+
+def _pairwise_rows(pair: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The pairwise kappa matrix as rows of formatted cells (overlap in brackets)."""
+    names: list[str] = pair["annotators"]
     pairwise = [
         {
             "name": names[i],
@@ -120,7 +168,12 @@ def context(report: QcReport) -> dict[str, Any]:
         }
         for i in range(len(names))
     ]
-    batches = [
+    return names, pairwise
+
+
+def _batch_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per batch: criteria versions found, agreement and gold before/after exclusion."""
+    return [
         {
             "id": b["id"],
             "criteria_version": b.get("criteria_version") or "(not in spec)",
@@ -138,7 +191,11 @@ def context(report: QcReport) -> dict[str, Any]:
         }
         for b in metrics["batches"]
     ]  # fmt: skip
-    weeks = [
+
+
+def _week_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per week of labelling, for the drift table."""
+    return [
         {
             "week": w["week"],
             "records": _count(w["records"]),
@@ -150,77 +207,56 @@ def context(report: QcReport) -> dict[str, Any]:
         }
         for w in metrics["over_time"]
     ]
-    split = metrics["split_votes"]
+
+
+def _overview_rows(overview: dict[str, Any]) -> list[tuple[str, str]]:
+    """The overview table: what the batch holds."""
+    return [
+        ("Records", _count(overview["records"])),
+        ("Gold records", _count(overview["gold_records"])),
+        ("Items (non-gold)", _count(overview["non_gold_items"])),
+        (
+            "Gold items labelled / in the gold file",
+            f"{overview['gold_items']} / {overview['gold_items_in_file']}",
+        ),
+        ("Annotators", str(overview["annotators"])),
+        ("Batches", str(overview["batches"])),
+        ("Sessions", str(overview["sessions"])),
+        ("Cancelled (skipped in the tool)", _count(overview["cancelled"])),
+        ("Bad rows skipped", _count(overview["skipped_rows"])),
+    ]  # fmt: skip
+
+
+def _agreement_summary(agreement: dict[str, Any]) -> dict[str, Any]:
+    """The headline agreement figure with its band, target and the other statistics."""
     return {
-        "meta": report.meta,
-        "verdict": "fail" if report.errors else "pass",
-        "n_errors": len(report.errors),
-        "n_warnings": len(report.warnings),
-        "excluded": report.excluded_annotators,
-        "findings": [
-            {
-                "severity": f.severity,
-                "code": f.code,
-                "name": f.name,
-                "subject": f.subject,
-                "message": f.message,
-            }
-            for f in report.findings
-        ],
-        "overview": [
-            ("Records", _count(overview["records"])),
-            ("Gold records", _count(overview["gold_records"])),
-            ("Items (non-gold)", _count(overview["non_gold_items"])),
-            (
-                "Gold items labelled / in the gold file",
-                f"{overview['gold_items']} / {overview['gold_items_in_file']}",
-            ),
-            ("Annotators", str(overview["annotators"])),
-            ("Batches", str(overview["batches"])),
-            ("Sessions", str(overview["sessions"])),
-            ("Cancelled (skipped in the tool)", _count(overview["cancelled"])),
-            ("Bad rows skipped", _count(overview["skipped_rows"])),
-        ],  # fmt: skip
-        "agreement": {
-            "metric": agreement["metric"],
-            "metric_used": agreement["metric_used"],
-            "note": agreement["note"],
-            "value": _f(agreement["value"], 3),
-            "band": agreement["band"] or "n/a",
-            "target": _f(agreement["target"]),
-            "floor": _f(agreement["floor"]),
-            "without": _f(agreement["value_without_excluded"], 3),
-            "without_band": agreement["band_without_excluded"] or "n/a",
-            "cohen": _f(agreement["cohen_kappa_mean"], 3),
-            "fleiss": _f(agreement["fleiss_kappa"], 3),
-            "alpha": _f(agreement["krippendorff_alpha"], 3),
-        },
-        "pairwise_names": names,
-        "pairwise": pairwise,
-        "annotators": annotators,
-        "batches": batches,
-        "weeks": weeks,
-        "split": {
-            "voted": _count(split["items"]),
-            "split": _count(split["split"]),
-            "share": _f(split["share"], 3),
-            "threshold": _f(split["threshold"]),
-        },
-        "thresholds": metrics["thresholds"],
-        "ai_judges": _ai_judges(metrics.get("ai_judge")),
-        "fatigue_bin_minutes": metrics["fatigue_curve"]["bin_minutes"],
-        "samples": report.samples,
-        "codes": [
-            {
-                "code": code,
-                "severity": c.severity,
-                "name": c.name,
-                "meaning": c.meaning,
-                "excludes": c.excludes,
-            }
-            for code, c in QC_CODES.items()
-        ],  # fmt: skip
+        "metric": agreement["metric"],
+        "metric_used": agreement["metric_used"],
+        "note": agreement["note"],
+        "value": _f(agreement["value"], 3),
+        "band": agreement["band"] or "n/a",
+        "target": _f(agreement["target"]),
+        "floor": _f(agreement["floor"]),
+        "without": _f(agreement["value_without_excluded"], 3),
+        "without_band": agreement["band_without_excluded"] or "n/a",
+        "cohen": _f(agreement["cohen_kappa_mean"], 3),
+        "fleiss": _f(agreement["fleiss_kappa"], 3),
+        "alpha": _f(agreement["krippendorff_alpha"], 3),
     }
+
+
+def _code_rows() -> list[dict[str, Any]]:
+    """Every Q code with its meaning, for the report's legend."""
+    return [
+        {
+            "code": code,
+            "severity": c.severity,
+            "name": c.name,
+            "meaning": c.meaning,
+            "excludes": c.excludes,
+        }
+        for code, c in QC_CODES.items()
+    ]  # fmt: skip
 
 
 def _ai_judges(section: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ then contains no URL at all.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 
 __all__ = ["bar_chart", "heatmap", "line_chart"]
@@ -213,10 +213,7 @@ def bar_chart(
     slot = (right - left) / max(len(labels), 1)
     bar = min(40.0, slot * 0.6)
     xs = [left + (i + 0.5) * slot for i in range(len(labels))]
-
-    def y_of(value: float) -> float:
-        clipped = min(y_max, max(y_min, value))
-        return bottom - (clipped - y_min) / (y_max - y_min) * (bottom - top)
+    y_of = _scale(y_min, y_max, top, bottom)
 
     for i, (x, value) in enumerate(zip(xs, values, strict=True)):
         if not _finite(value):
@@ -236,16 +233,7 @@ def bar_chart(
         hi = upper[i] if upper is not None else None
         label_y = y - 5
         if _finite(lo) and _finite(hi):
-            y_lo, y_hi = y_of(float(lo)), y_of(float(hi))  # type: ignore[arg-type]
-            parts.append(
-                f'<line x1="{_n(x)}" y1="{_n(y_lo)}" x2="{_n(x)}" y2="{_n(y_hi)}" '
-                f'stroke="{TEXT}" stroke-width="1.3"/>'
-            )
-            for yy in (y_lo, y_hi):
-                parts.append(
-                    f'<line x1="{_n(x - 6)}" y1="{_n(yy)}" x2="{_n(x + 6)}" y2="{_n(yy)}" '
-                    f'stroke="{TEXT}" stroke-width="1.3"/>'
-                )
+            y_hi = _error_bar(parts, x, y_of(float(lo)), y_of(float(hi)))  # type: ignore[arg-type]
             label_y = min(label_y, y_hi - 5)
         if bottom - y >= 20:  # inside the bar, clear of the error bar and threshold labels
             parts.append(
@@ -290,52 +278,21 @@ def line_chart(
     width = int(max(480, 72 + margin + 70 * len(categories), _title_width(title)))
     left, right, top, bottom = 56.0, width - margin, 34.0, 254.0
     legend_top = bottom + rotate_room + (44 if x_label else 30)
-    legend: list[tuple[float, int]] = []  # (x, row) of each series' legend entry
-    x_cursor, row = left, 0
-    for name, _ in series:
-        entry = 28 + 7.0 * len(str(name))
-        if x_cursor + entry > width - 8 and x_cursor > left:
-            x_cursor, row = left, row + 1
-        legend.append((x_cursor, row))
-        x_cursor += entry
+    legend = _legend_layout([name for name, _ in series], left, width)
     legend_rows = legend[-1][1] + 1 if legend else 0
     height = int(legend_top + 18 * legend_rows + 6)
     parts = _open(width, height, title)
     _y_axis(parts, left, right, top, bottom, y_min, y_max, y_step, y_label)
     slot = (right - left) / max(len(categories), 1)
     xs = [left + (i + 0.5) * slot for i in range(len(categories))]
-
-    def y_of(value: float) -> float:
-        clipped = min(y_max, max(y_min, value))
-        return bottom - (clipped - y_min) / (y_max - y_min) * (bottom - top)
+    y_of = _scale(y_min, y_max, top, bottom)
 
     _reference_lines(parts, reference_lines, left, right, top, bottom, y_min, y_max)
     if x_marker is not None:
-        x = left + (x_marker[0] + 0.5) * slot
-        parts.append(
-            f'<line x1="{_n(x)}" y1="{_n(top)}" x2="{_n(x)}" y2="{_n(bottom)}" stroke="{MUTED}" '
-            'stroke-dasharray="3 3"/>'
-        )
-        parts.append(
-            f'<text x="{_n(x + 4)}" y="{_n(top + 12)}" fill="{MUTED}" font-size="11">'
-            f"{_e(x_marker[1])}</text>"
-        )
+        _x_marker(parts, left + (x_marker[0] + 0.5) * slot, x_marker[1], top, bottom)
     for k, (name, values) in enumerate(series):
         color = PALETTE[k % len(PALETTE)]
-        runs: list[list[tuple[float, float]]] = [[]]
-        for x, value in zip(xs, values, strict=True):
-            if _finite(value):
-                runs[-1].append((x, y_of(float(value))))  # type: ignore[arg-type]
-            elif runs[-1]:
-                runs.append([])
-        for run in runs:
-            if len(run) > 1:
-                points = " ".join(f"{_n(x)},{_n(y)}" for x, y in run)
-                parts.append(
-                    f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>'
-                )
-            for x, y in run:
-                parts.append(f'<circle cx="{_n(x)}" cy="{_n(y)}" r="3" fill="{color}"/>')
+        _polyline(parts, xs, [y_of(float(v)) if _finite(v) else None for v in values], color)  # type: ignore[arg-type]
         lx, row = legend[k]
         ly = legend_top + 12 + 18 * row
         parts.append(f'<rect x="{_n(lx)}" y="{_n(ly - 9)}" width="12" height="10" fill="{color}"/>')
@@ -352,3 +309,71 @@ def line_chart(
         )
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _scale(y_min: float, y_max: float, top: float, bottom: float) -> Callable[[float], float]:
+    """Value to pixel row, clipped to [y_min, y_max]."""
+
+    def y_of(value: float) -> float:
+        clipped = min(y_max, max(y_min, value))
+        return bottom - (clipped - y_min) / (y_max - y_min) * (bottom - top)
+
+    return y_of
+
+
+def _error_bar(parts: list[str], x: float, y_lo: float, y_hi: float) -> float:
+    """A vertical interval with end ticks; returns the top end's row for the value label."""
+    parts.append(
+        f'<line x1="{_n(x)}" y1="{_n(y_lo)}" x2="{_n(x)}" y2="{_n(y_hi)}" '
+        f'stroke="{TEXT}" stroke-width="1.3"/>'
+    )
+    for yy in (y_lo, y_hi):
+        parts.append(
+            f'<line x1="{_n(x - 6)}" y1="{_n(yy)}" x2="{_n(x + 6)}" y2="{_n(yy)}" '
+            f'stroke="{TEXT}" stroke-width="1.3"/>'
+        )
+    return y_hi
+
+
+def _legend_layout(names: Sequence[str], left: float, width: int) -> list[tuple[float, int]]:
+    """(x, row) of each series' legend entry, wrapping to a new row at the right edge."""
+    legend: list[tuple[float, int]] = []
+    x_cursor, row = left, 0
+    for name in names:
+        entry = 28 + 7.0 * len(str(name))
+        if x_cursor + entry > width - 8 and x_cursor > left:
+            x_cursor, row = left, row + 1
+        legend.append((x_cursor, row))
+        x_cursor += entry
+    return legend
+
+
+def _x_marker(parts: list[str], x: float, label: str, top: float, bottom: float) -> None:
+    """A dashed vertical line with its label (e.g. where the criteria changed)."""
+    parts.append(
+        f'<line x1="{_n(x)}" y1="{_n(top)}" x2="{_n(x)}" y2="{_n(bottom)}" stroke="{MUTED}" '
+        'stroke-dasharray="3 3"/>'
+    )
+    parts.append(
+        f'<text x="{_n(x + 4)}" y="{_n(top + 12)}" fill="{MUTED}" font-size="11">{_e(label)}</text>'
+    )
+
+
+def _polyline(
+    parts: list[str], xs: Sequence[float], ys: Sequence[float | None], color: str
+) -> None:
+    """One series: a line through each run of defined points (a gap breaks it), and dots."""
+    runs: list[list[tuple[float, float]]] = [[]]
+    for x, y in zip(xs, ys, strict=True):
+        if y is not None:
+            runs[-1].append((x, y))
+        elif runs[-1]:
+            runs.append([])
+    for run in runs:
+        if len(run) > 1:
+            points = " ".join(f"{_n(x)},{_n(y)}" for x, y in run)
+            parts.append(
+                f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>'
+            )
+        for x, y in run:
+            parts.append(f'<circle cx="{_n(x)}" cy="{_n(y)}" r="3" fill="{color}"/>')

@@ -397,7 +397,7 @@ class MetricsTracker:
         elif self.backend == "trackio":
             import trackio
 
-            trackio.finish()  # type: ignore[no-untyped-call]
+            trackio.finish()  # type: ignore[no-untyped-call,unused-ignore]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
@@ -150,14 +150,7 @@ def run_judge(
         if c.label is not None
     ]  # fmt: skip
     if not records:
-        errors = Counter(str(r.get("error")) for r in done.values() if r["status"] != "ok")
-        why = (
-            "; ".join(f"{e} ({n}x)" for e, n in errors.most_common(3))
-            or "every pair's orders disagree"
-        )
-        raise RunError(
-            f"the judge labelled none of {len(items)} pairs (see {out_dir / JOURNAL}): {why}"
-        )
+        _refuse_empty(done, len(items), out_dir)
     paths = [out_dir / "records.jsonl"]
     atomic_write_text(paths[0], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     rows = sample_rows(combined, chosen, fields)
@@ -178,28 +171,56 @@ def run_judge(
         "gold_items": sum(i.gold for i in items),
         "counts": dict(sorted(counts.items())),
         "records": len(records),
-        "order_agreement": {
-            "pairs": stats["pairs"], "agree": stats["orders_agree"],
-            "share": round(stats["orders_agree"] / stats["pairs"], 6) if stats["pairs"] else None,
-            "on_disagreement": settings["order_disagreement"],
-        },
-        "position": {
-            "decided_answers": stats["decided_answers"],
-            "first_shown_picks": stats["first_shown_picks"],
-            "first_shown_share": round(stats["first_shown_picks"] / stats["decided_answers"], 6)
-            if stats["decided_answers"] else None,
-        },
-        "review": {
-            "share": settings["review"]["share"], "stratify_by": fields,
-            "sample": sum(v == "sample" for v in chosen.values()),
-            "unlabelled": sum(v != "sample" for v in chosen.values()),
-            "strata": dict(sorted(Counter("/".join(r["stratum"].values()) for r in rows if r["why"] == "sample").items())),
-        },
+        "order_agreement": _order_agreement(stats, settings["order_disagreement"]),
+        "position": _position(stats),
+        "review": _review(settings["review"]["share"], fields, chosen, rows),
         "usage": usage(all_rows, time.monotonic() - started),
     }  # fmt: skip
     paths.append(out_dir / "summary.json")
     atomic_write_text(paths[-1], json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return JudgeResult(summary, paths)
+
+
+def _refuse_empty(
+    done: dict[tuple[str, int], dict[str, Any]], n_items: int, out_dir: Path
+) -> NoReturn:
+    """No labelled pair is an error that says why: the commonest failures, or order conflicts."""
+    errors = Counter(str(r.get("error")) for r in done.values() if r["status"] != "ok")
+    why = (
+        "; ".join(f"{e} ({n}x)" for e, n in errors.most_common(3)) or "every pair's orders disagree"
+    )
+    raise RunError(f"the judge labelled none of {n_items} pairs (see {out_dir / JOURNAL}): {why}")
+
+
+def _order_agreement(stats: dict[str, Any], on_disagreement: str) -> dict[str, Any]:
+    """How often the two presentation orders gave the same answer."""
+    return {
+        "pairs": stats["pairs"], "agree": stats["orders_agree"],
+        "share": round(stats["orders_agree"] / stats["pairs"], 6) if stats["pairs"] else None,
+        "on_disagreement": on_disagreement,
+    }  # fmt: skip
+
+
+def _position(stats: dict[str, Any]) -> dict[str, Any]:
+    """How often the judge picked the response shown first: its position bias."""
+    return {
+        "decided_answers": stats["decided_answers"],
+        "first_shown_picks": stats["first_shown_picks"],
+        "first_shown_share": round(stats["first_shown_picks"] / stats["decided_answers"], 6)
+        if stats["decided_answers"] else None,
+    }  # fmt: skip
+
+
+def _review(
+    share: float, fields: list[str], chosen: dict[str, str], rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The human review sample: its size, what was left unlabelled and the strata drawn."""
+    return {
+        "share": share, "stratify_by": fields,
+        "sample": sum(v == "sample" for v in chosen.values()),
+        "unlabelled": sum(v != "sample" for v in chosen.values()),
+        "strata": dict(sorted(Counter("/".join(r["stratum"].values()) for r in rows if r["why"] == "sample").items())),
+    }  # fmt: skip
 
 
 __all__ = ["AI_PREFIX", "JudgeResult", "run_judge"]
