@@ -175,8 +175,8 @@ def train_dpo(
     resolved ``policy`` block (``dpo.beta``, ``dpo.loss_type``, ``dpo.train``,
     ``checkpoint_every``, ``trust_remote_code``). `metadata` (data hashes, annotation batches,
     plan fingerprint...) is copied into every checkpoint's ``checkpoint.json`` so that each
-    one can be traced on its own. `compute` is the stage's ``compute`` entry (schema default
-    without it); under LoRA the reference is the policy's base with its adapters disabled,
+    one can be traced on its own. `compute` is the stage's ``compute`` entry (the schema's
+    defaults for keys it lacks); under LoRA the reference is the policy's base with its adapters disabled,
     not a second copy. `tracking` is what `scale.tracking_env` yields (TRL's ``report_to``).
     `callbacks` are extra TrainerCallbacks, run after the ones here (tests that interrupt).
 
@@ -195,7 +195,7 @@ def train_dpo(
         raise RunError("no preference pairs to train the policy on")
     seed_everything(seed)
     out_dir = Path(out_dir)
-    compute = dict(compute or default_of("compute"))
+    compute = {**default_of("compute"), **(compute or {})}  # keys not given: the schema's
     args, steps = _dpo_config(settings, seed, out_dir, len(pairs), compute, tracking or {})
     group, log, point, kept_rows = _join_run(
         args,
