@@ -15,6 +15,7 @@ from typing import Any
 
 from rlhfspec.common.hashing import canonical_json, file_fingerprint, sha256_bytes, sha256_text
 from rlhfspec.common.model_ref import kind_of, model_files
+from rlhfspec.common.plan_types import InputFile, StageEntry
 from rlhfspec.common.version import __version__
 from rlhfspec.compiler.compute import TRAINING_STAGES, launch_command, run_command, stage_compute
 from rlhfspec.compiler.diagnostics import json_path
@@ -271,7 +272,7 @@ def _release_stages(spec: dict[str, Any], earlier: list[dict[str, Any]]) -> list
 
 def stage_graph(
     spec: dict[str, Any], inputs: list[dict[str, Any]], spec_dir: Path | None = None
-) -> list[dict[str, Any]]:
+) -> list[StageEntry]:
     """The plan's stage entries in run order: each one's whole contract with the runtime.
 
     An entry carries the resolved settings the stage reads, the spec files it reads (with
@@ -280,17 +281,17 @@ def stage_graph(
     """
     schema = load_schema(SPEC_SCHEMA)
     by_path = {i["path"]: i["sha256"] for i in inputs}
-    entries: list[dict[str, Any]] = []
+    entries: list[StageEntry] = []
     for stage in _graph(spec):
         name = stage["name"]
         settings = pick(spec, _settings_paths(spec, name))
         files = list(dict.fromkeys(value for _, value in iter_paths(schema, settings)))
-        entry: dict[str, Any] = {
+        entry: StageEntry = {
             "name": name,
             "description": stage["description"],
             "depends_on": stage["depends_on"],
             "settings": settings,
-            "inputs": [{"path": p, "sha256": by_path[p]} for p in files]
+            "inputs": [InputFile(path=p, sha256=by_path[p]) for p in files]
             + _model_inputs(name, inputs),
             "reads": stage["reads"],
             "human_inputs": HUMAN_INPUTS.get(name, []),
@@ -328,7 +329,7 @@ def input_fingerprints(spec: dict[str, Any], spec_dir: Path) -> list[dict[str, A
     return out
 
 
-def _model_inputs(name: str, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _model_inputs(name: str, inputs: list[dict[str, Any]]) -> list[InputFile]:
     """The base-model files a training stage loads (the entry's own section's)."""
     field = f"{name}.base_model"
     return [{"path": i["path"], "sha256": i["sha256"]} for i in inputs if i["field"] == field]

@@ -7,14 +7,12 @@ matches is skipped on `--resume`; any change to its inputs, settings or
 upstream outputs runs it again.
 """
 
-from __future__ import annotations
-
 import importlib.metadata
 import json
 import platform
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import canonical_json, sha256_file, sha256_text
@@ -35,6 +33,70 @@ LIBRARIES = (
     "tokenizers",
     "safetensors",
 )
+
+
+# no `from __future__ import annotations` here: TypedDict reads NotRequired from the
+# evaluated annotations (Python 3.11), which postponed annotations would hide
+class Artifact(TypedDict):
+    """A stage output as recorded: a file (sha256, bytes) or a folder (a hash over its files)."""
+
+    path: str
+    sha256: str
+    bytes: int
+    files: NotRequired[int]  # folders only: how many files the hash covers
+
+
+# A file a stage read: a spec input (`from: spec`) or an upstream output (`from`: the stage
+# that wrote it). `from` is a keyword, hence the functional form.
+InputRecord = TypedDict("InputRecord", {"path": str, "sha256": str, "from": str})
+
+
+class GateRecord(TypedDict):
+    """A gate's verdict as the stage returned it (runtime/stage_api.py, Gate)."""
+
+    name: str
+    passed: bool
+    value: float | None
+    threshold: float | None
+    message: str
+    overridden: bool
+
+
+class StageRecord(TypedDict):
+    """One stage's entry in lineage.json; a running or failed stage has only some fields."""
+
+    status: str  # running, done, failed, interrupted
+    started: NotRequired[str]
+    finished: NotRequired[str]
+    seconds: NotRequired[float]
+    signature: NotRequired[str]
+    inputs: NotRequired[list[InputRecord]]
+    outputs: NotRequired[list[Artifact]]
+    metrics: NotRequired[dict[str, Any]]
+    gates: NotRequired[list[GateRecord]]
+    message: NotRequired[str]
+
+
+class PlanRef(TypedDict):
+    """Which plan a run directory ran: its fingerprint and the spec and criteria it pins."""
+
+    fingerprint: str
+    name: str
+    spec_sha256: str
+    criteria_version: str
+    criteria_sha256: str
+
+
+class LineageRecord(TypedDict, total=False):
+    """lineage.json: absent keys in a record that `start` has not yet filled in."""
+
+    format: str
+    run_id: str
+    started: str
+    plan: PlanRef
+    seed: int
+    libraries: dict[str, str | None]
+    stages: dict[str, StageRecord]
 
 
 def library_versions() -> dict[str, str | None]:
@@ -63,11 +125,11 @@ def hash_path(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def describe(path: Path, name: str) -> dict[str, Any]:
+def describe(path: Path, name: str) -> Artifact:
     """One artifact: a file with its hash, or a folder with a hash over its files."""
     files = hash_path(path)
     if path.is_file():
-        return {"path": name, **files[0]}
+        return {"path": name, "sha256": files[0]["sha256"], "bytes": files[0]["bytes"]}
     return {
         "path": name,
         "sha256": sha256_text(canonical_json(files)),
@@ -81,7 +143,7 @@ class Lineage:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LINEAGE_FILE
-        self.doc: dict[str, Any] = (
+        self.doc: LineageRecord = (
             json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
         )
 
@@ -101,11 +163,16 @@ class Lineage:
         self.doc.setdefault("stages", {})
         self.save()
 
-    def stage(self, name: str) -> dict[str, Any]:
-        stages: dict[str, Any] = self.doc.setdefault("stages", {})
-        return dict(stages.get(name, {}))
+    def stage(self, name: str) -> StageRecord | None:
+        """A copy of the stage's record; None when the stage never ran here."""
+        record = self.doc.get("stages", {}).get(name)
+        return None if record is None else record.copy()
 
-    def record(self, name: str, entry: dict[str, Any]) -> None:
+    def status(self, name: str) -> str | None:
+        record = self.stage(name)
+        return None if record is None else record["status"]
+
+    def record(self, name: str, entry: StageRecord) -> None:
         self.doc.setdefault("stages", {})[name] = entry
         self.save()
 

@@ -26,12 +26,20 @@ from typing import Any
 
 from rlhfspec.common.errors import CompilerError, RunError
 from rlhfspec.common.hashing import sha256_file
+from rlhfspec.common.plan_types import StageEntry
 from rlhfspec.common.terminal import terminal_safe
 from rlhfspec.common.version import __version__ as rlhfspec_version
 from rlhfspec.compiler.compile import CompileResult, compile_spec, write_outputs
 from rlhfspec.compiler.diagnostics import format_text
 from rlhfspec.compiler.plan_check import load_compiled_plan
-from rlhfspec.runtime.lineage import LINEAGE_FILE, Lineage, describe, signature
+from rlhfspec.runtime.lineage import (
+    LINEAGE_FILE,
+    InputRecord,
+    Lineage,
+    StageRecord,
+    describe,
+    signature,
+)
 from rlhfspec.runtime.project import Project
 from rlhfspec.runtime.stage_api import GateFailure, StageContext, StageOutcome, covers
 
@@ -205,17 +213,18 @@ def run_lock(run_dir: Path, log: Callable[[str], None]) -> Iterator[None]:
         os.close(fd)
 
 
-def read_outputs(stage: dict[str, Any], lineage: Lineage) -> list[dict[str, Any]]:
+def read_outputs(stage: StageEntry, lineage: Lineage) -> list[InputRecord]:
     """The recorded upstream outputs the stage reads (its entry's `reads`), with sha256."""
-    read = []
+    read: list[InputRecord] = []
     for dep in stage["depends_on"]:
-        for output in lineage.stage(dep).get("outputs", []):
+        record = lineage.stage(dep)
+        for output in record.get("outputs", []) if record is not None else []:
             if any(covers(r, output["path"]) for r in stage["reads"]):
                 read.append({"path": output["path"], "sha256": output["sha256"], "from": dep})
     return read
 
 
-def stage_signature(stage: dict[str, Any], lineage: Lineage) -> str:
+def stage_signature(stage: StageEntry, lineage: Lineage) -> str:
     """What a finished stage's outputs depend on: its plan entry (settings, input files with
     their sha256, reads, outputs), the upstream outputs it reads, the files a person added to
     the run directory for it, and this rlhfspec version."""
@@ -229,7 +238,7 @@ def stage_signature(stage: dict[str, Any], lineage: Lineage) -> str:
     return signature([rlhfspec_version, stage, upstream, added])
 
 
-def _outputs_intact(run_dir: Path, entry: dict[str, Any]) -> bool:
+def _outputs_intact(run_dir: Path, entry: StageRecord) -> bool:
     for output in entry.get("outputs", []):
         path = run_dir / output["path"]
         if not path.exists() or describe(path, output["path"])["sha256"] != output["sha256"]:
@@ -259,7 +268,7 @@ def implementation(name: str, *, worker: bool = False) -> Callable[[StageContext
 
 def stage_context(
     loaded: LoadedPlan,
-    stage: dict[str, Any],
+    stage: StageEntry,
     run_dir: Path,
     *,
     display: str,
@@ -272,10 +281,8 @@ def stage_context(
     return StageContext(loaded.plan, project, run_dir, stage, resume, overrides, log)
 
 
-def select_stages(
-    plan: dict[str, Any], only: str | None, until: str | None
-) -> list[dict[str, Any]]:
-    stages: list[dict[str, Any]] = plan["stages"]
+def select_stages(plan: dict[str, Any], only: str | None, until: str | None) -> list[StageEntry]:
+    stages: list[StageEntry] = plan["stages"]
     names = [s["name"] for s in stages]
     for option, value in (("--stage", only), ("--until", until)):
         if value is not None and value not in names:
@@ -356,7 +363,7 @@ def _run_stage(
     stage, run_dir = ctx.stage, ctx.run_dir
     name = stage["name"]
     for dep in stage["depends_on"]:
-        if lineage.stage(dep).get("status") != "done":
+        if lineage.status(dep) != "done":
             raise RunError(
                 f"stage '{name}' needs '{dep}' to have finished in {run_dir}; run it first"
             )
@@ -364,7 +371,8 @@ def _run_stage(
     previous = lineage.stage(name)
     if (
         ctx.resume
-        and previous.get("status") == "done"
+        and previous is not None
+        and previous["status"] == "done"
         and previous.get("signature") == sig
         and _outputs_intact(run_dir, previous)
     ):
@@ -376,7 +384,7 @@ def _run_stage(
     lineage.record(
         name, {"status": "running", "started": started, "signature": sig, "inputs": inputs}
     )
-    ctx.resume = ctx.resume and previous.get("status") == "running"
+    ctx.resume = ctx.resume and previous is not None and previous["status"] == "running"
     before = snapshot(run_dir)
     clock = time.perf_counter()
     record = _Record(lineage, name, run_dir, started, sig, inputs, clock)
@@ -410,17 +418,21 @@ class _Record:
     run_dir: Path
     started: str
     sig: str
-    inputs: list[dict[str, Any]]
+    inputs: list[InputRecord]
     clock: float
 
     def fail(self, status: str, message: str | None) -> None:
-        entry = {**self.lineage.stage(self.name), "status": status, "finished": now()}
+        entry: StageRecord = {
+            **(self.lineage.stage(self.name) or StageRecord(status=status)),
+            "status": status,
+            "finished": now(),
+        }
         if message:
             entry["message"] = message
         self.lineage.record(self.name, entry)
 
     def finish(self, outcome: StageOutcome, status: str, message: str | None) -> None:
-        entry = {
+        entry: StageRecord = {
             "status": status,
             "started": self.started,
             "finished": now(),
@@ -460,7 +472,7 @@ def snapshot(run_dir: Path) -> Snapshot:
     return found
 
 
-def check_outputs(stage: dict[str, Any], before: Snapshot, after: Snapshot, run_dir: Path) -> None:
+def check_outputs(stage: StageEntry, before: Snapshot, after: Snapshot, run_dir: Path) -> None:
     """Fail the stage unless it wrote exactly its declared outputs (and scratch under `work`)."""
     allowed = [*stage["outputs"], *stage["work"]]
     touched = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
@@ -480,8 +492,8 @@ def check_outputs(stage: dict[str, Any], before: Snapshot, after: Snapshot, run_
         )
 
 
-def _describe_inputs(stage: dict[str, Any], lineage: Lineage) -> list[dict[str, Any]]:
-    described = [
+def _describe_inputs(stage: StageEntry, lineage: Lineage) -> list[InputRecord]:
+    described: list[InputRecord] = [
         {"path": i["path"], "sha256": i["sha256"], "from": "spec"} for i in stage["inputs"]
     ]
     return described + read_outputs(stage, lineage)

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from rlhfspec.common.errors import RunError
+from rlhfspec.common.plan_types import StageEntry
+from rlhfspec.runtime.lineage import GateRecord
 from rlhfspec.runtime.project import Project
 
 
@@ -29,7 +31,7 @@ class StageContext:
     plan: dict[str, Any]
     project: Project  # the spec's folder, with `project.spec` = this stage's settings only
     run_dir: Path
-    stage: dict[str, Any]  # the stage's plan entry
+    stage: StageEntry  # the stage's plan entry
     resume: bool
     overrides: frozenset[str]
     log: Callable[[str], None]
@@ -37,8 +39,7 @@ class StageContext:
     @property
     def settings(self) -> dict[str, Any]:
         """The resolved settings this stage reads (nested as in the spec, defaults written out)."""
-        settings: dict[str, Any] = self.stage["settings"]
-        return settings
+        return self.stage["settings"]
 
     def path(self, relative: str) -> Path:
         """A path inside the run directory."""
@@ -68,7 +69,7 @@ class Gate:
     message: str
     overridden: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> GateRecord:
         return {
             "name": self.name,
             "passed": self.passed,

@@ -19,6 +19,7 @@ from rlhfspec.common.hashing import sha256_file
 from rlhfspec.compiler.compile import compile_spec
 from rlhfspec.runtime import run as run_module
 from rlhfspec.runtime.annotation.stages import prompts_stage
+from rlhfspec.runtime.lineage import Artifact, GateRecord, LineageRecord, PlanRef, StageRecord
 from rlhfspec.runtime.run import EXIT_BUSY, STAGES, StageImpl, load_plan, run, stage_context
 from rlhfspec.runtime.stage_api import StageContext, StageOutcome
 from tests.conftest import ROOT
@@ -49,6 +50,19 @@ def test_lineage_records_hashes_of_inputs_and_outputs(project: Path, tmp_path: P
             assert sha256_file(source) == item["sha256"]
     qc_gate = lineage["stages"]["annotation_qc"]["gates"][0]
     assert qc_gate["passed"] and not qc_gate["overridden"]
+    # the record's types say what the file holds: every key written is declared, and
+    # every required key is written
+    assert set(lineage) == set(LineageRecord.__annotations__)
+    assert set(lineage["plan"]) == set(PlanRef.__annotations__)
+    for entry in lineage["stages"].values():
+        assert StageRecord.__required_keys__ <= set(entry) <= set(StageRecord.__annotations__)
+        assert set(entry) >= {"outputs", "inputs", "gates", "signature", "finished"}
+        for output in entry["outputs"]:
+            assert Artifact.__required_keys__ <= set(output) <= set(Artifact.__annotations__)
+        for gate in entry["gates"]:
+            assert set(gate) == set(GateRecord.__annotations__)
+        for item in entry["inputs"]:
+            assert set(item) == {"path", "sha256", "from"}
     assert lineage["stages"]["annotation_qc"]["metrics"]["excluded_annotators"] == [
         "ann-04",
         "ann-05",

@@ -9,13 +9,16 @@ annotations, bad rows skipped, and tasks completed by someone other than their a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.hashing import file_fingerprint
 from rlhfspec.common.jsonl import read_rows
 from rlhfspec.runtime.annotation.blinding import Unblinder
-from rlhfspec.runtime.annotation.records import read_batches
+from rlhfspec.runtime.annotation.records import Resolve, TaskMap, read_batches
+from rlhfspec.runtime.annotation.stock import FORMAT as stock_format
+from rlhfspec.runtime.annotation.stock import StockMatcher, annotator_mapper, batch_fields
 from rlhfspec.runtime.project import Project
 
 
@@ -40,11 +43,12 @@ def load_annotations(project: Project, *, skip_bad_rows: bool = False) -> Loaded
         for entry in batches
         if entry.get("key")
     }
+    resolvers: dict[str, Resolve] = {b: key.resolve for b, key in keys.items()}
+    task_maps = stock_task_maps(project)
+    mapper = annotator_mapper(project.spec["annotation"]["annotator_ids"])
+    resolvers.update({b: mapper for b in task_maps if b not in resolvers})
     reads = read_batches(
-        batches,
-        project.folder,
-        skip_bad=skip_bad_rows,
-        resolvers={b: key.resolve for b, key in keys.items()},
+        batches, project.folder, skip_bad=skip_bad_rows, resolvers=resolvers, task_maps=task_maps
     )
     out = Loaded()
     for entry, read in zip(batches, reads, strict=True):
@@ -65,6 +69,21 @@ def load_annotations(project: Project, *, skip_bad_rows: bool = False) -> Loaded
             }
         )
     return out
+
+
+def stock_task_maps(project: Project) -> dict[str, TaskMap]:
+    """Batch id -> how its stock-template tasks map to our ids (`label_studio_pairwise`)."""
+    stock = [b for b in project.spec["annotation"]["batches"] if b["format"] == stock_format]
+    if not stock:
+        return {}
+    matcher = StockMatcher.build(project)
+    maps = {}
+    for entry in stock:
+        fields = batch_fields(entry)
+        maps[entry["id"]] = TaskMap(
+            partial(matcher.match, fields=fields), matcher.choice_aliases(fields)
+        )
+    return maps
 
 
 def response_lengths(project: Project) -> dict[str, int]:

@@ -170,6 +170,16 @@ Resolve = Callable[[dict[str, Any]], list[tuple[str | None, str]]]
 """Maps a record's shown ids to the real ones in place (blinding.Unblinder.resolve)."""
 
 
+@dataclass(frozen=True)
+class TaskMap:
+    """How a task made from one of Label Studio's stock templates becomes one of ours
+    (`annotation.stock`): `data` maps its `data` to our item, prompt and response ids (or
+    the problems that keep the task out), `choices` names the A/B values of a Choices tag."""
+
+    data: Callable[[dict[str, Any]], tuple[dict[str, Any] | None, list[tuple[str | None, str]]]]
+    choices: dict[str, str]
+
+
 def read_jsonl(
     path: Path, *, batch: str, display: str, resolve: Resolve | None = None
 ) -> BatchRead:
@@ -226,9 +236,15 @@ def _strings(value: Any) -> list[str] | None:
 
 
 def _ls_choice(
-    results: Any, problems: Problems, dims: dict[str, str] | None = None
+    results: Any,
+    problems: Problems,
+    dims: dict[str, str] | None = None,
+    aliases: dict[str, str] | None = None,
 ) -> tuple[str | None, str | None]:
-    """The overall choice and justification; per-dimension choices (`dim_<id>`) into `dims`."""
+    """The overall choice and justification; per-dimension choices (`dim_<id>`) into `dims`.
+
+    A Choices value is A, B or tie in any case, or one of `aliases` (lower-cased value -> A or
+    B: a stock-template project's `left`/`right` or `answer1`/`answer2`)."""
     choice = justification = None
     before = len(problems)
     if not isinstance(results, list):
@@ -250,7 +266,8 @@ def _ls_choice(
                     (f"{field_name}.value.choices", "must be a non-empty list of strings")
                 )
                 continue
-            value_of = {"a": "A", "b": "B", "tie": "tie"}.get(picked[0].strip().lower(), picked[0])
+            names = {"a": "A", "b": "B", "tie": "tie", **(aliases or {})}
+            value_of = names.get(picked[0].strip().lower(), picked[0])
             from_name = str(result.get("from_name", ""))
             if from_name.startswith("dim_") and dims is not None:
                 dims[from_name[len("dim_") :]] = value_of
@@ -308,13 +325,14 @@ def _ls_record(
     batch: str,
     criteria_version: str,
     resolve: Resolve | None = None,
+    aliases: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any] | None, Problems]:
     """One annotation as a record, or the problems that keep it out."""
     problems: Problems = []
     data = task["data"]
     annotator = _ls_annotator(ann.get("completed_by"), problems)
     dims: dict[str, str] = {}
-    choice, justification = _ls_choice(ann.get("result", []), problems, dims)
+    choice, justification = _ls_choice(ann.get("result", []), problems, dims, aliases)
     submitted = _ls_time(ann.get("created_at"), problems)
     lead = _ls_lead(ann.get("lead_time"), problems)
     if problems or annotator is None or submitted is None or lead is None:
@@ -368,6 +386,7 @@ def read_label_studio(
     criteria_version: str,
     display: str,
     resolve: Resolve | None = None,
+    task_map: TaskMap | None = None,
 ) -> BatchRead:
     """Read a Label Studio JSON export (our Choices config, or the `<Pairwise>` tag).
 
@@ -376,6 +395,8 @@ def read_label_studio(
     minus `lead_time`. Cancelled (skipped) annotations are counted, not read.
     Every field is type- and range-checked before use: a string "false" is
     not a boolean, `true` is not a user id, a lead time of 1e20 is no duration.
+    With `task_map` (a stock template's export) each task's data is mapped to
+    our ids first; a task it cannot map is one problem, its annotations unread.
     """
     out = BatchRead(batch, display)
     for t_index, task in enumerate(_ls_tasks(path, display), start=1):
@@ -383,53 +404,67 @@ def read_label_studio(
             f" (id {task.get('id')!r:.40})" if isinstance(task, dict) else ""
         )
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-            minimal = isinstance(task, dict) and "annotator" in task
-            out.problems.append(
-                RowProblem(
-                    display,
-                    task_where,
-                    "data",
-                    "a task needs a 'data' object"
-                    + (
-                        "; this is a JSON-MIN export, which drops the annotations' times and "
-                        "per-control results: export the project as JSON (Export > JSON)"
-                        if minimal
-                        else ""
-                    ),
-                )
-            )
+            out.problems.append(RowProblem(display, task_where, "data", _no_data(task)))
             continue
+        if task_map is not None:
+            mapped, problems = task_map.data(task["data"])
+            out.problems.extend(RowProblem(display, task_where, f, m) for f, m in problems)
+            if mapped is None:
+                continue
+            task = {**task, "data": {**task["data"], **mapped}}
         annotations = task.get("annotations") or []
         if not isinstance(annotations, list):
             out.problems.append(RowProblem(display, task_where, "annotations", "must be a list"))
             continue
         for a_index, ann in enumerate(annotations):
             where = f"{task_where}, annotation {a_index}"
-            if not isinstance(ann, dict):
-                out.problems.append(
-                    RowProblem(display, where, None, "an annotation must be an object")
-                )
-                continue
-            cancelled = ann.get("was_cancelled", False)
-            if not isinstance(cancelled, bool):
-                out.problems.append(
-                    RowProblem(
-                        display,
-                        where,
-                        "was_cancelled",
-                        f"must be true or false, got {cancelled!r:.40}",
-                    )
-                )
-                continue
-            if cancelled:
-                out.cancelled += 1
-                continue
-            record, problems = _ls_record(task, t_index, ann, batch, criteria_version, resolve)
-            out.problems.extend(RowProblem(display, where, f, m) for f, m in problems)
-            if record is not None:
-                out.add(record, where)
+            aliases = task_map.choices if task_map else None
+            _ls_annotation(out, task, t_index, ann, where, criteria_version, resolve, aliases)
     assign_sessions(out.records)
     return out
+
+
+def _no_data(task: Any) -> str:
+    """Why a task without `data` is unread; a JSON-MIN or CSV-like row says which export."""
+    if isinstance(task, dict) and "annotator" in task:
+        return (
+            "a task needs a 'data' object; this is a JSON-MIN export (one flattened row per "
+            "annotation: no task meta, no skipped annotations, the task's data mixed with the "
+            "results), which is not read: export the project as JSON (Export > JSON)"
+        )
+    return "a task needs a 'data' object"
+
+
+def _ls_annotation(
+    out: BatchRead,
+    task: dict[str, Any],
+    t_index: int,
+    ann: Any,
+    where: str,
+    criteria_version: str,
+    resolve: Resolve | None,
+    aliases: dict[str, str] | None,
+) -> None:
+    """Read one annotation of a task into `out`: a record, a cancellation or problems."""
+    display = out.file
+    if not isinstance(ann, dict):
+        out.problems.append(RowProblem(display, where, None, "an annotation must be an object"))
+        return
+    cancelled = ann.get("was_cancelled", False)
+    if not isinstance(cancelled, bool):
+        out.problems.append(
+            RowProblem(
+                display, where, "was_cancelled", f"must be true or false, got {cancelled!r:.40}"
+            )
+        )
+        return
+    if cancelled:
+        out.cancelled += 1
+        return
+    record, problems = _ls_record(task, t_index, ann, out.batch, criteria_version, resolve, aliases)
+    out.problems.extend(RowProblem(display, where, f, m) for f, m in problems)
+    if record is not None:
+        out.add(record, where)
 
 
 def assign_sessions(records: list[dict[str, Any]]) -> None:
@@ -457,12 +492,18 @@ def _read(
     criteria_version: str,
     display: str,
     resolve: Resolve | None = None,
+    task_map: TaskMap | None = None,
 ) -> BatchRead:
-    if fmt == "label_studio":
-        return read_label_studio(
-            path, batch=batch, criteria_version=criteria_version, display=display, resolve=resolve
-        )
-    return read_jsonl(path, batch=batch, display=display, resolve=resolve)
+    if fmt == "jsonl":
+        return read_jsonl(path, batch=batch, display=display, resolve=resolve)
+    return read_label_studio(
+        path,
+        batch=batch,
+        criteria_version=criteria_version,
+        display=display,
+        resolve=resolve,
+        task_map=task_map,
+    )
 
 
 def drop_duplicates(read: BatchRead, seen: dict[tuple[str, str], str]) -> None:
@@ -512,9 +553,11 @@ def read_batches(
     *,
     skip_bad: bool = False,
     resolvers: dict[str, Resolve] | None = None,
+    task_maps: dict[str, TaskMap] | None = None,
 ) -> list[BatchRead]:
     """Read a spec's `annotation.batches` in order, with one vote per item and annotator
-    across all of them; a batch with a bad (or repeated) row is refused unless `skip_bad`."""
+    across all of them; a batch with a bad (or repeated) row is refused unless `skip_bad`.
+    `resolvers` un-blind a batch's records, `task_maps` map a stock template's tasks."""
     seen: dict[tuple[str, str], str] = {}
     reads = []
     for entry in entries:
@@ -525,6 +568,7 @@ def read_batches(
             criteria_version=entry["criteria_version"],
             display=entry["path"],
             resolve=(resolvers or {}).get(entry["id"]),
+            task_map=(task_maps or {}).get(entry["id"]),
         )
         drop_duplicates(read, seen)
         if read.problems and not skip_bad:

@@ -13,7 +13,7 @@ from rlhfspec.common.errors import RunError
 from rlhfspec.common.hashing import canonical_json, sha256_file, sha256_text
 from rlhfspec.common.jsonl import JsonProblem, parse_json
 from rlhfspec.runtime.handoff.layout import HANDOFF_STAGE, MAX_METADATA_BYTES, PLAN_STAGE
-from rlhfspec.runtime.lineage import LINEAGE_FILE
+from rlhfspec.runtime.lineage import LINEAGE_FILE, LineageRecord, StageRecord
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -61,7 +61,7 @@ class RunDir:
         if not run_dir.is_dir():
             raise RunError(f"{run_dir}: no such run directory", exit_code=2)
         self.dir = run_dir
-        self.lineage: dict[str, Any] = _read_json(run_dir / LINEAGE_FILE, f"{run_dir}/lineage.json")
+        self.lineage: LineageRecord = _read_json(run_dir / LINEAGE_FILE, f"{run_dir}/lineage.json")
         if not isinstance(self.lineage, dict) or "stages" not in self.lineage:
             raise RunError(f"{run_dir}/lineage.json is not an rlhfspec lineage record")
         self.plan: dict[str, Any] = _read_json(run_dir / "plan" / "plan.json", "plan/plan.json")
@@ -92,9 +92,9 @@ class RunDir:
         self.time = self._package_time()
 
     @property
-    def stages(self) -> dict[str, dict[str, Any]]:
+    def stages(self) -> dict[str, StageRecord]:
         """Every stage but the handoff itself, whose entry carries the clock of this build."""
-        stages: dict[str, dict[str, Any]] = self.lineage.get("stages", {})
+        stages = self.lineage.get("stages", {})
         return {k: v for k, v in stages.items() if k != HANDOFF_STAGE}
 
     def _spec_dirs(self, spec_dir: Path | None) -> list[Path]:
@@ -117,7 +117,8 @@ class RunDir:
 
     def need(self, *stages: str) -> None:
         for stage in stages:
-            status = self.stages.get(stage, {}).get("status")
+            record = self.stages.get(stage)
+            status = record.get("status") if record is not None else None
             if status != "done":
                 state = f"is {status}" if status else "has not run"
                 raise RunError(

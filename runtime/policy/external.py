@@ -22,6 +22,7 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
+from rlhfspec.common.plan_types import StageEntry
 from rlhfspec.runtime.stage_api import StageContext, StageOutcome
 
 MANIFEST = "rlhfspec_export.json"
@@ -206,8 +207,8 @@ def import_policy_stage(ctx: StageContext) -> StageOutcome:
 
 
 def with_external_policy(
-    stages: list[dict[str, Any]], chosen: list[dict[str, Any]], source: Path
-) -> list[dict[str, Any]]:
+    stages: list[StageEntry], chosen: list[StageEntry], source: Path
+) -> list[StageEntry]:
     """The stages to run when the policy comes from `source`: the policy entry marked as an
     import (the mark enters its resume signature, so a changed job imports again) and run
     first when the chosen stages come after it."""
@@ -223,7 +224,7 @@ def with_external_policy(
         )
     job = find_job(source)
     manifest = read_manifest(job)
-    marked = {
+    marked: StageEntry = {
         **stages[position],
         "external": {
             "engine": manifest.get("engine", "verl"),

@@ -32,6 +32,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,10 @@ from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.findings import Finding, FindingsReport
 from rlhfspec.common.templating import markdown_inline as md
 from rlhfspec.runtime.annotation.blinding import Unblinder
+from rlhfspec.runtime.annotation.stock import FORMAT as STOCK_FORMAT
+from rlhfspec.runtime.annotation.stock import StockMatcher, batch_fields
 from rlhfspec.runtime.project import Project
-from rlhfspec.runtime.prompts.batch_ids import read_prompt_ids
+from rlhfspec.runtime.prompts.batch_ids import PromptsByText, read_prompt_ids
 from rlhfspec.runtime.prompts.pool import (  # re-exported: the pool used to live here
     HOLDOUT_FILE,
     Prompt,
@@ -408,12 +411,18 @@ class _LeakScan:
     annotated: set[str] = field(default_factory=set)
 
     def read(
-        self, project: Project, rel: str, fmt: str, pool: PromptPool, key: str | None = None
+        self,
+        project: Project,
+        rel: str,
+        fmt: str,
+        pool: PromptPool,
+        key: str | None = None,
+        by_text: PromptsByText | None = None,
     ) -> list[str]:
-        """The prompt ids a file names (through its unblinding `key` when it has one); its
-        unreadable rows and unknown ids are noted."""
+        """The prompt ids a file names (through its unblinding `key` when it has one, by text
+        for a stock template's export); its unreadable rows and unknown ids are noted."""
         unblinder = Unblinder.read(project.path(key), key) if key else None
-        ids, bad = read_prompt_ids(project.path(rel), rel, fmt, key=unblinder)
+        ids, bad = read_prompt_ids(project.path(rel), rel, fmt, key=unblinder, by_text=by_text)
         if bad:
             self.unreadable[rel] = bad
         self.unknown.setdefault(rel, set()).update(i for i in ids if i not in pool.by_id)
@@ -424,9 +433,14 @@ def _check_batch_leaks(
     project: Project, pool: PromptPool, scan: _LeakScan, findings: list[Finding]
 ) -> None:
     """No annotation batch annotates a production-holdout prompt (PR008)."""
+    matcher: StockMatcher | None = None
     for batch in project.spec["annotation"]["batches"]:
+        by_text = None
+        if batch["format"] == STOCK_FORMAT:  # texts only: matched to the prompts by text
+            matcher = matcher or StockMatcher.build(project)
+            by_text = partial(matcher.prompt_ids, fields=batch_fields(batch))
         # blinded batches name their prompts only through the unblinding key
-        ids = scan.read(project, batch["path"], batch["format"], pool, batch.get("key"))
+        ids = scan.read(project, batch["path"], batch["format"], pool, batch.get("key"), by_text)
         scan.annotated.update(ids)
         leaked = sorted({i for i in ids if i in pool.holdout_ids})
         if leaked:

@@ -27,6 +27,7 @@ import pytest
 from rlhfspec.runtime.annotation.aggregate import load_records
 from rlhfspec.runtime.annotation.tasks import generate_tasks
 from rlhfspec.runtime.project import load_project
+from tests.annotation import stock_data
 from tests.annotation.test_loop import EXAMPLE, PLACEHOLDER, project_copy
 from tests.conftest import ROOT
 
@@ -205,3 +206,83 @@ def test_round_trip_through_a_real_server(server: str, tmp_path: Path) -> None:
         assert record["gold"] == real["gold"] and record["justification"] == "B gives the steps"
     print(f"Label Studio {version.get('release') or version}: {len(imported)} tasks imported, "
           f"{len(records)} annotations exported and read back, votes equal")  # fmt: skip
+
+
+def stock_project(
+    session: Session, title: str, tasks: list[dict[str, Any]]
+) -> tuple[int, list[dict[str, Any]]]:
+    """A project made from the stock template the server ships under `title`, with `tasks`."""
+    templates = session.api("GET", "/api/templates/")["templates"]
+    config = next(t["config"] for t in templates if t["title"] == title)
+    project = session.api("POST", "/api/projects", {"title": title, "label_config": config})
+    report = session.api("POST", f"/api/projects/{project['id']}/import", tasks)
+    assert report["task_count"] == len(tasks)
+    listed = session.api("GET", f"/api/tasks?project={project['id']}&page_size=1000")
+    return project["id"], listed["tasks"] if isinstance(listed, dict) else listed
+
+
+def test_stock_template_exports_read_back_by_text(server: str, tmp_path: Path) -> None:
+    """Projects from the stock "Human Preference collection for RLHF" and "Pairwise
+    classification" templates, tasks with the example's texts, Pairwise clicks as the frontend
+    posts them; the JSON exports read back as votes on the right prompt and responses."""
+    spec = project_copy(tmp_path, PLACEHOLDER)
+    session = Session(server)
+    me = session.api("GET", "/api/current-user/whoami")["id"]
+    by_flat = {" ".join(text.split()): i for text, i in stock_data.response_ids().items()}
+    rng = random.Random(11)
+    submitted: dict[tuple[str, str], str] = {}  # (answer ids) -> choice
+    exports = {}
+    for title, tasks, name, sides in (
+        (stock_data.RLHF_TITLE, stock_data.rlhf_tasks(), "comparison", ("answer1", "answer2")),
+        (stock_data.PAIRWISE_TITLE, stock_data.pairwise_tasks(), "pw", ("pairText1", "pairText2")),
+    ):
+        project, listed = stock_project(session, title, tasks)
+        for n, task in enumerate(listed):
+            selected = rng.choice(["left", "right"])
+            body = {"result": stock_data.pairwise_result(name, selected, n), "lead_time": 30.5}
+            session.api("POST", f"/api/tasks/{task['id']}/annotations?project={project}", body)
+            first, second = (by_flat[" ".join(task["data"][s].split())] for s in sides)
+            submitted[(first, second)] = "A" if selected == "left" else "B"
+        exported = session.api("GET", f"/api/projects/{project}/export?exportType=JSON")
+        assert exported[0]["annotations"][0]["result"][0]["type"] == "pairwise"
+        exports[title] = exported
+    out = tmp_path / "support-assistant" / "stock"
+    out.mkdir()
+    (out / "rlhf.json").write_text(json.dumps(exports[stock_data.RLHF_TITLE]), encoding="utf-8")
+    (out / "pairwise.json").write_text(
+        json.dumps(exports[stock_data.PAIRWISE_TITLE]), encoding="utf-8"
+    )
+    if os.environ.get("RLHFSPEC_RECORD_STOCK"):  # refresh the fast tests' recorded exports
+        for name in ("rlhf.json", "pairwise.json"):
+            (Path(__file__).parent / "fixtures" / f"ls_stock_{name}").write_text(
+                json.dumps(json.loads((out / name).read_text()), indent=1) + "\n"
+            )
+    batches = (
+        "  annotator_ids: {'" + str(me) + "': ann-07}\n"
+        "  batches:\n"
+        "    - {id: rlhf-1, path: support-assistant/stock/rlhf.json, "
+        "format: label_studio_pairwise, criteria_version: 1.2.0}\n"
+        "    - {id: pw-1, path: support-assistant/stock/pairwise.json, "
+        "format: label_studio_pairwise, criteria_version: 1.2.0, "
+        "fields: {prompt: null, response_a: pairText1, response_b: pairText2}}\n"
+    )
+    spec.write_text(
+        spec.read_text(encoding="utf-8").replace(PLACEHOLDER, batches), encoding="utf-8"
+    )
+    records = load_records(load_project(spec))
+    got = {(r["response_a"], r["response_b"]): r["choice"] for r in records}
+    assert got == submitted
+    assert {r["annotator"] for r in records} == {"ann-07"}
+    gold = {
+        frozenset((g["response_a"], g["response_b"])): g["item_id"]
+        for g in stock_data.rows(stock_data.EXAMPLE / "data" / "gold.jsonl")
+    }
+    for record in records:  # a pair the gold file has is that gold item (the last task's)
+        pair = frozenset((record["response_a"], record["response_b"]))
+        assert (record["gold"], record["item_id"] if record["gold"] else None) == (
+            pair in gold,
+            gold.get(pair),
+        )
+    assert "gold-001" in {r["item_id"] for r in records}
+    print(f"Label Studio stock templates: {len(submitted)} tasks imported and annotated, "
+          f"{len(records)} votes exported and read back by text, votes equal")  # fmt: skip

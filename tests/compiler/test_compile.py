@@ -204,3 +204,25 @@ def test_light_commands_do_not_import_torch(command: str, tmp_path: Path) -> Non
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=tmp_path)
+
+
+def test_stage_entry_type_says_what_the_plan_schema_says() -> None:
+    """common/plan_types.StageEntry and the plan schema's stage item name the same keys,
+    with the same ones required; `external` is the run-time mark, never in a compiled plan."""
+    from rlhfspec.common.plan_types import InputFile, StageEntry
+
+    item = load_schema(PLAN_SCHEMA)["properties"]["stages"]["items"]
+    assert StageEntry.__required_keys__ == set(item["required"])
+    assert set(StageEntry.__annotations__) == set(item["properties"]) | {"external"}
+    assert set(InputFile.__annotations__) == set(item["properties"]["inputs"]["items"]["required"])
+
+
+@pytest.mark.parametrize("spec", SHIPPED_SPECS, ids=IDS)
+def test_compiled_stage_entries_hold_only_typed_keys(spec: Path, tmp_path: Path) -> None:
+    from rlhfspec.common.plan_types import StageEntry
+
+    result = compile_spec(spec, tmp_path)
+    assert result.plan is not None
+    for entry in result.plan["stages"]:
+        assert StageEntry.__required_keys__ <= set(entry) <= set(StageEntry.__annotations__)
+        assert "external" not in entry
