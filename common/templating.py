@@ -23,6 +23,7 @@ from jinja2 import (
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rlhfspec.common.errors import RunError
+from rlhfspec.common.markdown import markdown_block, markdown_html
 
 
 def environment(user_templates: Path | None = None) -> ImmutableSandboxedEnvironment:
@@ -42,6 +43,8 @@ def environment(user_templates: Path | None = None) -> ImmutableSandboxedEnviron
         keep_trailing_newline=True,
     )
     env.filters["md"] = markdown_inline
+    env.filters["md_block"] = markdown_block
+    env.filters["md_html"] = markdown_html
     env.filters["title_id"] = lambda ident: (
         str(ident).replace("_", " ").replace("-", " ").capitalize()
     )

@@ -16,7 +16,7 @@ from rlhfspec.common.errors import CompilerError
 from rlhfspec.common.fileio import atomic_write_bytes
 from rlhfspec.common.hashing import sha256_bytes
 from rlhfspec.compiler.diagnostics import Diagnostic
-from rlhfspec.compiler.lockfile import criteria_hash
+from rlhfspec.compiler.lockfile import changes_since, criteria_hash
 from rlhfspec.compiler.plan import build_plan, generator, input_fingerprints, lock_history
 from rlhfspec.compiler.render import render_all
 from rlhfspec.compiler.validate import validate_file
@@ -82,6 +82,7 @@ def document_context(
             "criteria_sha256": criteria_hash(spec["criteria"]),
             "generator": generator(),
             "lock_history": lock_history(spec_path),
+            "changes": changes_since(spec_path, spec["criteria"]),
         },
         "sources": sources,
     }

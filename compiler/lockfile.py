@@ -27,8 +27,24 @@ LOCK_FORMAT = "rlhfspec.criteria_lock/1"
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
 
 
+GUIDANCE = "guidance"
+
+
+def hashed_content(criteria: dict[str, Any]) -> dict[str, Any]:
+    """The criteria as hashed: empty guidance sections dropped (and `guidance` when all are).
+
+    The guidance slots came after criteria were first locked; an empty section hashes as if
+    absent, so a spec that writes no guidance keeps the hash its lock file recorded.
+    """
+    guidance = {k: v for k, v in dict(criteria.get(GUIDANCE) or {}).items() if str(v).strip()}
+    out = {k: v for k, v in criteria.items() if k != GUIDANCE}
+    if guidance:
+        out[GUIDANCE] = guidance
+    return out
+
+
 def criteria_hash(criteria: dict[str, Any]) -> str:
-    return sha256_text(canonical_json(criteria))
+    return sha256_text(canonical_json(hashed_content(criteria)))
 
 
 def version_key(version: str) -> tuple[int, int, int, int, str]:
@@ -117,9 +133,9 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         old_items = {d["id"]: d for d in old.get(kind, [])}
         new_items = {d["id"]: d for d in new.get(kind, [])}
         singular = kind[:-1]
-        for ident in new_items.keys() - old_items.keys():
+        for ident in sorted(new_items.keys() - old_items.keys()):
             changes.append(f"{singular} '{ident}' was added")
-        for ident in old_items.keys() - new_items.keys():
+        for ident in sorted(old_items.keys() - new_items.keys()):
             changes.append(f"{singular} '{ident}' was removed")
         for ident in sorted(new_items.keys() & old_items.keys()):
             fields = sorted(
@@ -141,4 +157,123 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for key in ("tie_breaking", "scope", "examples", "summary"):
         if old.get(key) != new.get(key):
             changes.append(f"{key.replace('_', '-')} changed")
+    old_guidance = hashed_content(old).get(GUIDANCE, {})
+    new_guidance = hashed_content(new).get(GUIDANCE, {})
+    for section in sorted(set(old_guidance) | set(new_guidance)):
+        if old_guidance.get(section) != new_guidance.get(section):
+            state = (
+                "added"
+                if section not in old_guidance
+                else "removed"
+                if section not in new_guidance
+                else "changed"
+            )
+            changes.append(f"guidance '{section}' was {state}")
     return sorted(set(changes), key=changes.index)
+
+
+def _label(item: dict[str, Any]) -> str:
+    return str(item.get("name") or item["id"].replace("_", " ").replace("-", " ").capitalize())
+
+
+def _item_changes(kind: str, old: list[Any], new: list[Any]) -> list[dict[str, Any]]:
+    olds = {d["id"]: d for d in old}
+    news = {d["id"]: d for d in new}
+    out: list[dict[str, Any]] = []
+    for ident, item in news.items():
+        before = olds.get(ident)
+        fields = sorted(
+            k for k in set(item) | set(before or {}) if (before or {}).get(k) != item.get(k)
+        )
+        if before is None or fields:
+            change = "added" if before is None else "changed"
+            out.append(_change(kind, ident, _label(item), change, [] if before is None else fields))
+    out += [_change(kind, i, _label(d), "removed") for i, d in olds.items() if i not in news]
+    if kind == "dimension":
+        kept_old = [_label(olds[i]) for i in olds if i in news]
+        kept_new = [_label(news[i]) for i in news if i in olds]
+        if kept_old != kept_new:
+            detail = "was " + ", ".join(kept_old) + "; now " + ", ".join(kept_new)
+            out.append(_change("ranking", None, None, "changed", detail=detail))
+    return out
+
+
+def _change(
+    kind: str,
+    ident: str | None,
+    name: str | None,
+    change: str,
+    fields: list[str] | None = None,
+    detail: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "id": ident,
+        "name": name,
+        "change": change,
+        "fields": fields or [],
+        "detail": detail,
+    }
+
+
+def criteria_changes(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """What changed from `old` to `new` criteria, as data the documents phrase.
+
+    One entry per dimension, disqualifier or guidance section added, removed or changed (with
+    the fields that changed), the ranking, and the tie-breaking, scope, examples and summary
+    blocks. Entries keep the spec's order, so the same two versions give the same list.
+    """
+    out = _item_changes("dimension", old.get("dimensions", []), new.get("dimensions", []))
+    out += _item_changes("disqualifier", old.get("disqualifiers", []), new.get("disqualifiers", []))
+    for key in ("tie_breaking", "scope"):
+        before, after = dict(old.get(key) or {}), dict(new.get(key) or {})
+        fields = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        if fields:
+            out.append(_change(key, None, None, "changed", fields))
+    before_ex, after_ex = old.get("examples", []), new.get("examples", [])
+    added = sum(1 for e in after_ex if e not in before_ex)
+    removed = sum(1 for e in before_ex if e not in after_ex)
+    if added or removed:
+        parts = [f"{added} added"] * bool(added) + [f"{removed} removed"] * bool(removed)
+        out.append(_change("examples", None, None, ", ".join(parts)))
+    elif before_ex != after_ex:
+        out.append(_change("examples", None, None, "reordered"))
+    if old.get("summary", "") != new.get("summary", ""):
+        out.append(_change("summary", None, None, "changed"))
+    old_g = hashed_content(old).get(GUIDANCE, {})
+    new_g = hashed_content(new).get(GUIDANCE, {})
+    for section in [*new_g, *(s for s in old_g if s not in new_g)]:
+        if old_g.get(section) != new_g.get(section):
+            change = (
+                "added"
+                if section not in old_g
+                else "removed"
+                if section not in new_g
+                else "changed"
+            )
+            out.append(_change("guidance", section, None, change))
+    return out
+
+
+def previous_version(entries: list[LockEntry], version: str) -> LockEntry | None:
+    """The newest locked version older than `version`: what "changes since" compares with."""
+    older = [e for e in entries if version_key(e.version) < version_key(version)]
+    return max(older, key=lambda e: version_key(e.version)) if older else None
+
+
+def changes_since(spec_path: Path, criteria: dict[str, Any]) -> dict[str, Any]:
+    """The documents' "changes since version X": the previous locked version and the diff.
+
+    `first` says the lock records this version and nothing older (the section says so rather
+    than listing nothing); with no lock file or no older version `since` is None.
+    """
+    lock = lock_path_for(spec_path)
+    entries = read_lock(lock) if lock.exists() else []
+    previous = previous_version(entries, str(criteria["version"]))
+    if previous is None:
+        return {"since": None, "first": bool(entries), "items": []}
+    return {
+        "since": previous.version,
+        "first": False,
+        "items": criteria_changes(previous.content, criteria),
+    }

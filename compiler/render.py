@@ -20,15 +20,22 @@ from rlhfspec.common.templating import environment
 
 DOCUMENTS = ("criteria", "playbook", "sampling")
 FORMATS = ("md", "html")
+EDITIONS = {"playbook": {"playbook": "annotator", "playbook.auditor": "auditor"}}
+"""Documents rendered twice from one template, with `edition` set: the annotator's edition
+(what annotators are given: no internal ids, detector regexes, exact QC cutoffs) and the
+auditor's (everything). The other documents are for the team and have one edition."""
 
 
 def _render_documents(context: Mapping[str, Any], user_templates: Path | None) -> dict[str, str]:
     env = environment(user_templates)
-    return {
-        f"{doc}.{fmt}": env.get_template(f"{doc}.{fmt}.j2").render(**context)
-        for doc in DOCUMENTS
-        for fmt in FORMATS
-    }
+    out: dict[str, str] = {}
+    for doc in DOCUMENTS:
+        for fmt in FORMATS:
+            template = env.get_template(f"{doc}.{fmt}.j2")
+            for name, edition in EDITIONS.get(doc, {doc: None}).items():
+                extra = {} if edition is None else {"edition": edition}
+                out[f"{name}.{fmt}"] = template.render(**context, **extra)
+    return out
 
 
 def render_all(context: Mapping[str, Any], user_templates: Path | None = None) -> dict[str, str]:

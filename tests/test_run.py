@@ -22,6 +22,7 @@ from rlhfspec.runtime.annotation.stages import prompts_stage
 from rlhfspec.runtime.lineage import Artifact, GateRecord, LineageRecord, PlanRef, StageRecord
 from rlhfspec.runtime.run import EXIT_BUSY, STAGES, StageImpl, load_plan, run, stage_context
 from rlhfspec.runtime.stage_api import StageContext, StageOutcome
+from tests.artifact_formats import assert_formats
 from tests.conftest import ROOT
 
 SPEC = ROOT / "specs" / "support-assistant.yaml"
@@ -34,7 +35,7 @@ def quiet(_: str) -> None:
 def test_lineage_records_hashes_of_inputs_and_outputs(project: Path, tmp_path: Path) -> None:
     run_dir = run(project, display="spec", run_dir=tmp_path / "run", until="aggregate", log=quiet)
     lineage = json.loads((run_dir / "lineage.json").read_text())
-    assert lineage["plan"]["criteria_version"] == "1.2.0"
+    assert lineage["plan"]["criteria_version"] == "1.3.0"
     assert lineage["libraries"]["numpy"] and lineage["seed"] == 20261101
     plan = json.loads((run_dir / "plan" / "plan.json").read_text())
     assert lineage["plan"]["fingerprint"] == plan["fingerprint"]
@@ -63,6 +64,7 @@ def test_lineage_records_hashes_of_inputs_and_outputs(project: Path, tmp_path: P
             assert set(gate) == set(GateRecord.__annotations__)
         for item in entry["inputs"]:
             assert set(item) == {"path", "sha256", "from"}
+    assert len(assert_formats(run_dir)) >= 5  # plan, lineage, prompt and QC reports, summary
     assert lineage["stages"]["annotation_qc"]["metrics"]["excluded_annotators"] == [
         "ann-04",
         "ann-05",

@@ -152,11 +152,19 @@ def _playbook(c: _Collector) -> None:
     about = "The annotator playbook"
     c.copy("plan/playbook.md", "playbook/playbook.md", "playbook", about)
     c.copy("plan/playbook.html", "playbook/playbook.html", "playbook", about)
+    audit = "The playbook's auditor's edition: adds ids, detectors and QC cutoffs"
+    c.copy("plan/playbook.auditor.md", "playbook/playbook.auditor.md", "playbook", audit)
+    c.copy("plan/playbook.auditor.html", "playbook/playbook.auditor.html", "playbook", audit)
     c.make(
         "playbook/worked_examples.json",
         "playbook",
         "Worked examples from the criteria: prompt, two responses, the preferred one and why",
-        json_bytes(c.facts.criteria["content"].get("examples", [])),
+        json_bytes(
+            {
+                "format": "rlhfspec.worked_examples/1",
+                "examples": c.facts.criteria["content"].get("examples", []),
+            }
+        ),
         PLAN_STAGE,
     )
     gold = c.run.spec["annotation"].get("gold")

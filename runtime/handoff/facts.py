@@ -12,6 +12,7 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.hashing import canonical_json, sha256_file, sha256_text
 from rlhfspec.common.jsonl import JsonProblem, parse_json
+from rlhfspec.runtime.evaluation.files import EVAL_SUMMARY, read_summary
 from rlhfspec.runtime.handoff.layout import HANDOFF_STAGE, MAX_METADATA_BYTES, PLAN_STAGE
 from rlhfspec.runtime.lineage import LINEAGE_FILE, LineageRecord, StageRecord
 
@@ -224,7 +225,7 @@ def gather_facts(run: RunDir) -> Facts:
         )
     selection = run.json("selection.json")
     chosen = _chosen(run, selection, index)
-    summary = run.json("eval/summary.json")
+    summary = read_summary(run.json(EVAL_SUMMARY), EVAL_SUMMARY)
     chosen_eval = run.json(f"eval/{chosen['label']}.json")
     meta_path = checkpoint_meta_path(run.dir, chosen["path"])
     checkpoint_meta = _read_json(meta_path, str(meta_path)) if meta_path else None

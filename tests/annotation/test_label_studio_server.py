@@ -187,7 +187,7 @@ def test_round_trip_through_a_real_server(server: str, tmp_path: Path) -> None:
 
     batch = (
         "  batches:\n    - {id: ls-1, path: support-assistant/ls/export.json, format: label_studio, "
-        "criteria_version: 1.2.0, key: support-assistant/ls/unblinding_key.json}\n"
+        "criteria_version: 1.3.0, key: support-assistant/ls/unblinding_key.json}\n"
     )
     spec.write_text(spec.read_text(encoding="utf-8").replace(PLACEHOLDER, batch), encoding="utf-8")
     records = load_records(load_project(spec))

@@ -112,7 +112,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("loop")
     batch = (
         "  batches:\n    - {id: loop-1, path: support-assistant/loop/answers.jsonl, "
-        "criteria_version: 1.2.0, key: support-assistant/loop/unblinding_key.json}\n"
+        "criteria_version: 1.3.0, key: support-assistant/loop/unblinding_key.json}\n"
     )
     spec = project_copy(root, PLACEHOLDER)
     out = root / "support-assistant" / "loop"
@@ -190,9 +190,9 @@ def test_tasks_refuse_unlocked_criteria(tmp_path: Path) -> None:
         )
     # a new version, changed but never locked: validate only warns (C007); tasks refuse
     text = spec.read_text(encoding="utf-8").replace("Says what is needed and stops", "Says less")
-    spec.write_text(text.replace("version: 1.2.0\n", "version: 1.3.0\n", 1), encoding="utf-8")
+    spec.write_text(text.replace("version: 1.3.0\n", "version: 1.4.0\n", 1), encoding="utf-8")
     shutil.copy(SPEC.with_name("support-assistant.lock.json"), tmp_path)
-    with pytest.raises(RunError, match="criteria version 1.3.0 is not in the lock file"):
+    with pytest.raises(RunError, match="criteria version 1.4.0 is not in the lock file"):
         generate_tasks(
             load_project(spec),
             EXAMPLE / "data" / "responses.jsonl",

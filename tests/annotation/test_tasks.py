@@ -187,7 +187,7 @@ def test_sessions_fit_the_limit(
     sessions: dict[str, list[int]] = defaultdict(list)
     for task in tasks:
         sessions[task["session"]].append(task["position"])
-        assert task["session"].startswith(f"tasks-1.2.0-{task['annotator']}-s")
+        assert task["session"].startswith(f"tasks-1.3.0-{task['annotator']}-s")
     for positions in sessions.values():
         assert positions == list(range(1, len(positions) + 1))
         assert len(positions) * ann["minutes_per_task"] <= ann["session_max_minutes"]
@@ -212,7 +212,7 @@ def test_label_studio_files(run: tuple[Path, TaskSummary], tasks: list[dict[str,
         and textarea.get("name") == "justification"
         and textarea.get("required") == "false"
     )
-    assert any("1.2.0" in (h.get("value") or "") for h in root.findall("Header"))
+    assert any("1.3.0" in (h.get("value") or "") for h in root.findall("Header"))
     assert {t.get("value") for t in root.findall("Text")} == {"$prompt", "$text_a", "$text_b"}
     imported = json.loads((run[0] / "label_studio" / "tasks.json").read_text(encoding="utf-8"))
     assert len(imported) == len(tasks)

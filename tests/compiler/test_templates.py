@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from jinja2 import UndefinedError
+from markupsafe import escape
 
 from rlhfspec.common.errors import CompilerError
 from rlhfspec.common.templating import environment
@@ -24,7 +25,9 @@ from rlhfspec.compiler.yaml_loader import load_yaml_file
 
 SPEC_FILE = Path(__file__).resolve().parents[2] / "specs" / "support-assistant.yaml"
 DOCUMENTS = {
-    f"{doc}.{fmt}" for doc in ("criteria", "playbook", "sampling") for fmt in ("md", "html")
+    f"{doc}.{fmt}"
+    for doc in ("criteria", "playbook", "playbook.auditor", "sampling")
+    for fmt in ("md", "html")
 }
 ROWS = {"usage": 640, "synthetic": 260, "red-team": 100}
 CRITERIA_SHA = "c0ffee" + "1" * 58
@@ -69,6 +72,7 @@ def make_context(
             "criteria_sha256": CRITERIA_SHA,
             "generator": "rlhfspec 0.1.0",
             "lock_history": lock_history if history else [],
+            "changes": {"since": None, "first": history, "items": []},
         },
         "sources": [
             {
@@ -103,7 +107,7 @@ def _sections(markdown: str) -> list[str]:
     return re.split(r"^(?=## )", markdown, flags=re.MULTILINE)
 
 
-def test_renders_all_six_documents(docs: dict[str, str]) -> None:
+def test_renders_all_eight_documents(docs: dict[str, str]) -> None:
     assert set(docs) == DOCUMENTS
     for name, text in docs.items():
         assert text.strip(), name
@@ -120,7 +124,7 @@ def test_criteria_version_in_every_document() -> None:
 def test_playbook_markdown_repeats_version_after_every_top_level_section(
     docs: dict[str, str],
 ) -> None:
-    marker = "_Criteria version 1.2.0_"
+    marker = "_Criteria version 1.3.0_"
     lines = docs["playbook.md"].splitlines()
     assert lines[0].startswith("# ")
     assert marker in lines[:4], "version line at the top"
@@ -136,8 +140,8 @@ def test_playbook_html_has_header_and_footer_that_repeat_in_print(docs: dict[str
     html = docs["playbook.html"]
     header = re.search(r'<header class="page-header">(.*?)</header>', html, re.S)
     footer = re.search(r'<footer class="page-footer">(.*?)</footer>', html, re.S)
-    assert header and "Criteria version 1.2.0" in header.group(1)
-    assert footer and "Criteria version 1.2.0" in footer.group(1)
+    assert header and "Criteria version 1.3.0" in header.group(1)
+    assert footer and "Criteria version 1.3.0" in footer.group(1)
     assert "@page" in html and "@media print" in html
     print_css = html[html.index("@media print") :]
     assert re.search(r"\.page-header[^{]*\{[^}]*position: fixed", print_css)
@@ -146,7 +150,7 @@ def test_playbook_html_has_header_and_footer_that_repeat_in_print(docs: dict[str
 
 def test_every_dimension_and_disqualifier_appears(docs: dict[str, str]) -> None:
     criteria = BASE_DATA["criteria"]
-    for name in ("criteria.md", "criteria.html", "playbook.md", "playbook.html"):
+    for name in ("criteria.md", "criteria.html", "playbook.auditor.md", "playbook.auditor.html"):
         text = docs[name]
         for d in criteria["dimensions"]:
             assert d["id"] in text and _label(d) in text, (name, d["id"])
@@ -187,7 +191,7 @@ def _hostile(data: dict[str, Any]) -> None:
 
 def test_hostile_text_is_escaped_in_html() -> None:
     docs = render_all(make_context(_hostile))
-    for name in ("criteria.html", "playbook.html", "sampling.html"):
+    for name in ("criteria.html", "playbook.html", "playbook.auditor.html", "sampling.html"):
         html = docs[name]
         assert "<script" not in html, name
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html, name
@@ -201,17 +205,17 @@ def test_hostile_text_is_escaped_in_markdown() -> None:
     # inside a code span the regex stays literal (Markdown escapes code itself)
     span = "``` a`b``c|</pre><script> ```"
     assert span in docs["criteria.md"]
-    for name in ("criteria.md", "playbook.md", "sampling.md"):
+    for name in ("criteria.md", "playbook.md", "playbook.auditor.md", "sampling.md"):
         md = docs[name].replace(span, "")
         assert "<script>" not in md, name
         assert "\\<script\\>alert(1)\\</script\\>" in md, name
         assert "{{ 7\\*7 }}" in md, name
-        assert "49" not in md.replace("2026", ""), name
+        assert not re.search(r"(?<![\d.])49(?!\d)", md.replace("2026", "")), name
         assert LONG_WORD in md, name
 
 
 def test_html_loads_nothing_from_the_network(docs: dict[str, str]) -> None:
-    for name in ("criteria.html", "playbook.html", "sampling.html"):
+    for name in ("criteria.html", "playbook.html", "playbook.auditor.html", "sampling.html"):
         html = docs[name]
         assert "http://" not in html and "https://" not in html, name
         assert "@import" not in html and "url(" not in html, name
@@ -247,7 +251,7 @@ def test_rendering_is_deterministic() -> None:
 
 
 def test_markdown_is_clean(docs: dict[str, str]) -> None:
-    for name in ("criteria.md", "playbook.md", "sampling.md"):
+    for name in ("criteria.md", "playbook.md", "playbook.auditor.md", "sampling.md"):
         md = docs[name]
         assert md.endswith("\n") and not md.endswith("\n\n"), name
         assert "\n\n\n" not in md, f"{name}: two blank lines in a row"
@@ -271,7 +275,7 @@ def test_version_history_table_and_missing_lock_file(docs: dict[str, str]) -> No
     md = docs["criteria.md"]
     assert "| Version | Locked on | SHA-256 (short) |" in md
     assert "| 1.1.0 | 2026-10-01 | `abababababab` |" in md
-    assert "| 1.2.0 (this version) | 2026-10-20 | `c0ffee111111` |" in md
+    assert "| 1.3.0 (this version) | 2026-10-20 | `c0ffee111111` |" in md
     assert "<code>c0ffee111111</code>" in docs["criteria.html"]
     without = render_all(make_context(history=False))
     for name in ("criteria.md", "criteria.html"):
@@ -292,19 +296,27 @@ def test_worked_examples_show_the_reasoning(docs: dict[str, str]) -> None:
     for name in ("criteria.md", "playbook.md", "criteria.html", "playbook.html"):
         text = docs[name]
         for example in BASE_DATA["criteria"]["examples"]:
-            assert example["why"] in text, name
-    assert "**Decided by:** Helpfulness (dimension 2, `helpfulness`)" in docs["playbook.md"]
-    assert '<a href="#dim-helpfulness">Helpfulness</a>' in docs["playbook.html"]
+            why = str(escape(example["why"])) if name.endswith(".html") else example["why"]
+            assert why in text, name
+    assert "**Decided by:** Helpfulness (dimension 2, `helpfulness`)" in docs["playbook.auditor.md"]
+    assert '<a href="#dim-helpfulness">Helpfulness</a>' in docs["playbook.auditor.html"]
+    # the annotator's edition names the dimension and anchors it by rank, not by id
+    assert "**Decided by:** Helpfulness (dimension 2)\n" in docs["playbook.md"]
+    assert '<a href="#dim-2">Helpfulness</a>' in docs["playbook.html"]
 
 
 def test_playbook_annotation_rules(docs: dict[str, str]) -> None:
-    for name in ("playbook.md", "playbook.html"):
+    for name in ("playbook.md", "playbook.html", "playbook.auditor.md", "playbook.auditor.html"):
         text = docs[name]
         assert "Work at most 90 minutes in one session, then take a break" in _plain(text), name
         assert "randomised" in text and "which system produced which response" in text, name
-        assert "between 5% and 10% of your tasks" in text, name
-        assert "falls below 80%" in text and "retrained" in text, name
-        assert "labelled by 3 different annotators" in text, name
+        assert "retrained" in text, name
+        if "auditor" in name:  # the exact cutoffs only in the auditor's edition
+            assert "between 5% and 10% of your tasks" in text, name
+            assert "falls below 80%" in text and "labelled by 3 different annotators" in text, name
+        else:
+            assert "A small share of your tasks have a known answer" in text, name
+            assert "labelled by several different annotators" in text, name
         assert "justification is optional" in text, name
         assert "Tie" in text, name
 

@@ -295,7 +295,7 @@ def make_run(root: Path, *, hostile: bool = False, human: bool = False) -> Path:
         human_results = import_human_eval(
             run / "eval/human_eval/judgements.jsonl", run / "eval/human_eval/key.json"
         )
-    _json(run, "eval/summary.json", summary)
+    _json(run, "eval/summary.json", summary)  # the bare list older runs wrote: still read
     outputs["evaluate"].append("eval/summary.json")
     decision = select_checkpoint(results[1:], maximize="reward_mean", guards=guards, human=human_results)  # fmt: skip
     _json(run, "selection.json", decision)
@@ -364,6 +364,7 @@ EXPECTED = {
     "sampling/sampling.md", "sampling/sampling.html", "sampling/prompt_check.json",
     "sampling/prompt_check.md",
     "playbook/playbook.md", "playbook/playbook.html", "playbook/gold_items.jsonl",
+    "playbook/playbook.auditor.md", "playbook/playbook.auditor.html",
     "playbook/worked_examples.json",
     "annotation_qc/report.html", "annotation_qc/report.md", "annotation_qc/report.json",
     "annotation_qc/aggregation_summary.json",
@@ -387,6 +388,8 @@ def test_package_is_complete_and_verifies(base_run: Path, tmp_path: Path) -> Non
     # the gold items are the spec's own file, and the plan documents are the compiled ones
     assert files["playbook/gold_items.jsonl"] == (SPECS / "support-assistant/data/gold.jsonl").read_bytes()  # fmt: skip
     assert files["criteria/criteria.md"] == (base_run / "plan/criteria.md").read_bytes()
+    examples = json.loads(files["playbook/worked_examples.json"])
+    assert examples["format"] == "rlhfspec.worked_examples/1" and examples["examples"]
     verified = verify_package(out)
     assert verified.ok and verified.checked == len(EXPECTED) - 1, verified.lines()
     assert verified.lines()[-1].endswith(f"OK, {len(EXPECTED) - 1} files match their checksums")
@@ -418,7 +421,7 @@ def test_manifest_says_what_produced_every_file(base_run: Path, tmp_path: Path) 
     assert stage["index.html"] == "handoff"
     rm_sha = sha256_file(base_run / "models/reward_model/model.safetensors")
     evidence = files["evidence/update-000002.json"]["produced_by"]
-    assert evidence["criteria_version"] == "1.2.0"
+    assert evidence["criteria_version"] == "1.3.0"
     assert evidence["annotation_batches"] == ["2026-11-w1", "2026-11-w2", "2026-11-w3", "2026-11-w4"]  # fmt: skip
     assert evidence["reward_model"] == rm_sha
     assert evidence["kl"]["coef"] == 0.05
@@ -430,8 +433,9 @@ def test_manifest_says_what_produced_every_file(base_run: Path, tmp_path: Path) 
     assert manifest["deployment_checkpoint"]["label"] == "update-000002"
     assert manifest["run"]["finished"] == _stamp(8)  # the select stage's time, not the clock
     history = json.loads((tmp_path / "pkg/criteria/history.json").read_text(encoding="utf-8"))
-    assert [h["version"] for h in history["history"]] == ["1.2.0"]
-    assert history["history"][0]["content"]["version"] == "1.2.0"  # confirmed by the lock file
+    assert [h["version"] for h in history["history"]] == ["1.2.0", "1.3.0"]
+    assert history["history"][1]["content"]["version"] == "1.3.0"  # confirmed by the lock file
+    assert history["history"][1]["content"]["guidance"]["hard_cases"]
 
 
 def test_verify_reports_altered_missing_and_extra(base_run: Path, tmp_path: Path) -> None:

@@ -457,7 +457,9 @@ def small_spec(root: Path, method: str) -> Path:
             + "  checkpoint_every: 2\n"
             + text[end:]
         )
-    text += "\ncompute: {device: cpu, num_processes: 2}\n"
+    # our PPO shards with FSDP2 on the CPU too (tests/policy/test_fsdp_ppo.py); DPO is DDP here
+    policy = "stages: {policy: {strategy: fsdp}}" if method == "ppo" else "stages: {}"
+    text += f"\ncompute: {{device: cpu, num_processes: 2, {policy}}}\n"
     if method == "dpo":
         text += "tracking: {backend: tensorboard}\n"
     spec.write_text(text)
@@ -547,6 +549,8 @@ def test_launch_runs_the_ppo_policy_stage_in_two_processes(upstream: tuple[Path,
     # 16 episodes in global batches of 8: 2 updates x 1 epoch x 2 minibatches
     assert entry["metrics"]["updates"] == 2
     assert entry["metrics"]["final"]["optimizer_steps"] == 4
+    assert entry["metrics"]["compute"]["strategy"] == "fsdp"
+    assert entry["metrics"]["compute"]["processes"] == 2
     folder = run_dir / "models" / "policy"
     rows = (folder / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(row)["update"] for row in rows] == [1, 2]

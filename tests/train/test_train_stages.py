@@ -131,7 +131,7 @@ def test_lineage_and_metadata_tie_the_reward_model_to_its_data(trained: tuple[Pa
     meta = json.loads(
         (run_dir / "models" / "reward_model" / "rlhfspec_reward_model.json").read_text()
     )
-    assert meta["annotation_batches"] == ["2026-11-w1"] and meta["criteria_version"] == "1.2.0"
+    assert meta["annotation_batches"] == ["2026-11-w1"] and meta["criteria_version"] == "1.3.0"
     assert meta["data"]["pairs_sha256"] == sha256_file(run_dir / "preferences" / "pairs.jsonl")
     assert {g["name"] for g in meta["gates"]} == {
         "min_validation_accuracy",

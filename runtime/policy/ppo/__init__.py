@@ -59,12 +59,15 @@ KL, so the numbers mean the same whatever N is. The batch must split evenly:
 ``rollout_batch_size`` divisible by ``N * mini_batches * gradient_accumulation_steps``. Every
 process starts from the same weights (same seed, same files; DDP also broadcasts rank 0's), and
 only the main process writes metrics, checkpoints and log lines. With one process nothing of
-this runs and results are bit for bit those of the single-process trainer. CUDA (NCCL) goes
-through the same code as CPU (gloo) but is only tested on CPU here.
+this runs and results are bit for bit those of the single-process trainer. With
+``strategy="fsdp"`` the policy and value model are sharded with FSDP2 instead of replicated
+(`sharding`); the arithmetic is the same. CUDA (NCCL) goes through the same code as CPU (gloo)
+but is only tested on CPU here.
 
 Modules: `settings` (settings, result, seeded streams), `models` (logits, values, scores),
 `rollout` (one rollout batch), `update` (the minibatch passes), `checkpoint` (checkpoints and
-metrics file), `trainer` (`train_ppo`).
+metrics file), `loading` (the models a run loads and prepares), `sharding` (FSDP2), `trainer`
+(`train_ppo`).
 """
 
 from __future__ import annotations

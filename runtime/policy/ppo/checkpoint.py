@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,16 +80,17 @@ def save_checkpoint(
     out_dir: Path,
     update: int,
     *,
-    policy: Any,
-    value_model: Any,
-    tokenizer: Any,
-    optimizer: Any,
+    write_models: Callable[[Path], None],
+    optimizer_state: dict[str, Any],
     info: dict[str, Any],
 ) -> Path:
     """Write a checkpoint into ``.update-NNNNNN.tmp`` and rename it into place.
 
-    ``checkpoint.json`` is written last and the rename is atomic, so ``update-NNNNNN`` either
-    does not exist or is complete; a leftover temporary folder is ignored and removed later.
+    `write_models(folder)` writes ``folder/policy`` (with the tokenizer) and ``folder/value``
+    (`save_models`, or from gathered state dicts under FSDP); `optimizer_state` is the
+    optimizer's full, index-keyed state. ``checkpoint.json`` is written last and the rename is
+    atomic, so ``update-NNNNNN`` either does not exist or is complete; a leftover temporary
+    folder is ignored and removed later.
     """
     root = Path(out_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -96,18 +98,23 @@ def save_checkpoint(
     tmp = root / f".{checkpoint_name(update)}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    # with LoRA: the adapters under adapter/ and the merged weights beside them, so evaluation
-    # and the handoff load the checkpoint as an ordinary model
-    save_pretrained_merged(policy, tmp / "policy")
-    tokenizer.save_pretrained(tmp / "policy")
-    save_pretrained_merged(value_model, tmp / "value")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    write_models(tmp)
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / "rng_state.pt")
     atomic_write_text(tmp / CHECKPOINT_META, json.dumps(info, indent=2, sort_keys=True) + "\n")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def save_models(policy: Any, value_model: Any, tokenizer: Any, folder: Path) -> None:
+    """The unsharded policy (with its tokenizer) and value model as Hugging Face folders;
+    with LoRA the adapters under adapter/ and the merged weights beside them, so evaluation
+    and the handoff load the checkpoint as an ordinary model."""
+    save_pretrained_merged(policy, folder / "policy")
+    tokenizer.save_pretrained(folder / "policy")
+    save_pretrained_merged(value_model, folder / "value")
 
 
 def model_sha256(model_dir: Path) -> str | None:

@@ -63,7 +63,8 @@ def policy_logits(
     return logits[:, -(response_length + 1) : -1]
 
 
-def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """A sequence classifier's transformer and its ``score`` head (under PEFT's wrapper)."""
     unwrap = getattr(model, "get_base_model", None)
     if callable(unwrap):  # PEFT: the model with its adapters in place
         model = unwrap()
@@ -80,7 +81,7 @@ def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 def _hidden_states(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> tuple[torch.Tensor, nn.Module]:
-    backbone, head = _backbone_and_head(model)
+    backbone, head = backbone_and_head(model)
     out = backbone(
         input_ids=input_ids,
         attention_mask=attention_mask,

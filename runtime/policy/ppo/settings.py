@@ -46,6 +46,9 @@ METRIC_FIELDS = (
     "seconds",
 )
 
+#: Settings that say where a run computes, not what: recorded, and free to change on resume.
+RUNS_ON = ("threads", "cpu", "strategy", "cpu_offload")
+
 #: Scores a batch instead of the reward model (tests, rule-based rewards). Called with the full
 #: sequences ``[B, P + T]`` (left-padded prompt, then the truncated response, right-padded),
 #: their attention mask, and the prompt width ``P``; response tokens are ``ids[:, P:]`` where
@@ -102,6 +105,11 @@ class PPOSettings:
     #: LoRA adapters on the policy and value models (compute.lora: r, alpha, dropout,
     #: target_modules); the reference is then the policy with its adapters disabled
     lora: dict[str, Any] | None = None
+    #: compute.strategy: with several processes, ``fsdp`` shards the policy and value model
+    #: (`rlhfspec.runtime.policy.ppo.sharding`), ``ddp`` replicates them
+    strategy: str = default_of("compute.strategy")
+    #: compute.fsdp.cpu_offload: FSDP shards in host memory between uses (accelerators only)
+    cpu_offload: bool = default_of("compute.fsdp.cpu_offload")
 
     def __post_init__(self) -> None:
         problems = []
@@ -111,6 +119,8 @@ class PPOSettings:
             problems.append(
                 f"compute.mixed_precision must be no, bf16 or fp16, not {self.mixed_precision!r}"
             )
+        if self.strategy not in ("ddp", "fsdp"):
+            problems.append(f"compute.strategy must be ddp or fsdp, not {self.strategy!r}")
         if self.kl_mode not in ("fixed", "adaptive"):
             problems.append(f"kl.mode must be fixed or adaptive, not {self.kl_mode!r}")
         if self.kl_mode == "adaptive" and (self.kl_target is None or self.kl_target <= 0):
@@ -155,6 +165,8 @@ class PPOSettings:
         mixed_precision: str = "no",
         gradient_checkpointing: bool = False,
         lora: dict[str, Any] | None = None,
+        strategy: str | None = None,
+        cpu_offload: bool | None = None,
     ) -> PPOSettings:
         """Settings from a spec's resolved ``policy`` block (every default written out by the
         compiler: nothing is filled in here)."""
@@ -198,6 +210,10 @@ class PPOSettings:
             values[name] = bool(ppo[name])
         if threads is not None:
             values["threads"] = int(threads)
+        if strategy is not None:
+            values["strategy"] = strategy
+        if cpu_offload is not None:
+            values["cpu_offload"] = bool(cpu_offload)
         return cls(**values)
 
     @property
@@ -237,8 +253,10 @@ class PPOSettings:
         return dataclasses.asdict(self)
 
     def comparable(self) -> dict[str, Any]:
-        """The settings a resumed run must share with its checkpoint (all but threads/cpu)."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("threads", "cpu")}
+        """The settings a resumed run must share with its checkpoint: all but where it runs
+        (threads, cpu, strategy, cpu_offload: a checkpoint has one layout for every strategy,
+        and they change the numbers only by floating-point reduction order)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNS_ON}
 
 
 @dataclasses.dataclass
@@ -254,6 +272,10 @@ class PPOResult:
     metrics_path: Path
     metrics: list[dict[str, Any]]
     resumed_from: int | None
+    #: how the trained models ran: ``single`` (one process), ``ddp`` or ``fsdp``
+    strategy: str = "single"
+    #: whether FSDP kept the shards in host memory (compute.fsdp.cpu_offload on an accelerator)
+    cpu_offload: bool = False
 
     @property
     def final_metrics(self) -> dict[str, Any]:

@@ -10,7 +10,9 @@ the benchmark can wrap them (``trainer.collect_rollout = ...``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import shutil
 import time
@@ -19,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from rlhfspec.common.errors import RunError
 from rlhfspec.runtime.policy.distributed import SINGLE, Group
@@ -33,31 +34,32 @@ from rlhfspec.runtime.policy.ppo.checkpoint import (
     checkpoint_name,
     clean_float,
     latest_checkpoint,
-    model_sha256,
     read_metrics,
     save_checkpoint,
+    save_models,
     set_rng_state,
     write_metrics,
 )
-from rlhfspec.runtime.policy.ppo.models import PolicyAndValue, same_tokenizer
+from rlhfspec.runtime.policy.ppo.loading import Inputs, Models, load_models, write_sharded
 from rlhfspec.runtime.policy.ppo.rollout import collect_rollout
 from rlhfspec.runtime.policy.ppo.settings import (
     METRIC_FIELDS,
+    RUNS_ON,
     PPOResult,
     PPOSettings,
     RewardFn,
     prompt_indices,
+)
+from rlhfspec.runtime.policy.ppo.sharding import (
+    full_model_state,
+    full_optimizer_state,
 )
 from rlhfspec.runtime.policy.ppo.update import ppo_update
 from rlhfspec.runtime.policy.ppo_math import AdaptiveKLController, FixedKLController
 from rlhfspec.runtime.train.common import quiet_transformers, seed_everything
 from rlhfspec.runtime.train.models import (
     corpus_sha256,
-    load_causal_lm,
-    load_reward_model,
-    load_tokenizer,
 )
-from rlhfspec.runtime.train.precision import autocast_dtype
 
 KLController = FixedKLController | AdaptiveKLController
 
@@ -103,7 +105,7 @@ def train_ppo(
     threads_before = torch.get_num_threads()
     try:
         return _train_ppo(
-            _Inputs(
+            Inputs(
                 Path(policy_dir),
                 Path(reference_dir),
                 Path(reward_model_dir),
@@ -123,43 +125,6 @@ def train_ppo(
         torch.set_num_threads(threads_before)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Inputs:
-    """What a run trains from: the three model folders, the prompts and the reward."""
-
-    policy_dir: Path
-    reference_dir: Path
-    reward_model_dir: Path
-    prompts: list[str]
-    reward_fn: RewardFn | None
-    trust_remote_code: bool
-
-    def sources(self) -> dict[str, Any]:
-        """The models by path and weights hash: a resumed run must start from the same ones."""
-        fn = self.reward_fn
-        return {
-            "policy": str(self.policy_dir),
-            "policy_sha256": model_sha256(self.policy_dir),
-            "reference": str(self.reference_dir),
-            "reference_sha256": model_sha256(self.reference_dir),
-            "reward_model": str(self.reward_model_dir),
-            "reward_model_sha256": model_sha256(self.reward_model_dir),
-            "reward_fn": None if fn is None else getattr(fn, "__name__", "custom"),
-        }
-
-
-@dataclasses.dataclass
-class _Models:
-    tokenizer: Any
-    model: nn.Module  # PolicyAndValue, prepared by accelerate (DDP-wrapped with processes)
-    unwrapped: PolicyAndValue
-    optimizer: Any
-    reference: nn.Module
-    reward_model: nn.Module | None
-    reward_fn: RewardFn | None
-    scaler: Any  # torch.amp.GradScaler for fp16 autocast on CUDA, else None
-
-
 @dataclasses.dataclass
 class _State:
     """The counters a checkpoint records and a resume restores."""
@@ -172,7 +137,7 @@ class _State:
 
 
 def _train_ppo(
-    inputs: _Inputs,
+    inputs: Inputs,
     settings: PPOSettings,
     out_dir: Path,
     *,
@@ -181,19 +146,9 @@ def _train_ppo(
     metadata: dict[str, Any],
     on_update: Callable[[dict[str, Any]], None] | None = None,
 ) -> PPOResult:
-    from accelerate import Accelerator
-
-    quiet_transformers()
-    seed_everything(settings.seed)
-    torch.set_num_threads(settings.threads)
-    cpu = settings.cpu if settings.cpu is not None else not torch.cuda.is_available()
-    # with several processes this joins their process group (gloo on CPU, NCCL on CUDA)
-    # mixed precision is our own autocast (rollout and update), not accelerate's: its state is
-    # one per process and refuses a second precision (SFT, the reward model or a test before)
-    accelerator = Accelerator(cpu=cpu)
-    # accelerate may pick its own CPU thread count for several processes; ours decides results
-    torch.set_num_threads(settings.threads)
+    accelerator = _accelerator(settings)
     group = Group.current() if accelerator.num_processes > 1 else SINGLE
+    strategy = "single" if group.single else settings.strategy
     settings.per_process_batch(group.world)  # refuses a batch that does not split evenly
     if not group.is_main:
         log = _silent  # one process speaks for the run
@@ -207,8 +162,9 @@ def _train_ppo(
     )
     start_info = None
     if start is not None:
-        start_info = _check_resume(start, settings, prompts_sha, sources, group.world, log)
-    models = _load_models(inputs, start, settings, accelerator)
+        where = (group.world, strategy)
+        start_info = _check_resume(start, settings, prompts_sha, sources, where, log)
+    models = load_models(inputs, start, settings, accelerator, strategy)
     state = _State(controller=_controller(settings))
     metrics_path = out_dir / METRICS_FILE
     if start is not None and start_info is not None:
@@ -222,7 +178,8 @@ def _train_ppo(
     resumed_from = state.update if start is not None else None
 
     def info() -> dict[str, Any]:
-        return _checkpoint_info(state, settings, inputs, prompts_sha, sources, metadata, group)
+        record = _checkpoint_info(state, settings, inputs, prompts_sha, sources, metadata, group)
+        return {**record, "strategy": strategy}
 
     final = start if start is not None and state.update == settings.num_updates else None
     while state.update < settings.num_updates:
@@ -237,7 +194,7 @@ def _train_ppo(
             f"eos {row['eos_rate']:.2f} ({row['seconds']:.1f}s)"
         )
         if state.update % settings.checkpoint_every == 0 or state.update == settings.num_updates:
-            final = _save(out_dir, state.update, models, info, group, log)
+            final = _save(out_dir, state.update, models, inputs, info, group, log)
     assert final is not None
     return PPOResult(
         updates=state.update,
@@ -249,7 +206,26 @@ def _train_ppo(
         metrics_path=metrics_path,
         metrics=state.rows,
         resumed_from=resumed_from,
+        strategy=strategy,
+        cpu_offload=models.sharding is not None and models.sharding.offload,
     )
+
+
+def _accelerator(settings: PPOSettings) -> Any:
+    """accelerate's Accelerator, which with several processes joins their process group
+    (gloo on CPU, NCCL on CUDA); the seeds and the thread count set."""
+    from accelerate import Accelerator
+
+    quiet_transformers()
+    seed_everything(settings.seed)
+    torch.set_num_threads(settings.threads)
+    cpu = settings.cpu if settings.cpu is not None else not torch.cuda.is_available()
+    # mixed precision is our own autocast (rollout and update), not accelerate's: its state is
+    # one per process and refuses a second precision (SFT, the reward model or a test before)
+    accelerator = Accelerator(cpu=cpu)
+    # accelerate may pick its own CPU thread count for several processes; ours decides results
+    torch.set_num_threads(settings.threads)
+    return accelerator
 
 
 def _starting_point(out_dir: Path, resume: bool, group: Group) -> Path | None:
@@ -287,13 +263,15 @@ def _check_resume(
     settings: PPOSettings,
     prompts_sha: str,
     sources: dict[str, Any],
-    processes: int,
+    where: tuple[int, str],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Refuse a checkpoint of another run (settings, prompts, models); warn where the numbers
-    will differ without being wrong (thread or process count). Returns its checkpoint.json."""
+    will differ without being wrong (thread or process count, strategy: `where` is this run's
+    processes and strategy). Returns its checkpoint.json."""
+    processes, strategy = where
     info: dict[str, Any] = json.loads((start / CHECKPOINT_META).read_text(encoding="utf-8"))
-    saved = {k: v for k, v in info["settings"].items() if k not in ("threads", "cpu")}
+    saved = {k: v for k, v in info["settings"].items() if k not in RUNS_ON}
     if saved != settings.comparable():
         changed = sorted(k for k in saved if saved[k] != settings.comparable().get(k))
         raise RunError(
@@ -323,101 +301,12 @@ def _check_resume(
             f"resuming with {processes} process(es) where the run used "
             f"{info.get('processes', 1)}: results will not match bit for bit"
         )
+    if info.get("strategy", strategy) != strategy:
+        log(
+            f"resuming under {strategy} where the run used {info['strategy']}: results will "
+            "not match bit for bit"
+        )
     return info
-
-
-def _load_models(
-    inputs: _Inputs, start: Path | None, settings: PPOSettings, accelerator: Any
-) -> _Models:
-    """One tokenizer for all (the reward and value models read the policy's token ids); the
-    trained pair on the device before the optimizer exists, so restored state lands there."""
-    remote = inputs.trust_remote_code
-    tokenizer = load_tokenizer(inputs.policy_dir, trust_remote_code=remote)
-    for other, what in (
-        (inputs.reference_dir, "reference"),
-        (inputs.reward_model_dir, "reward model"),
-    ):
-        if other != inputs.policy_dir and not same_tokenizer(
-            tokenizer, load_tokenizer(other, trust_remote_code=remote)
-        ):
-            raise RunError(
-                f"the {what} in {other} uses a different tokenizer from the policy in "
-                f"{inputs.policy_dir}; PPO needs them to share one (train them from the same base)"
-            )
-    if tokenizer.eos_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise RunError("the policy's tokenizer needs an EOS token distinct from its pad token")
-    # the trained pair in float32 whatever the checkpoint's dtype (AdamW on bf16 weights rounds
-    # most small updates away); mixed precision is autocast only. The frozen models keep theirs.
-    lora = settings.lora
-    # with LoRA a resumed run starts from the base weights plus the checkpoint's adapters
-    resume_full = start is not None and lora is None
-    policy = load_causal_lm(
-        start / "policy" if resume_full and start else inputs.policy_dir,
-        tokenizer=tokenizer,
-        trust_remote_code=remote,
-        dtype=torch.float32,
-    )
-    value_model = load_reward_model(
-        start / "value" if resume_full and start else inputs.reward_model_dir,
-        tokenizer=tokenizer,
-        trust_remote_code=remote,
-        dtype=torch.float32,
-    )
-    reference: nn.Module
-    if lora is not None:
-        from rlhfspec.runtime.train.scale import AdaptersOff, with_lora
-
-        if inputs.reference_dir != inputs.policy_dir:
-            raise RunError(
-                "with LoRA the KL reference is the policy's base with its adapters disabled; "
-                "the reference must be the policy's starting model"
-            )
-        adapters = (None, None) if start is None else (start / "policy", start / "value")
-        policy = with_lora(policy, lora, "CAUSAL_LM", adapters[0] and adapters[0] / "adapter")
-        value_model = with_lora(
-            value_model, lora, "SEQ_CLS", adapters[1] and adapters[1] / "adapter"
-        )
-        reference = AdaptersOff(policy)
-    else:
-        reference = load_causal_lm(
-            inputs.reference_dir, tokenizer=tokenizer, trust_remote_code=remote
-        )
-    reward_model = None
-    if inputs.reward_fn is None:
-        reward_model = load_reward_model(
-            inputs.reward_model_dir, tokenizer=tokenizer, trust_remote_code=remote
-        )
-    device = accelerator.device
-    for frozen in (reference, reward_model):
-        if frozen is not None:
-            frozen.requires_grad_(False)
-            frozen.eval()
-            frozen.to(device)
-    if settings.gradient_checkpointing:
-        from rlhfspec.runtime.train.scale import enable_checkpointing
-
-        enable_checkpointing(policy)
-        enable_checkpointing(value_model)
-    # dropout off, also while training (see the package docstring)
-    policy.eval()  # type: ignore[no-untyped-call]
-    value_model.eval()  # type: ignore[no-untyped-call]
-    pair = PolicyAndValue(policy, value_model).to(device)
-    optimizer = torch.optim.AdamW(
-        [p for p in pair.parameters() if p.requires_grad],
-        lr=settings.learning_rate,
-        weight_decay=0.0,
-    )
-    if start is not None:
-        optimizer.load_state_dict(torch.load(start / "optimizer.pt", weights_only=True))
-    model, optimizer = accelerator.prepare(pair, optimizer)
-    model.eval()
-    unwrapped = accelerator.unwrap_model(model)
-    scaler = None
-    if autocast_dtype(settings.mixed_precision, device) == torch.float16:
-        scaler = torch.amp.GradScaler(device.type)  # fp16 gradients underflow without it
-    return _Models(
-        tokenizer, model, unwrapped, optimizer, reference, reward_model, inputs.reward_fn, scaler
-    )
 
 
 def _controller(settings: PPOSettings) -> KLController:
@@ -445,7 +334,7 @@ def _one_update(
     state: _State,
     prompts: list[str],
     settings: PPOSettings,
-    models: _Models,
+    models: Models,
     accelerator: Any,
     group: Group,
 ) -> dict[str, Any]:
@@ -458,24 +347,26 @@ def _one_update(
     )
     # this process's contiguous share of the global batch (all of it with one process)
     shard = indices[group.rank * local_batch : (group.rank + 1) * local_batch]
-    rollout = collect_rollout(
-        policy=models.unwrapped.policy,
-        value_model=models.unwrapped.value_model,
-        reference=models.reference,
-        reward_model=models.reward_model,
-        reward_fn=models.reward_fn,
-        tokenizer=models.tokenizer,
-        prompts=[prompts[i] for i in shard],
-        settings=settings,
-        kl_coef=state.controller.value,
-        update=state.update,
-        device=accelerator.device,
-        group=group,
-    )
+    # under FSDP the blocks stay gathered for the whole rollout (see `Sharding.gathered`)
+    with models.sharding.gathered() if models.sharding else contextlib.nullcontext():
+        rollout = collect_rollout(
+            policy=models.pair.policy,
+            value_model=models.pair.value_model,
+            reference=models.reference,
+            reward_model=models.reward_model,
+            reward_fn=models.reward_fn,
+            tokenizer=models.tokenizer,
+            prompts=[prompts[i] for i in shard],
+            settings=settings,
+            kl_coef=state.controller.value,
+            update=state.update,
+            device=accelerator.device,
+            group=group,
+        )
     train_stats, steps = ppo_update(
         model=models.model,
         optimizer=models.optimizer,
-        accelerator=accelerator,
+        accelerator=models.steps,
         rollout=rollout,
         settings=settings,
         update=state.update,
@@ -507,7 +398,7 @@ def _one_update(
 def _checkpoint_info(
     state: _State,
     settings: PPOSettings,
-    inputs: _Inputs,
+    inputs: Inputs,
     prompts_sha: str,
     sources: dict[str, Any],
     metadata: dict[str, Any],
@@ -536,23 +427,29 @@ def _checkpoint_info(
 def _save(
     out_dir: Path,
     update: int,
-    models: _Models,
+    models: Models,
+    inputs: Inputs,
     info: Callable[[], dict[str, Any]],
     group: Group,
     log: Callable[[str], None],
 ) -> Path:
-    """Main process: write the checkpoint; every process: wait until it is complete, so that
-    no process returns (or resumes) a path that is still being written."""
+    """Main process: write the checkpoint; every process: gather the sharded state with it
+    (FSDP), then wait until it is complete, so that no process returns (or resumes) a path
+    that is still being written."""
     path = out_dir / CHECKPOINTS / checkpoint_name(update)
+    pair, tokenizer = models.pair, models.tokenizer
+    write: Callable[[Path], None] = functools.partial(
+        save_models, pair.policy, pair.value_model, tokenizer
+    )
+    if models.sharding is not None:
+        states = (full_model_state(pair.policy), full_model_state(pair.value_model))
+        optimizer_state = full_optimizer_state(pair, models.optimizer)
+        write = functools.partial(write_sharded, models, states, inputs)
+    elif group.is_main:
+        optimizer_state = models.optimizer.state_dict()
     if group.is_main:
         path = save_checkpoint(
-            out_dir,
-            update,
-            policy=models.unwrapped.policy,
-            value_model=models.unwrapped.value_model,
-            tokenizer=models.tokenizer,
-            optimizer=models.optimizer,
-            info=info(),
+            out_dir, update, write_models=write, optimizer_state=optimizer_state, info=info()
         )
         log(f"checkpoint {path.name}")
     group.barrier()
