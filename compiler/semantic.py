@@ -596,7 +596,8 @@ class Checker:
             if estimate is not None and estimate["total"] > parse_size(limit):
                 parts = ", ".join(
                     f"{k} {estimate[k] / GIB:.2f}"
-                    for k in ("weights", "gradients", "optimizer", "activations")
+                    for k in ("weights", "gradients", "optimizer", "activations", "rollout")
+                    if estimate[k] is not None
                 )
                 self.emit(
                     "M002",
@@ -661,9 +662,14 @@ def used_base_models(spec: dict[str, Any]) -> list[str]:
 
 
 def iter_paths(schema: dict[str, Any], data: Any) -> Iterator[tuple[JsonPath, str]]:
-    """Every file path the spec references (fields marked `x-path` in the schema)."""
+    """Every file path the spec references (fields marked `x-path` in the schema, except the
+    keywords a field lists in `x-path-except`, such as ``prompts.chat_template: auto``)."""
     for path, sub, value in walk(schema, data):
-        if sub.get("x-path") and isinstance(value, str):
+        if (
+            sub.get("x-path")
+            and isinstance(value, str)
+            and value not in sub.get("x-path-except", ())
+        ):
             yield path, value
 
 

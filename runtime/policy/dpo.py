@@ -2,7 +2,7 @@
 
 TRL owns the loss and the training loop; what this module adds is around them:
 
-* the same text format as every other stage (`format_prompt`, `format_response`), so the
+* the same text format as every other stage (the run's `ChatFormat`), so the
   policy is trained on exactly the text the reward model and evaluation see;
 * policy checkpoints every ``policy.checkpoint_every`` optimizer steps under
   ``out_dir/checkpoints/step-000010/``, each a complete model directory (safetensors weights,
@@ -49,6 +49,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from rlhfspec.common.chat_templates import AUTO
 from rlhfspec.common.errors import RunError
 from rlhfspec.compiler.schemas import default_of
 from rlhfspec.runtime.policy.distributed import SINGLE, Group, launched_world_size
@@ -72,7 +73,7 @@ from rlhfspec.runtime.train.common import (
     threads,
     without_printer,
 )
-from rlhfspec.runtime.train.formatting import format_prompt, format_response
+from rlhfspec.runtime.train.formatting import ChatFormat, chat_format, format_response, plain_prompt
 from rlhfspec.runtime.train.models import load_causal_lm, load_tokenizer
 from rlhfspec.runtime.train.progress import progress_callback
 from rlhfspec.runtime.train.scale import per_device
@@ -80,18 +81,32 @@ from rlhfspec.runtime.train.scale import per_device
 __all__ = ["CHECKPOINT_META", "METRICS_FILE", "checkpoint_name", "list_checkpoints", "train_dpo"]
 
 
-def dpo_rows(pairs: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Prompt/chosen/rejected rows as the model sees them (the one template of formatting.py)."""
+def dpo_rows(
+    pairs: Sequence[Mapping[str, Any]], chat: ChatFormat | None = None
+) -> list[dict[str, str]]:
+    """Prompt/chosen/rejected rows as the model sees them: formatted by `chat` (the run's
+    `ChatFormat`; None: the plain ``User:/Assistant:`` format). A pair's ``messages`` (a
+    multi-turn prompt) take the place of its ``prompt`` text."""
     rows = []
     for i, pair in enumerate(pairs):
         missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(pair.get(k), str)]
         if missing:
             raise RunError(f"preference pair {i} lacks text for {', '.join(missing)}")
+        prompt = pair.get("messages") or pair["prompt"]
+        if chat is None:
+            rows.append(
+                {
+                    "prompt": plain_prompt(prompt),
+                    "chosen": format_response(pair["chosen"]),
+                    "rejected": format_response(pair["rejected"]),
+                }
+            )
+            continue
         rows.append(
             {
-                "prompt": format_prompt(pair["prompt"]),
-                "chosen": format_response(pair["chosen"]),
-                "rejected": format_response(pair["rejected"]),
+                "prompt": chat.prompt(prompt),
+                "chosen": chat.response(prompt, pair["chosen"]),
+                "rejected": chat.response(prompt, pair["rejected"]),
             }
         )
     return rows
@@ -160,6 +175,7 @@ def train_dpo(
     pairs: list[dict[str, Any]],
     settings: dict[str, Any],
     *,
+    chat: ChatFormat | None = None,
     seed: int,
     out_dir: Path,
     resume: bool,
@@ -171,23 +187,22 @@ def train_dpo(
 ) -> dict[str, Any]:
     """Train the policy at `policy_dir` with DPO against the frozen `reference_dir` model.
 
-    `pairs` are raw texts (``prompt``, ``chosen``, ``rejected``); `settings` is the spec's
+    `pairs` are raw texts (``prompt``, ``chosen``, ``rejected``, and ``messages`` for a
+    multi-turn prompt), formatted by `chat` (`dpo_rows`; None: the policy tokenizer's own
+    format, as ``prompts.chat_template: auto``); `settings` is the spec's
     resolved ``policy`` block (``dpo.beta``, ``dpo.loss_type``, ``dpo.train``,
     ``checkpoint_every``, ``trust_remote_code``). `metadata` (data hashes, annotation batches,
     plan fingerprint...) is copied into every checkpoint's ``checkpoint.json`` so that each
     one can be traced on its own. `compute` is the stage's ``compute`` entry (the schema's
-    defaults for keys it lacks); under LoRA the reference is the policy's base with its adapters disabled,
-    not a second copy. `tracking` is what `scale.tracking_env` yields (TRL's ``report_to``).
+    defaults for keys it lacks); under LoRA the reference is the policy's base with its
+    adapters disabled, not a second copy. `tracking` is what `scale.tracking_env` yields.
     `callbacks` are extra TrainerCallbacks, run after the ones here (tests that interrupt).
 
-    Under torchrun / ``accelerate launch`` every process calls this alike (see the module
-    docstring); only the main process writes `out_dir` and calls `log`, and the resume point
-    is the main process's, broadcast to the others. The summary is the same on every process.
-
-    With `resume`, training continues from the newest complete trainer checkpoint under
-    ``out_dir/trainer`` (starting over if there is none); otherwise earlier checkpoints and
-    metrics in `out_dir` are removed first. Returns a summary: steps, checkpoints, final
-    loss, seconds, pairs (and how many were truncated or dropped by max_length).
+    Every process of a launch calls this alike (module docstring); only the main one writes
+    `out_dir` and logs. With `resume`, training continues from the newest complete trainer
+    checkpoint under ``out_dir/trainer`` (starting over if there is none); otherwise earlier
+    checkpoints and metrics are removed first. Returns a summary (steps, checkpoints, losses,
+    seconds, pairs trained, truncated or dropped by max_length, compute), alike on every process.
     """
     started = time.perf_counter()
     quiet_transformers()
@@ -207,7 +222,7 @@ def train_dpo(
     trainer, saver = _make_trainer(
         policy_dir,
         reference_dir,
-        pairs,
+        dpo_rows(pairs, chat or _tokenizer_chat(policy_dir, settings)),
         settings,
         args=args,
         seed=seed,
@@ -234,6 +249,12 @@ def train_dpo(
         compute=_compute_summary(compute, trainer, policy_dir),
     )
     return summary
+
+
+def _tokenizer_chat(policy_dir: Path, settings: Mapping[str, Any]) -> ChatFormat:
+    """The policy tokenizer's own format, as ``prompts.chat_template: auto``."""
+    trust = bool(settings["trust_remote_code"])
+    return chat_format(load_tokenizer(policy_dir, trust_remote_code=trust), AUTO)
 
 
 def _join_run(
@@ -366,7 +387,7 @@ def _load_models(
 def _make_trainer(
     policy_dir: Path,
     reference_dir: Path,
-    pairs: list[dict[str, Any]],
+    rows: list[dict[str, str]],
     settings: dict[str, Any],
     *,
     args: Any,
@@ -409,7 +430,7 @@ def _make_trainer(
             model=policy,
             ref_model=reference,
             processing_class=tokenizer,
-            train_dataset=Dataset.from_list(dpo_rows(pairs)),
+            train_dataset=Dataset.from_list(rows),
             args=args,
             callbacks=[progress_callback(log, "policy"), metrics, saver, *callbacks],
             peft_config=lora_config(dict(compute), "CAUSAL_LM"),
