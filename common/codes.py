@@ -134,6 +134,19 @@ REGISTRY: tuple[Code, ...] = (
          "Fix the regular expression (Python `re` syntax)."),
     Code("C009", _ERR, "bad-lock-file", "The lock file is not a valid rlhfspec lock file.",
          "Restore it from version control, or delete it and run `rlhfspec lock`."),
+    Code("C010", _ERR, "gold-unknown-criteria-version",
+         "A gold or calibration item names a criteria version that is neither locked nor "
+         "current (or newer than the current one): nobody can reconstruct the criteria its "
+         "answer follows.",
+         "Tag the item with the locked version its answer was written (or re-reviewed) for."),
+    Code("C011", _WARN, "gold-older-criteria-version",
+         "Gold or calibration items were written for an older locked criteria version than the "
+         "current one: their answers may no longer be what the criteria say.",
+         "Re-review those items against the current criteria and re-tag them with its version."),
+    Code("C012", _WARN, "gold-without-criteria-version",
+         "Gold or calibration items carry no `criteria_version`, so a criteria change cannot "
+         "tell which answers to re-review.",
+         "Add `criteria_version` (the version the answer was written for) to every item."),
     # Prompts (stage 2)
     Code("P001", _ERR, "mix-infeasible",
          "The mix ranges cannot add up to 1 (sum of minimums > 1 or sum of maximums < 1).",
