@@ -397,6 +397,17 @@ REGISTRY: tuple[Code, ...] = (
     Code("Q027", _WARN, "split_votes_in_period",
          "A batch has more split items than max_split_vote_share.",
          "Read the batch's split items (preferences/split_items.jsonl) and clarify the criteria."),
+    Code("Q028", _ERR, "not_qualified",
+         "Annotator has live votes but has not passed the calibration set (never took it, or "
+         "agreed with fewer of its gold answers than annotation.calibration.pass_mark).",
+         "Have them take the calibration tasks (calibration/ from `rlhfspec tasks`) after "
+         "reading the playbook, and list the answers under annotation.calibration.batches; "
+         "their live votes are left out until they pass.", True),
+    Code("Q029", _WARN, "calibration_not_recorded",
+         "The spec has a calibration set, and live votes under its criteria version, but lists "
+         "no calibration answers, so qualification is not checked.",
+         "Send the calibration tasks to every annotator and list the answers under "
+         "annotation.calibration.batches."),
     # AI judge (runtime/annotation/judge/review.py): each fails the ai_judge_agreement gate
     Code("J001", _ERR, "judge_agreement_low",
          "The AI judge's kappa with the human majority on its review sample is below judge.gate.min_kappa.",

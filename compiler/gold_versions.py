@@ -15,8 +15,9 @@ and `validate` compares it with the lock file:
   warning says which items to re-review, and `validate --strict` makes it blocking;
 * no version at all is a warning (C012): files written before the field existed still work.
 
-Rows that are not JSON objects are left to the readers at run time, which refuse them with
-their row numbers; the check here reads only the version field.
+Rows that are not gold items (not a JSON object with an `item_id`) are left to the readers
+at run time, which refuse them with their row numbers; the check here reads only the
+version field.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ FILES = ("gold", "calibration")
 
 
 def _versions(path: Path) -> list[tuple[int, Any]]:
-    """(line number, the row's criteria_version or None) for every JSON-object row."""
+    """(line number, the row's criteria_version or None) for every gold-item row."""
     out: list[tuple[int, Any]] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -46,7 +47,7 @@ def _versions(path: Path) -> list[tuple[int, Any]]:
             row = json.loads(line) if line.strip() else None
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict):
+        if isinstance(row, dict) and "item_id" in row:
             out.append((number, row.get("criteria_version")))
     return out
 
