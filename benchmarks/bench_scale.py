@@ -1,7 +1,13 @@
 """Scaling on the CPU: each training loop in 2 processes (torchrun, gloo, DDP) against 1 on the
-same work, and PPO with LoRA against full PPO.
+same work, PPO with LoRA against full PPO, and PPO in 2 processes under DDP against FSDP2.
 
 Run: python benchmarks/bench_scale.py [--episodes 64 --rollout 16 --rows 256]
+     [--parts scale,lora,fsdp]   (e.g. ``--parts fsdp`` for the DDP/FSDP comparison alone)
+
+The FSDP part runs the same PPO work in 2 processes under ``strategy: ddp``, ``fsdp`` (blocks
+gathered once per rollout, what the trainer does) and ``fsdp`` with one gather per forward
+(``Sharding.gathered`` switched off), and prints episodes/s and each side's largest peak RSS
+over its processes.
 
 Every side runs in a fresh process (``python bench_scale.py --worker KIND``, under
 ``torchrun --nproc_per_node 2`` for two processes) on builtin:tiny's recipe (vocabulary 320),
@@ -70,12 +76,23 @@ def worker(kind: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
             threads=1,
             cpu=True,
             lora=lora if kind == "ppo-lora" else None,
+            strategy="fsdp" if kind.startswith("ppo-fsdp") else "ddp",
         )
+        if kind == "ppo-fsdp-per-forward":  # one all-gather per block and generated token
+            import contextlib
+
+            from rlhfspec.runtime.policy.ppo.sharding import Sharding
+
+            Sharding.gathered = lambda self: contextlib.nullcontext()  # type: ignore[method-assign]
         result = train_ppo(
             tiny, tiny, reward, CORPUS, settings, work / f"out-{kind}-{world}", log=lambda m: None
         )
         seconds = sum(float(r["seconds"]) for r in result.metrics)
-        rate = {"episodes/s": result.episodes / seconds, "last score": result.metrics[-1]["score"]}
+        rate = {
+            "episodes/s": result.episodes / seconds,
+            "last score": result.metrics[-1]["score"],
+            "strategy": result.strategy,
+        }
     else:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
@@ -160,24 +177,51 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=64)
     parser.add_argument("--rollout", type=int, default=16)
     parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--parts", default="scale,lora,fsdp")
     args = parser.parse_args()
     if args.worker:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         report = worker(args.worker, args.work, args)
+        if args.worker.startswith("ppo") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch.distributed as dist
+
+            peaks = [0.0] * dist.get_world_size()
+            dist.all_gather_object(peaks, report["peak MiB"])
+            report["peak MiB"] = max(peaks)  # the largest process
         if report["rank"] == 0:
             args.out.write_text(json.dumps(report))
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         work = Path(tmp)
         models(work)
-        print(f"cores: {os.cpu_count()}; one thread per process")
+        print(f"cores: {os.cpu_count()}; one thread per process; load {os.getloadavg()[0]:.1f}")
+        parts = args.parts.split(",")
+        if "fsdp" in parts:
+            sides = {
+                "DDP": launch("ppo-ddp", 2, work, args),
+                "FSDP": launch("ppo-fsdp", 2, work, args),
+                "FSDP, gather per forward": launch("ppo-fsdp-per-forward", 2, work, args),
+            }
+            assert sides["FSDP"]["strategy"] == "fsdp" and sides["DDP"]["strategy"] == "ddp"
+            print(
+                "PPO 2 processes: "
+                + "; ".join(
+                    f"{name} {r['episodes/s']:.2f} episodes/s, peak RSS {r['peak MiB']:.0f} MiB"
+                    for name, r in sides.items()
+                )
+                + f" (FSDP/DDP {sides['FSDP']['episodes/s'] / sides['DDP']['episodes/s']:.2f}x)"
+            )
         for kind, key in (("ppo", "episodes/s"), ("sft", "rows/s")):
+            if "scale" not in parts:
+                break
             one, two = launch(kind, 1, work, args), launch(kind, 2, work, args)
             print(
                 f"{kind}: 1 process {one[key]:.2f} {key}, 2 processes {two[key]:.2f} "
                 f"({two[key] / one[key]:.2f}x); peak RSS {one['peak MiB']:.0f} / "
                 f"{two['peak MiB']:.0f} MiB per process"
             )
+        if "lora" not in parts:
+            return 0
         full, lora = launch("ppo", 1, work, args), launch("ppo-lora", 1, work, args)
         print(
             f"PPO full {full['episodes/s']:.2f} episodes/s, {full['peak MiB']:.0f} MiB; "

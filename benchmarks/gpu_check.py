@@ -12,6 +12,12 @@ recipe (its ids fit the vocabulary), together with a reward model of the same sh
 
 * PPO (`train_ppo`), ``--updates`` updates of ``--rollout`` episodes, bf16 autocast (trained
   weights float32), full fine-tuning, then the same with LoRA (r 16) on policy and value;
+* PPO under FSDP2 (``strategy: fsdp``, `rlhfspec.runtime.policy.ppo.sharding`), full
+  fine-tuning, in ``min(2, GPUs)`` processes under torchrun (NCCL), then the same with
+  ``fsdp.cpu_offload`` (CPUOffloadPolicy, which FSDP2 allows only on accelerators). On a
+  machine with one GPU that is one process: FSDP's code path on CUDA (sharded parameters, NCCL
+  collectives, bf16 autocast, the full-state checkpoint, CPU offload) with nothing to shard
+  across, and the memory estimate of one process;
 * SFT, reward model and DPO: a few optimizer steps each through TRL's trainers as the stages
   configure them (`trainer_args`' scale arguments);
 
@@ -22,7 +28,8 @@ PPOTrainer side-by-side runs through benchmarks/bench_ppo.py (gpu_check.sh start
 same episodes, rollout batch and response length, on builtin:tiny).
 
 ``--dry-run`` builds the same configs at a tiny size (hidden 64, 2 layers, vocabulary 512)
-and runs every step on the CPU in about a minute: what CI checks (tests/test_gpu_check.py).
+and runs every step on the CPU in about a minute (FSDP in 2 processes over gloo, without CPU
+offload): what CI checks (tests/test_gpu_check.py).
 """
 
 from __future__ import annotations
@@ -130,9 +137,9 @@ def estimate(stage: str, work: Path, compute: dict[str, Any], plan: dict[str, An
         "device": compute["device"],
         "mixed_precision": compute["mixed_precision"],
         "gradient_checkpointing": False,
-        "strategy": "ddp",
-        "fsdp": {"cpu_offload": False},
-        "world_size": 1,
+        "strategy": "fsdp" if compute.get("fsdp") else "ddp",
+        "fsdp": {"cpu_offload": bool((compute.get("fsdp") or {}).get("cpu_offload"))},
+        "world_size": (compute.get("fsdp") or {}).get("world", 1),
         "lora": {
             "enabled": compute.get("lora") is not None,
             "quantize": "none",
@@ -161,7 +168,15 @@ def peak_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # CPU: process RSS
 
 
-def run_ppo(work: Path, policy: Path, reward: Path, args: argparse.Namespace, lora: bool) -> dict:
+def run_ppo(
+    work: Path,
+    policy: Path,
+    reward: Path,
+    args: argparse.Namespace,
+    lora: bool,
+    fsdp: dict[str, Any] | None = None,
+) -> dict:
+    """A PPO run; `fsdp` (``world``, ``cpu_offload``) runs it sharded, in a torchrun worker."""
     from rlhfspec.runtime.policy.ppo import PPOSettings, train_ppo
 
     settings = PPOSettings(
@@ -177,12 +192,26 @@ def run_ppo(work: Path, policy: Path, reward: Path, args: argparse.Namespace, lo
         cpu=args.device == "cpu",
         mixed_precision=args.precision,
         lora=LORA if lora else None,
+        strategy="fsdp" if fsdp else "ddp",
+        cpu_offload=bool(fsdp and fsdp["cpu_offload"]),
     )
     peak_reset(args.device)
     began = time.perf_counter()
+    name = f"PPO {'LoRA r16' if lora else 'full'}"
+    if fsdp:
+        offload = ", cpu_offload" if fsdp["cpu_offload"] else ""
+        name = f"PPO FSDP x{fsdp['world']}{offload}"
     result = train_ppo(
-        policy, policy, reward, PROMPTS * 8, settings, work / f"ppo-{lora}", log=lambda m: None
+        policy,
+        policy,
+        reward,
+        PROMPTS * 8,
+        settings,
+        work / name.replace(" ", "-"),
+        log=lambda m: None,
     )
+    if fsdp:
+        assert result.strategy == "fsdp", result.strategy
     seconds = sum(float(r["seconds"]) for r in result.metrics)
     tokens = sum(float(r["response_length"]) * args.rollout for r in result.metrics)
     plan = {"batch": 1, "length": 64 + args.new_tokens, "rollout": args.rollout, "mini_batches": 2}
@@ -190,9 +219,10 @@ def run_ppo(work: Path, policy: Path, reward: Path, args: argparse.Namespace, lo
         "device": args.device,
         "mixed_precision": args.precision,
         "lora": LORA if lora else None,
+        "fsdp": fsdp,
     }
     return {
-        "run": f"PPO {'LoRA r16' if lora else 'full'}",
+        "run": name,
         "episodes/s": round(result.episodes / seconds, 3),
         "tokens/s": round(tokens / seconds, 1),
         "peak GiB": round(peak_gib(args.device), 3),
@@ -269,6 +299,58 @@ def run_trl(work: Path, policy: Path, reward: Path, args: argparse.Namespace, st
     }
 
 
+def run_fsdp(work: Path, args: argparse.Namespace, cpu_offload: bool) -> dict[str, Any]:
+    """PPO under FSDP in ``min(2, GPUs)`` processes (2 on the CPU), through torchrun running
+    this script's ``--fsdp-worker``; the row of its main process."""
+    import subprocess
+
+    import torch
+
+    world = 2 if args.device == "cpu" else min(2, torch.cuda.device_count())
+    out = work / f"fsdp-{cpu_offload}.json"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+        str(world), __file__, "--fsdp-worker", str(work), "--json", str(out),
+        "--updates", str(args.updates), "--rollout", str(args.rollout),
+        "--new-tokens", str(args.new_tokens),
+    ]  # fmt: skip
+    if args.dry_run:
+        command.append("--dry-run")
+    if cpu_offload:
+        command.append("--cpu-offload")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.device == "cpu" else None
+    subprocess.run(command, check=True, env=env, timeout=300)
+    row: dict[str, Any] = json.loads(out.read_text())
+    return row
+
+
+def fsdp_worker(args: argparse.Namespace) -> int:
+    """One torchrun process of `run_fsdp`: the process group first (with one GPU nothing
+    else would start one, and FSDP needs it), then the sharded PPO run."""
+    import torch
+
+    work = args.fsdp_worker
+    if args.device == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    torch.distributed.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    world = torch.distributed.get_world_size()
+    fsdp = {"world": world, "cpu_offload": args.cpu_offload}
+    row = run_ppo(work, work / "policy", work / "reward", args, lora=False, fsdp=fsdp)
+    row["peak GiB"] = max(_gathered(row["peak GiB"], world))  # the largest process
+    if torch.distributed.get_rank() == 0:
+        args.json.write_text(json.dumps(row))
+    torch.distributed.destroy_process_group()
+    return 0
+
+
+def _gathered(value: float, world: int) -> list[float]:
+    import torch
+
+    values: list[Any] = [None] * world
+    torch.distributed.all_gather_object(values, value)
+    return [float(v) for v in values]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny configs on the CPU")
@@ -279,6 +361,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--fsdp-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-offload", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
 
@@ -292,6 +376,8 @@ def main() -> int:
             return 2
         args.device, args.precision, shape = "cuda", "bf16", QWEN2_05B
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.fsdp_worker:
+        return fsdp_worker(args)
     with tempfile.TemporaryDirectory(prefix="rlhfspec-gpu-check-") as tmp:
         work = Path(tmp)
         policy, reward = build_models(work, shape, args.device)
@@ -306,7 +392,10 @@ def main() -> int:
         results = [
             run_ppo(work, policy, reward, args, lora=False),
             run_ppo(work, policy, reward, args, lora=True),
+            run_fsdp(work, args, cpu_offload=False),
         ]
+        if args.device == "cuda":  # FSDP2 refuses CPU offload on a CPU device
+            results.append(run_fsdp(work, args, cpu_offload=True))
         for stage in ("sft", "reward_model", "dpo"):
             results.append(run_trl(work, policy, reward, args, stage))
     for row in results:

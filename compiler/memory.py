@@ -11,6 +11,11 @@ precision training with AdamW, per device:
 * gradients: 4 bytes per trainable parameter; optimizer: 8 (AdamW's two moments);
 * FSDP (full sharding) divides the trained models' weights, gradients and optimizer state by
   the number of processes; CPU offload moves them off the device, leaving one gathered layer;
+  frozen models (PPO's reference and reward model) stay whole on every device, as our PPO
+  keeps them replicated. PPO's rollouts keep the sharded models gathered while sampling
+  (``runtime/policy/ppo/sharding.py``, not with CPU offload): ``rollout`` is that moment's
+  bytes (every model's whole weights and the optimizer's shards, no gradients; the KV cache
+  is not counted), and ``total`` the larger of it and the training step's sum;
 * activations of one micro-batch at the configured length: per layer the saved inputs of
   every linear, norm and the SwiGLU product (``b*s*(8h + 4i)`` values), the attention
   probabilities on CPU (the math kernel keeps ``b*heads*s*s``; fused GPU kernels do not), and
@@ -258,6 +263,7 @@ def stage_memory(
     models, totals = [], {"weights": 0, "gradients": 0, "optimizer": 0, "activations": 0}
     fsdp = compute["strategy"] == "fsdp" and world > 1
     offload = fsdp and compute["fsdp"]["cpu_offload"]
+    gathered = 0  # what the sharded models add when gathered whole for a PPO rollout
     for model in stage_models(spec, stage, compute["lora"]["enabled"]):
         config, source = model_config(model["ref"], spec_dir)
         if config is None:
@@ -267,6 +273,7 @@ def stage_memory(
         grads, optim = trainable * 4, trainable * 8
         sharded = fsdp and model["trained"]
         if sharded:
+            gathered += weights - weights // world
             weights, grads, optim = weights // world, grads // world, optim // world
             if offload:  # the shards live in CPU memory; one layer is gathered at a time
                 weights, grads, optim = layer_parameters(config) * 4, 0, 0
@@ -287,9 +294,19 @@ def stage_memory(
                 "sharded": sharded,
             }
         )
-    total = sum(totals.values())
+    training = sum(totals.values())
+    rollout = None
+    if gathered and not offload and stage == "policy" and spec["policy"]["method"] == "ppo":
+        rollout = totals["weights"] + gathered + totals["optimizer"]
+    total = max(training, rollout or 0)
     return {
-        "estimate": {**totals, "total": total, "total_gib": round(total / GIB, 3)},
+        "estimate": {
+            **totals,
+            "training": training,
+            "rollout": rollout,
+            "total": total,
+            "total_gib": round(total / GIB, 3),
+        },
         "devices": world,
         "micro_batch": {"sequences": batch, "tokens_per_sequence": seq},
         "models": models,

@@ -596,7 +596,8 @@ class Checker:
             if estimate is not None and estimate["total"] > parse_size(limit):
                 parts = ", ".join(
                     f"{k} {estimate[k] / GIB:.2f}"
-                    for k in ("weights", "gradients", "optimizer", "activations")
+                    for k in ("weights", "gradients", "optimizer", "activations", "rollout")
+                    if estimate[k] is not None
                 )
                 self.emit(
                     "M002",

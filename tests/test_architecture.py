@@ -57,3 +57,23 @@ def test_light_commands_never_import_heavy_libraries() -> None:
                 if module.split(".")[0] in heavy:
                     bad.append(f"{path.relative_to(ROOT)}:{line}: imports {module}")
     assert not bad, "\n".join(bad)
+
+
+def test_annotation_and_prompt_modules_import_on_their_own() -> None:
+    """Each module imports first in a fresh interpreter: annotation.stock reads the prompt
+    pool and the prompt check matches stock exports, so an import cycle would only show in
+    the order a command happens to import them (`rlhfspec qc` imports qc first)."""
+    import subprocess
+    import sys
+
+    for name in (
+        "rlhfspec.runtime.annotation.qc",
+        "rlhfspec.runtime.annotation.loading",
+        "rlhfspec.runtime.annotation.stock",
+        "rlhfspec.runtime.prompts.check",
+        "rlhfspec.runtime.prompts.batch_ids",
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", f"import {name}"], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, f"import {name}:\n{done.stderr[-1500:]}"

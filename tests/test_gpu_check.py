@@ -44,6 +44,7 @@ def test_dry_run_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert [r["run"] for r in rows] == [
         "PPO full",
         "PPO LoRA r16",
+        "PPO FSDP x2",  # two processes over gloo; CPU offload only runs on the GPU
         "sft (2 steps)",
         "reward_model (2 steps)",
         "dpo (2 steps)",

@@ -22,6 +22,7 @@ from rlhfspec.runtime.annotation.stages import prompts_stage
 from rlhfspec.runtime.lineage import Artifact, GateRecord, LineageRecord, PlanRef, StageRecord
 from rlhfspec.runtime.run import EXIT_BUSY, STAGES, StageImpl, load_plan, run, stage_context
 from rlhfspec.runtime.stage_api import StageContext, StageOutcome
+from tests.artifact_formats import assert_formats
 from tests.conftest import ROOT
 
 SPEC = ROOT / "specs" / "support-assistant.yaml"
@@ -63,6 +64,7 @@ def test_lineage_records_hashes_of_inputs_and_outputs(project: Path, tmp_path: P
             assert set(gate) == set(GateRecord.__annotations__)
         for item in entry["inputs"]:
             assert set(item) == {"path", "sha256", "from"}
+    assert len(assert_formats(run_dir)) >= 5  # plan, lineage, prompt and QC reports, summary
     assert lineage["stages"]["annotation_qc"]["metrics"]["excluded_annotators"] == [
         "ann-04",
         "ann-05",

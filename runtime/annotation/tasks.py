@@ -149,7 +149,8 @@ class TaskSummary:
         return list(self.data["warnings"])
 
     def to_json(self) -> str:
-        return json.dumps(self.data, indent=2, ensure_ascii=False) + "\n"
+        doc = {"format": "rlhfspec.tasks_summary/1", **self.data}
+        return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
     def format_text(self) -> str:
         d = self.data

@@ -174,8 +174,8 @@ def prepare_job(
 ) -> tuple[JobFacts, dict[str, Any]]:
     """Write the job's data and models into `job_dir`; returns the facts the target renders
     and the run's identity for the manifest."""
+    from rlhfspec.runtime.evaluation.files import PROMPT_SETS, prompt_sets_text
     from rlhfspec.runtime.policy.stages import (
-        PROMPT_SETS,
         evaluation_prompts,
         prompt_pool,
         start_model,
@@ -196,9 +196,7 @@ def prepare_job(
     if len(train) < len(kept):
         log(f"{len(kept) - len(train)} training prompt(s) left out: same text as a held-out one")
     validation = [p["text"] for p in eval_sets.get("validation", [])]
-    atomic_write_text(
-        job_dir / PROMPT_SETS, json.dumps(eval_sets, indent=2, ensure_ascii=False) + "\n"
-    )
+    atomic_write_text(job_dir / PROMPT_SETS, prompt_sets_text(eval_sets))
     name = str(spec["name"])
     write_parquet(prompt_rows(train, name, "train"), job_dir / "data/train.parquet")
     write_parquet(prompt_rows(validation, name, "validation"), job_dir / "data/val.parquet")

@@ -159,7 +159,12 @@ def _playbook(c: _Collector) -> None:
         "playbook/worked_examples.json",
         "playbook",
         "Worked examples from the criteria: prompt, two responses, the preferred one and why",
-        json_bytes(c.facts.criteria["content"].get("examples", [])),
+        json_bytes(
+            {
+                "format": "rlhfspec.worked_examples/1",
+                "examples": c.facts.criteria["content"].get("examples", []),
+            }
+        ),
         PLAN_STAGE,
     )
     gold = c.run.spec["annotation"].get("gold")

@@ -23,6 +23,7 @@ from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
 from rlhfspec.common.plan_types import StageEntry
+from rlhfspec.runtime.evaluation.files import PROMPT_SETS, prompt_sets_text, read_prompt_sets
 from rlhfspec.runtime.stage_api import StageContext, StageOutcome
 
 MANIFEST = "rlhfspec_export.json"
@@ -150,7 +151,6 @@ def import_policy_stage(ctx: StageContext) -> StageOutcome:
     from rlhfspec.runtime.policy.stages import (
         CHECKPOINT_INDEX,
         CHECKPOINT_INDEX_FORMAT,
-        PROMPT_SETS,
         evaluation_prompts,
         prompt_pool,
         reward_model_version,
@@ -162,15 +162,15 @@ def import_policy_stage(ctx: StageContext) -> StageOutcome:
     manifest = read_manifest(job)
     check_job(ctx, job, manifest)
     eval_sets = evaluation_prompts(ctx, prompt_pool(ctx))
-    exported = json.loads((job / PROMPT_SETS).read_text(encoding="utf-8"))
+    exported = read_prompt_sets(
+        json.loads((job / PROMPT_SETS).read_text(encoding="utf-8")), str(job / PROMPT_SETS)
+    )
     if exported != eval_sets:
         raise RunError(
             f"{job / PROMPT_SETS} differs from this run's evaluation sets; the job trained on "
             "another split of the prompts: export it again"
         )
-    atomic_write_text(
-        ctx.path(PROMPT_SETS), json.dumps(eval_sets, indent=2, ensure_ascii=False) + "\n"
-    )
+    atomic_write_text(ctx.path(PROMPT_SETS), prompt_sets_text(eval_sets))
     checkpoints = []
     for step, folder in verl_checkpoints(job):
         label = f"global_step_{step}"

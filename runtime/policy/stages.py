@@ -17,6 +17,14 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
+from rlhfspec.runtime.evaluation.files import (
+    EVAL_SUMMARY,
+    PROMPT_SETS,
+    prompt_sets_text,
+    read_prompt_sets,
+    read_summary,
+    summary_text,
+)
 from rlhfspec.runtime.prompts.pool import (
     HOLDOUT_FILE,
     OUTSIDE_FOCUS,
@@ -28,7 +36,6 @@ from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_g
 
 CHECKPOINT_INDEX = "models/policy/checkpoints.json"
 CHECKPOINT_INDEX_FORMAT = "rlhfspec.checkpoint_index/1"
-PROMPT_SETS = "eval/prompt_sets.json"
 
 
 def prompt_pool(ctx: StageContext) -> PromptPool:
@@ -95,9 +102,7 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
     policy = ctx.settings["policy"]
     pool = prompt_pool(ctx)
     eval_sets = evaluation_prompts(ctx, pool)
-    atomic_write_text(
-        ctx.path(PROMPT_SETS), json.dumps(eval_sets, indent=2, ensure_ascii=False) + "\n"
-    )
+    atomic_write_text(ctx.path(PROMPT_SETS), prompt_sets_text(eval_sets))
     start = start_model(ctx)
     out_dir = ctx.path("models/policy")
     metadata: dict[str, Any] = {
@@ -308,7 +313,9 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
     spec = ctx.settings
     seed_everything(int(spec["seed"]))
     index = json.loads(ctx.upstream(CHECKPOINT_INDEX).read_text(encoding="utf-8"))
-    eval_sets = json.loads(ctx.upstream(PROMPT_SETS).read_text(encoding="utf-8"))
+    eval_sets = read_prompt_sets(
+        json.loads(ctx.upstream(PROMPT_SETS).read_text(encoding="utf-8")), PROMPT_SETS
+    )
     prompt_sets = {name: [p["text"] for p in rows] for name, rows in eval_sets.items()}
     evaluation = spec["evaluation"]
     reference = Path(index["start"])
@@ -322,9 +329,9 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
     if evaluation["human_eval"]["enabled"]:
         outputs += _export_human_eval(ctx, prompt_sets, results)
     table = _summary_table(results)
-    atomic_write_text(ctx.path("eval/summary.json"), json.dumps(table, indent=2) + "\n")
+    atomic_write_text(ctx.path(EVAL_SUMMARY), summary_text(table))
     return StageOutcome(
-        outputs + ["eval/summary.json"],
+        outputs + [EVAL_SUMMARY],
         {"checkpoints": table},
         summary=f"{len(results)} checkpoints evaluated on {', '.join(prompt_sets)}",
     )
@@ -415,7 +422,9 @@ HUMAN_JUDGEMENTS = "eval/human_eval/judgements.jsonl"
 def select_stage(ctx: StageContext) -> StageOutcome:
     from rlhfspec.runtime.evaluation.selection import import_human_eval, select_checkpoint
 
-    summary = json.loads(ctx.upstream("eval/summary.json").read_text(encoding="utf-8"))
+    summary = read_summary(
+        json.loads(ctx.upstream(EVAL_SUMMARY).read_text(encoding="utf-8")), EVAL_SUMMARY
+    )
     evals = [
         json.loads(ctx.upstream(f"eval/{row['label']}.json").read_text(encoding="utf-8"))
         for row in summary

@@ -41,8 +41,6 @@ from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.findings import Finding, FindingsReport
 from rlhfspec.common.templating import markdown_inline as md
 from rlhfspec.runtime.annotation.blinding import Unblinder
-from rlhfspec.runtime.annotation.stock import FORMAT as STOCK_FORMAT
-from rlhfspec.runtime.annotation.stock import StockMatcher, batch_fields
 from rlhfspec.runtime.project import Project
 from rlhfspec.runtime.prompts.batch_ids import PromptsByText, read_prompt_ids
 from rlhfspec.runtime.prompts.pool import (  # re-exported: the pool used to live here
@@ -433,6 +431,10 @@ def _check_batch_leaks(
     project: Project, pool: PromptPool, scan: _LeakScan, findings: list[Finding]
 ) -> None:
     """No annotation batch annotates a production-holdout prompt (PR008)."""
+    # imported here: annotation.stock reads the prompt pool, whose package imports this module
+    from rlhfspec.runtime.annotation.stock import FORMAT as STOCK_FORMAT
+    from rlhfspec.runtime.annotation.stock import StockMatcher, batch_fields
+
     matcher: StockMatcher | None = None
     for batch in project.spec["annotation"]["batches"]:
         by_text = None

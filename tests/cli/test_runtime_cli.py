@@ -97,3 +97,30 @@ def test_stale_criteria_version_in_a_batch(project: Path, tmp_path: Path) -> Non
     project.write_text(text)
     code, out = run("qc", str(project))
     assert code == 1 and "C005" in out and "1.1.0" in out
+
+
+def test_every_json_the_commands_write_says_its_format(tmp_path: Path) -> None:
+    """compile, prompts, qc, aggregate and tasks: each JSON file carries a listed `format`."""
+    from tests.artifact_formats import assert_formats
+
+    responses = str(DATA / "responses.jsonl")
+    commands = {
+        "compile": ["compile", str(SPEC)],
+        "prompts": ["prompts", str(SPEC)],
+        "qc": ["qc", str(SPEC)],
+        "aggregate": ["aggregate", str(SPEC)],
+        "tasks": ["tasks", str(SPEC), "--responses", responses, "--annotators", "a1,a2,a3"],
+    }
+    for name, args in commands.items():
+        code, out = run(*args, "-o", str(tmp_path / name))
+        assert code in (0, 1) and "Traceback" not in out, out
+    found = assert_formats(tmp_path)
+    for expected in (
+        "compile/plan.json: rlhfspec.plan/1",
+        "prompts/report.json: rlhfspec.prompt_report/1",
+        "qc/report.json: rlhfspec.qc_report/1",
+        "aggregate/summary.json: rlhfspec.aggregate-summary/1",
+        "tasks/summary.json: rlhfspec.tasks_summary/1",
+        "tasks/unblinding_key.json: rlhfspec.unblinding-key/2",
+    ):
+        assert expected in found

@@ -147,3 +147,31 @@ def test_validate_refuses_qlora_on_cpu_and_says_fsdp_on_cpu_runs_ddp(project: Pa
 
 def test_yaml_of_the_example_spec_loads() -> None:
     assert load_yaml_file(SPECS / "support-assistant.yaml") is not None
+
+
+def test_ppo_memory_counts_the_rollout_gather_under_fsdp() -> None:
+    """Our PPO shards the policy and value model, keeps the frozen models whole, and gathers
+    the sharded models for rollouts (runtime/policy/ppo/sharding.py): the plan says so."""
+    spec = resolved("compute: {device: cuda, num_processes: 8, strategy: fsdp}\n")
+    memory = stage_memory(spec, "policy", stage_compute(spec, "policy"), None)
+    sharded = {m["role"]: m["sharded"] for m in memory["models"]}
+    assert sharded == {"policy": True, "value": True, "reference": False, "reward_model": False}
+    estimate = memory["estimate"]
+    whole = sum(4 * m["parameters"] for m in memory["models"])  # float32 (mixed_precision no)
+    assert estimate["rollout"] == whole + estimate["optimizer"]
+    assert estimate["total"] == max(estimate["rollout"], estimate["training"])
+    assert estimate["training"] == sum(
+        estimate[k] for k in ("weights", "gradients", "optimizer", "activations")
+    )
+    # the sharded step itself: the trained models' weights are an eighth of the whole
+    frozen = sum(4 * m["parameters"] for m in memory["models"] if not m["sharded"])
+    trained = whole - frozen
+    assert estimate["weights"] == frozen + sum(
+        4 * m["parameters"] // 8 for m in memory["models"] if m["sharded"]
+    )
+    assert trained > 0
+    offload = resolved(
+        "compute: {device: cuda, num_processes: 8, strategy: fsdp, fsdp: {cpu_offload: true}}\n"
+    )
+    no_gather = stage_memory(offload, "policy", stage_compute(offload, "policy"), None)
+    assert no_gather["estimate"]["rollout"] is None  # offload gathers one block at a time

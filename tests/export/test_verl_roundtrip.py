@@ -73,7 +73,7 @@ def test_job_data_keeps_evaluation_and_holdout_prompts_out(
     train = pq.read_table(job / "data" / "train.parquet").to_pylist()
     texts = [row["prompt"][0]["content"] for row in train]
     assert all(row["prompt"][0]["role"] == "user" and len(row["prompt"]) == 1 for row in train)
-    sets = json.loads((job / "eval" / "prompt_sets.json").read_text())
+    sets = json.loads((job / "eval" / "prompt_sets.json").read_text())["sets"]
     held = {p["text"] for rows in sets.values() for p in rows}
     holdout = [
         json.loads(line)

@@ -9,6 +9,8 @@ What the slow tests pin down, against one process and against DDP:
 * a whole run (rollouts, updates, checkpoints) under FSDP gives DDP's metrics and weights to
   1e-4 (same rollouts; only reduction order differs), with the parameters really sharded
   (each process holds about half of every trained model) and the checkpoints in the DDP layout;
+* LoRA (adapters on a sharded base) under FSDP gives DDP's metrics, adapters and merged
+  weights;
 * a FSDP run killed with SIGKILL after its first checkpoint and resumed ends with the metrics
   and weights of the unbroken FSDP run.
 
@@ -128,7 +130,7 @@ def one_update():
                                         for k in expected)
     return found
 
-def train(folder, strategy, resume=False):
+def train(folder, strategy, resume=False, **extra):
     local = []
     original = trainer.load_models
     def load(*args, **kwargs):  # how much of each trained model this process holds
@@ -140,7 +142,7 @@ def train(folder, strategy, resume=False):
     trainer.load_models = load
     result = ppo.train_ppo(
         models / "tiny", models / "tiny", models / "reward", prompts,
-        ppo.PPOSettings(**{**settings, "strategy": strategy}), folder, resume=resume,
+        ppo.PPOSettings(**{**settings, "strategy": strategy, **extra}), folder, resume=resume,
         log=lambda line: None,
     )
     trainer.load_models = original
@@ -156,6 +158,10 @@ if what == "compare":
     report["update"] = one_update()
     report["ddp"] = train(out / "ddp", "ddp")
     report["fsdp"] = train(out / "fsdp", "fsdp")
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["all-linear"]}
+    for strategy in ("ddp", "fsdp"):
+        report["lora_" + strategy] = train(out / ("lora-" + strategy), strategy, lora=lora,
+                                           total_episodes=16)
 else:
     report["run"] = train(out / "killed", "fsdp", resume=(what == "resume"))
 (out / f"{what}-rank-{rank}.json").write_text(json.dumps(report))
@@ -248,6 +254,18 @@ def test_fsdp_run_matches_ddp_and_shards_the_trained_models(compared: Path) -> N
 
 
 @pytest.mark.slow
+def test_lora_under_fsdp_matches_ddp(compared: Path) -> None:
+    """LoRA on a sharded base: the same metrics, adapters and merged weights as DDP."""
+    report = read(compared, "compare")[0]
+    assert report["lora_fsdp"]["strategy"] == "fsdp"
+    close(report["lora_fsdp"]["metrics"], report["lora_ddp"]["metrics"], 1e-4)
+    ddp, fsdp = Path(report["lora_ddp"]["final"]), Path(report["lora_fsdp"]["final"])
+    for part in ("policy", "value"):
+        for file in ("model.safetensors", "adapter/adapter_model.safetensors"):
+            assert max_difference(ddp / part / file, fsdp / part / file) < 1e-4
+
+
+@pytest.mark.slow
 def test_fsdp_run_resumes_after_kill_9(
     tiny_models: Path,  # noqa: F811
     compared: Path,
@@ -300,3 +318,42 @@ def test_fsdp_run_resumes_after_kill_9(
     for part in ("policy", "value"):
         file = f"{part}/model.safetensors"
         assert max_difference(final / file, Path(unbroken["final"]) / file) < 1e-6
+
+
+@pytest.mark.slow
+def test_fsdp_in_one_launched_process_gives_the_single_process_run(
+    tiny_models: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Under a launcher with one process (the GPU check on one GPU) FSDP runs its whole code
+    path (sharded parameters, gathered rollouts, full-state checkpoints) over a mesh of one,
+    and ends where the plain single-process run ends."""
+    from rlhfspec.runtime.policy.ppo import PPOSettings, train_ppo
+
+    settings = {**PPO_SETTINGS, "total_episodes": 8, "rollout_batch_size": 4}
+
+    def run(name: str, strategy: str) -> Any:
+        return train_ppo(
+            tiny_models / "tiny",
+            tiny_models / "tiny",
+            tiny_models / "reward",
+            PROMPTS,
+            PPOSettings(**{**settings, "strategy": strategy}),
+            tmp_path / name,
+            log=lambda line: None,
+        )
+
+    plain = run("plain", "ddp")
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        sharded = run("fsdp", "fsdp")
+    finally:
+        torch.distributed.destroy_process_group()
+    assert (plain.strategy, sharded.strategy) == ("single", "fsdp")
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in plain.metrics]
+    close([{k: v for k, v in r.items() if k != "seconds"} for r in sharded.metrics], strip, 1e-5)
+    for part in ("policy", "value"):
+        file = f"{part}/model.safetensors"
+        assert max_difference(plain.final_checkpoint / file, sharded.final_checkpoint / file) < 1e-5

@@ -12,6 +12,7 @@ pytest.importorskip("trl")
 
 from rlhfspec.common.hashing import sha256_file  # noqa: E402
 from rlhfspec.runtime.run import run  # noqa: E402
+from tests.artifact_formats import assert_formats  # noqa: E402
 from tests.train.test_train_stages import trained  # noqa: E402,F401
 
 
@@ -39,7 +40,7 @@ def test_policy_evaluate_select(trained: tuple[Path, Path], tmp_path: Path) -> N
     assert len(metrics) == 2 and {"kl", "kl_coef", "score", "entropy", "eos_rate"} <= set(
         metrics[0]
     )
-    sets = json.loads((run_dir / "eval" / "prompt_sets.json").read_text())
+    sets = json.loads((run_dir / "eval" / "prompt_sets.json").read_text())["sets"]
     assert set(sets) == {"validation", "adversarial", "production_holdout"}
     for label in ["start"] + [c["label"] for c in index["checkpoints"]]:
         evaluation = json.loads((run_dir / "eval" / f"{label}.json").read_text())
@@ -72,3 +73,16 @@ def test_policy_evaluate_select(trained: tuple[Path, Path], tmp_path: Path) -> N
     run(spec, display="spec", run_dir=run_dir, only="select", log=messages.append)
     selection = json.loads((run_dir / "selection.json").read_text())
     assert selection["chosen"]["label"] == other and "human" in selection["rule"]
+
+    # every JSON file the run wrote says its format, and so does every one the package holds
+    run(spec, display="spec", run_dir=run_dir, only="handoff", log=messages.append)
+    found = assert_formats(run_dir)
+    for name in (
+        "eval/summary.json",
+        "eval/prompt_sets.json",
+        "selection.json",
+        "lineage.json",
+        "handoff/playbook/worked_examples.json",
+        "handoff/evidence/summary.json",
+    ):
+        assert any(f.startswith(name + ":") for f in found), name

@@ -19,7 +19,8 @@ so those two are the value model's FSDP roots; the policy is called whole and is
 Rollouts call the policy once per generated token: `Sharding.gathered` keeps the gathered
 blocks for the whole rollout (one all-gather per block instead of one per token), at the cost
 of one full copy of the policy and value model per process while sampling, as verl and
-OpenRLHF do for their rollout engines. Checkpoints gather full state dicts on the main process
+OpenRLHF do for their rollout engines. With CPU offload they are gathered per forward instead
+(device memory is what offload saves). Checkpoints gather full state dicts on the main process
 (`torch.distributed.checkpoint.state_dict`, ``full_state_dict`` and ``cpu_offload``), written in
 the same layout as a DDP run's; a resume loads the full weights in every process and shards
 them again.

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from rlhfspec.common.errors import RunError
-from rlhfspec.runtime.policy.distributed import SINGLE, Group
+from rlhfspec.runtime.policy.distributed import SINGLE, Group, initialized
 from rlhfspec.runtime.policy.ppo.checkpoint import (
     _CHECKPOINT_RE,
     CHECKPOINT_FORMAT,
@@ -148,7 +148,7 @@ def _train_ppo(
 ) -> PPOResult:
     accelerator = _accelerator(settings)
     group = Group.current() if accelerator.num_processes > 1 else SINGLE
-    strategy = "single" if group.single else settings.strategy
+    strategy = _strategy(settings, group)
     settings.per_process_batch(group.world)  # refuses a batch that does not split evenly
     if not group.is_main:
         log = _silent  # one process speaks for the run
@@ -226,6 +226,15 @@ def _accelerator(settings: PPOSettings) -> Any:
     # accelerate may pick its own CPU thread count for several processes; ours decides results
     torch.set_num_threads(settings.threads)
     return accelerator
+
+
+def _strategy(settings: PPOSettings, group: Group) -> str:
+    """How the trained pair runs: ``fsdp`` when asked for under a launcher (a process group
+    exists; with one process FSDP shards nothing but runs the same code, which is how the GPU
+    check runs it on one GPU), ``ddp`` with several processes, else ``single``."""
+    if settings.strategy == "fsdp" and initialized():
+        return "fsdp"
+    return "single" if group.single else "ddp"
 
 
 def _starting_point(out_dir: Path, resume: bool, group: Group) -> Path | None:
@@ -347,8 +356,10 @@ def _one_update(
     )
     # this process's contiguous share of the global batch (all of it with one process)
     shard = indices[group.rank * local_batch : (group.rank + 1) * local_batch]
-    # under FSDP the blocks stay gathered for the whole rollout (see `Sharding.gathered`)
-    with models.sharding.gathered() if models.sharding else contextlib.nullcontext():
+    # under FSDP the blocks stay gathered for the whole rollout (see `Sharding.gathered`),
+    # unless the shards live in host memory (CPU offload: device memory is what is short)
+    sharding = models.sharding
+    with sharding.gathered() if sharding and not sharding.offload else contextlib.nullcontext():
         rollout = collect_rollout(
             policy=models.pair.policy,
             value_model=models.pair.value_model,
