@@ -189,6 +189,7 @@ def template_context(
         "sets": _sets_table(facts.chosen_eval),
         "samples": _samples(facts),
         "svg": _trajectory_svg(run, facts) if "deployment_checkpoint" in parts else None,
+        "ai": {"text": ai_text(facts.ai), "used": bool(facts.ai and facts.ai["used"])},
         "human": [
             {"label": label, **{k: _num(v) for k, v in result.items()}}
             for label, result in sorted((facts.human or {}).items())
@@ -279,6 +280,7 @@ def _summary_rows(facts: Facts) -> list[tuple[str, str]]:
     return [
         ("Criteria version", f"{facts.criteria['version']} (sha256 {facts.criteria['sha256'][:12]})"),
         ("Annotation batches", batch_text or "none"),
+        ("AI-assisted annotation", ai_text(facts.ai)),
         ("Reward-model holdout accuracy",
          f"{_num(holdout.get('accuracy'))} on {_num(holdout.get('pairs'))} pairs "
          f"(reward model {facts.reward['version'][:12]})"),
@@ -286,6 +288,28 @@ def _summary_rows(facts: Facts) -> list[tuple[str, str]]:
         ("Selected checkpoint", f"{chosen['label']} (step {chosen['step']}), rule: {selection.get('rule')}"),
         ("Why", str(selection.get("reason", ""))),
     ]  # fmt: skip
+
+
+def ai_text(ai: dict[str, Any] | None) -> str:
+    """One line on the AI judge's share of the preference data, and which judge it was."""
+    if not ai:
+        return "none (every vote in the preference data is a person's)"
+    judges = "; ".join(
+        f"{name}: model {', '.join(map(str, j['models'])) or 'n/a'}, prompt sha256 "
+        f"{', '.join(str(p)[:12] for p in j['prompt_sha256']) or 'n/a'}, "
+        f"{_num(j['used'])} of {_num(j['labels'])} labels used"
+        + (
+            f", kappa {_num(j['kappa'])} against people on {_num(j['reviewed_pairs'])} pairs"
+            if j["kappa"] is not None
+            else ""
+        )
+        for name, j in ai["judges"].items()
+    )
+    return (
+        f"{_num(ai['used'])} of {_num(ai['labels'])} AI-judge labels used as votes (agreement "
+        f"gate {ai['gate']}), each for a pair no person labelled; {_num(ai['left_to_humans'])} "
+        f"left to people's votes. {judges}"
+    )
 
 
 def _contents(

@@ -183,6 +183,8 @@ class Facts:
     checkpoint_meta: dict[str, Any] | None
     human: dict[str, Any] | None
     warnings: list[str]
+    ai: dict[str, Any] | None = None
+    """AI-judge labels in the preference data (`ai_labels`), as lineage recorded them."""
 
     def provenance(self, stage: str) -> dict[str, Any]:
         """What produced a file of `stage`: the stage and the versions it depended on."""
@@ -258,7 +260,38 @@ def gather_facts(run: RunDir) -> Facts:
         checkpoint_meta=checkpoint_meta,
         human=_human_eval(run),
         warnings=warnings,
+        ai=ai_labels(run),
     )
+
+
+def ai_labels(run: RunDir) -> dict[str, Any] | None:
+    """How much of the preference data an AI judge labelled, from lineage: the aggregate
+    stage's `ai_labels` (labels made, used, left to people; per judge its prompt sha256) and
+    the QC stage's `ai_judge` review (per judge its models, backends and agreement with
+    people). None when the run had no AI labels."""
+    used = run.stages["aggregate"].get("metrics", {}).get("ai_labels")
+    review = run.stages["annotation_qc"].get("metrics", {}).get("ai_judge") or {}
+    if not used:
+        return None
+    judges = {}
+    for name, info in sorted(used.get("judges", {}).items()):
+        reviewed = review.get("judges", {}).get(name, {})
+        judges[name] = {
+            "labels": info.get("labels"),
+            "used": info.get("used", 0),
+            "prompt_sha256": info.get("prompt_sha256", []),
+            "models": reviewed.get("models", []),
+            "backends": reviewed.get("backends", []),
+            "kappa": reviewed.get("kappa"),
+            "reviewed_pairs": reviewed.get("reviewed_pairs"),
+        }
+    return {
+        "gate": used.get("gate"),
+        "labels": used.get("ai_labels"),
+        "used": used.get("ai_labels_used"),
+        "left_to_humans": used.get("ai_labels_left_to_humans"),
+        "judges": judges,
+    }
 
 
 def _reward_model(run: RunDir) -> dict[str, Any]:

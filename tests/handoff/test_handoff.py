@@ -28,8 +28,10 @@ from rlhfspec.common.errors import RunError
 from rlhfspec.common.hashing import sha256_file
 from rlhfspec.compiler.compile import compile_spec, write_outputs
 from rlhfspec.compiler.plan import stage_graph
+from rlhfspec.runtime.annotation.judge.review import ai_judge_lineage, review_judges
+from rlhfspec.runtime.annotation.judge.use import records_for_aggregation
 from rlhfspec.runtime.annotation.qc import QcInputs, QcSettings, analyse
-from rlhfspec.runtime.annotation.records import AnnotationTable
+from rlhfspec.runtime.annotation.table import AnnotationTable
 from rlhfspec.runtime.evaluation.evaluate import eval_json, trajectory_svg
 from rlhfspec.runtime.evaluation.selection import (
     export_human_eval,
@@ -50,6 +52,7 @@ from rlhfspec.runtime.project import Project
 from rlhfspec.runtime.report.qc_report import write_qc_reports
 from rlhfspec.runtime.run import check_outputs, snapshot
 from rlhfspec.runtime.stage_api import StageContext
+from tests.annotation.test_judge import ai_record, human_record, with_judge
 from tests.conftest import SPECS
 
 SPEC = SPECS / "support-assistant.yaml"
@@ -806,3 +809,38 @@ def test_real_run_packages_and_verifies(tmp_path: Path) -> None:
     assert verify_package(again.path).ok
     with gzip.open(again.path) as handle:
         assert handle.read(1)
+
+
+def test_ai_assisted_annotation_is_stated(run_copy: Path, tmp_path: Path, project: Path) -> None:
+    """The QC and aggregate stages' lineage metrics, made by the real functions from AI-judge
+    and human records, become the index's and the model card's AI-assisted annotation line."""
+    ai = [ai_record(n, "A") for n in range(30)]
+    humans = [human_record(n, who, "A") for n in range(20) for who in ("h1", "h2")]
+    for row in humans:
+        row["item_id"] = row["item_id"].replace("h", "i")  # the people reviewed i0..i19
+    section, _ = review_judges(with_judge(project).spec, ai, humans, {})
+    kept, used = records_for_aggregation(ai + humans, "passed")
+    assert used["ai_labels_used"] == 10  # i20..i29: pairs no person labelled
+
+    def edit(lineage: Any) -> Any:
+        lineage["stages"]["annotation_qc"]["metrics"]["ai_judge"] = ai_judge_lineage(section)
+        lineage["stages"]["aggregate"]["metrics"]["ai_labels"] = used
+        return lineage
+
+    plain = tmp_path / "plain"
+    build_package(run_copy, plain)
+    assert (
+        "none (every vote in the preference data is a person's)" in (plain / "index.md").read_text()
+    )
+    _edit_json(run_copy / "lineage.json", edit)
+    out = tmp_path / "pkg"
+    build_package(run_copy, out)
+    line = (
+        "10 of 30 AI-judge labels used as votes (agreement gate passed), each for a pair no "
+        "person labelled; 20 left to people's votes. ai:m: model m, prompt sha256 000000000000, "
+        "10 of 30 labels used, kappa"
+    )
+    for page in ("index.md", "index.html", "MODEL_CARD.md"):
+        text = (out / page).read_text(encoding="utf-8").replace("&#39;", "'")
+        assert "AI-assisted annotation" in text and line in " ".join(text.split()), page
+    assert verify_package(out).ok
