@@ -328,6 +328,11 @@ REGISTRY: tuple[Code, ...] = (
          "Rows of a batch, gold or demonstration file could not be read, so the leak check "
          "skipped them.",
          "Fix the rows the message names."),
+    Code("PR013", _WARN, "multi-turn-out-of-scope",
+         "Prompt sources hold multi-turn prompts (`messages`) while `criteria.scope.out_of_scope` "
+         "names multi-turn conversations, so annotators will flag or skip them.",
+         "Admit them in `criteria.scope.in_scope` (every stage formats them turn by turn) or "
+         "drop those rows."),
     # Annotation QC (`rlhfspec qc`)
     Code("Q001", _ERR, "agreement_below_floor", "Overall agreement below the floor.",
          "Stop and revise the criteria or retrain annotators before collecting more."),

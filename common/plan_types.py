@@ -32,6 +32,14 @@ class ExternalSource(TypedDict):
     checkpoints: list[list[Any]]  # [step, (file, bytes, mtime_ns)...]: enough to see a change
 
 
+class ChatTemplateRecord(TypedDict):
+    """Which chat template a stage formats text with (`template_record`)."""
+
+    setting: str  # prompts.chat_template
+    source: str  # builtin:tiny, the model folder, the .jinja file, a hub id, or none
+    sha256: str | None  # null for the plain format or a hub model (lineage records it)
+
+
 class StageEntry(TypedDict):
     """One stage of the plan, in run order: everything the stage may read and must write."""
 
@@ -49,5 +57,7 @@ class StageEntry(TypedDict):
     compute: NotRequired[dict[str, Any]]
     launch: NotRequired[str]
     memory: NotRequired[dict[str, Any]]
+    # stages that format text (sft, reward_model, policy, evaluate): common/chat_templates.py
+    chat_template: NotRequired[ChatTemplateRecord]
     # set at run time by --policy-checkpoints, never in a compiled plan
     external: NotRequired[ExternalSource]

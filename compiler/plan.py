@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rlhfspec.common.chat_templates import template_record
 from rlhfspec.common.hashing import canonical_json, file_fingerprint, sha256_bytes, sha256_text
 from rlhfspec.common.model_ref import kind_of, model_files
 from rlhfspec.common.plan_types import InputFile, StageEntry
@@ -36,7 +37,14 @@ def generator() -> str:
 # hands a stage exactly these (its entry's `settings`, every default written out); they enter
 # its resume signature, and the files they name (`x-path` fields) are its input files.
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "prompts": ("name", "prompts", "annotation.batches", "annotation.gold", "sft.enabled"),
+    "prompts": (
+        "name",
+        "prompts",
+        "criteria.scope",
+        "annotation.batches",
+        "annotation.gold",
+        "sft.enabled",
+    ),
     "annotation_qc": (
         "name",
         "criteria",
@@ -66,8 +74,16 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "prompts.sources",
         "prompts.focus",
     ),
-    "sft": ("name", "seed", "sft", "compute", "tracking"),
-    "reward_model": ("name", "seed", "criteria.version", "reward_model", "compute", "tracking"),
+    "sft": ("name", "seed", "sft", "compute", "tracking", "prompts.chat_template"),
+    "reward_model": (
+        "name",
+        "seed",
+        "criteria.version",
+        "reward_model",
+        "compute",
+        "tracking",
+        "prompts.chat_template",
+    ),
     "policy": (
         "name",
         "seed",
@@ -78,9 +94,11 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "evaluation.prompt_sets",
         "prompts.sources",
         "prompts.focus",
+        "prompts.chat_template",
     ),
     "evaluate": (
         "seed",
+        "prompts.chat_template",
         "criteria.version",
         "criteria.disqualifiers",
         "policy.method",
@@ -299,12 +317,31 @@ def stage_graph(
             "work": WORK.get(name, []),
             "command": run_command(name, first=not entries),
         }
+        if name in FORMATTING_STAGES:
+            entry["chat_template"] = template_record(
+                spec["prompts"]["chat_template"],
+                formatting_model(spec, name),
+                spec_dir or Path("."),
+            )
         if name in TRAINING_STAGES:
             entry["compute"] = stage_compute(spec, name)
             entry["launch"] = launch_command(name, entry["compute"])
             entry["memory"] = stage_memory(spec, name, entry["compute"], spec_dir)
         entries.append(entry)
     return entries
+
+
+#: The stages that turn prompts and responses into model text (runtime/train/formatting.py).
+FORMATTING_STAGES = ("sft", "reward_model", "policy", "evaluate")
+
+
+def formatting_model(spec: dict[str, Any], name: str) -> str:
+    """The base model whose tokenizer a formatting stage formats with: its own, or SFT's when
+    it starts from the SFT model (evaluation formats as the policy does)."""
+    section = "policy" if name == "evaluate" else name
+    if section != "sft" and spec[section]["start_from_sft"] and spec["sft"]["enabled"]:
+        section = "sft"
+    return str(spec[section]["base_model"])
 
 
 def input_fingerprints(spec: dict[str, Any], spec_dir: Path) -> list[dict[str, Any]]:

@@ -662,9 +662,14 @@ def used_base_models(spec: dict[str, Any]) -> list[str]:
 
 
 def iter_paths(schema: dict[str, Any], data: Any) -> Iterator[tuple[JsonPath, str]]:
-    """Every file path the spec references (fields marked `x-path` in the schema)."""
+    """Every file path the spec references (fields marked `x-path` in the schema, except the
+    keywords a field lists in `x-path-except`, such as ``prompts.chat_template: auto``)."""
     for path, sub, value in walk(schema, data):
-        if sub.get("x-path") and isinstance(value, str):
+        if (
+            sub.get("x-path")
+            and isinstance(value, str)
+            and value not in sub.get("x-path-except", ())
+        ):
             yield path, value
 
 

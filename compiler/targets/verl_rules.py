@@ -572,6 +572,18 @@ def _focus(setting: str, value: Any, s: dict[str, Any]) -> Row:
     )
 
 
+@rule("prompts.chat_template")
+def _chat_template(setting: str, value: Any, s: dict[str, Any]) -> Row:
+    return _exact(
+        setting,
+        value,
+        {"data.train_files": f"{JOB_DIR}/data/train.parquet"},
+        "the job's policy and reward-model tokenizers carry the run's chat template (the "
+        "plain User:/Assistant: one as a template when the run used none), so verl formats "
+        "prompts and scores responses as every stage of the run did",
+    )
+
+
 @rule("evaluation.prompt_sets", "evaluation.prompts_per_set")
 def _eval_sets(setting: str, value: Any, s: dict[str, Any]) -> Row:
     return _exact(

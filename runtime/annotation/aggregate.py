@@ -25,6 +25,7 @@ from rlhfspec.common.jsonl import read_rows
 from rlhfspec.runtime.annotation.judge.items import is_ai
 from rlhfspec.runtime.annotation.loading import load_annotations
 from rlhfspec.runtime.project import Project
+from rlhfspec.runtime.prompts.pool import prompt_texts
 
 LO, HI, TIE = 0, 1, 2
 
@@ -44,6 +45,8 @@ class Pair:
     annotators: list[str]
     decided_by: str
     dimensions: dict[str, str | None] = field(default_factory=dict)
+    #: a multi-turn prompt's conversation (`prompt` is then its transcript); None otherwise
+    messages: list[dict[str, str]] | None = None
 
 
 # the seed: "5,000-20,000 preference pairs" for a reward model on a narrow use case;
@@ -131,6 +134,7 @@ class _Inputs:
     ranked: list[str]
     drop_split: bool
     min_votes: int
+    messages: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
 
 def _inputs(project: Project) -> _Inputs:
@@ -148,9 +152,12 @@ def _inputs(project: Project) -> _Inputs:
         )
     }
     prompts: dict[str, str] = {}
+    messages: dict[str, list[dict[str, str]]] = {}
     for source in spec["prompts"]["sources"]:
-        for row in read_jsonl_rows(project.path(source["path"]), source["path"], ("id", "text")):
-            prompts[row["id"]] = row["text"]
+        for prompt_id, prompt in prompt_texts(project, source["path"]).items():
+            prompts[prompt_id] = prompt.text
+            if prompt.messages is not None:
+                messages[prompt_id] = prompt.messages
     return _Inputs(
         responses,
         prompts,
@@ -158,6 +165,7 @@ def _inputs(project: Project) -> _Inputs:
         [d["id"] for d in spec["criteria"]["dimensions"]],
         bool(agg["drop_split_votes"]),
         int(agg["min_votes"]),
+        messages,
     )
 
 
@@ -235,6 +243,7 @@ def _decide(
         item_id=item_id,
         prompt_id=first["prompt_id"],
         prompt=inputs.prompts[first["prompt_id"]],
+        messages=inputs.messages.get(first["prompt_id"]),
         chosen_id=chosen,
         rejected_id=rejected,
         chosen=inputs.responses[chosen]["text"],
@@ -407,13 +416,16 @@ def write_pairs(result: AggregateResult, out_dir: Path) -> list[Path]:
     pairs_lines = []
     prov_lines = []
     for pair in result.pairs:
-        pairs_lines.append(
-            json.dumps(
-                {"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected},
-                ensure_ascii=False,
-            )
-        )
-        prov = {k: v for k, v in pair.__dict__.items() if k not in ("prompt", "chosen", "rejected")}
+        row: dict[str, Any] = {
+            "prompt": pair.prompt,
+            "chosen": pair.chosen,
+            "rejected": pair.rejected,
+        }
+        if pair.messages is not None:  # a multi-turn prompt: what the model formatter reads
+            row["messages"] = pair.messages
+        pairs_lines.append(json.dumps(row, ensure_ascii=False))
+        text_fields = ("prompt", "chosen", "rejected", "messages")
+        prov = {k: v for k, v in pair.__dict__.items() if k not in text_fields}
         prov_lines.append(json.dumps(prov, ensure_ascii=False))
     held = [json.dumps(h, ensure_ascii=False) for h in result.held_back]
     split = [json.dumps(h, ensure_ascii=False) for h in result.split_items]

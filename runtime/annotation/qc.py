@@ -100,7 +100,8 @@ from rlhfspec.runtime.annotation.qc_model import (
     _clean,
     _finding,
 )
-from rlhfspec.runtime.annotation.records import CHOICES, SKIP_HINT, AnnotationTable
+from rlhfspec.runtime.annotation.records import CHOICES, SKIP_HINT
+from rlhfspec.runtime.annotation.table import AnnotationTable
 from rlhfspec.runtime.project import Project
 
 __all__ = [

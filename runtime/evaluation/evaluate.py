@@ -81,7 +81,13 @@ from rlhfspec.runtime.evaluation.metrics import (  # noqa: E402
 )
 from rlhfspec.runtime.evaluation.trajectory import trajectory_svg  # noqa: E402
 from rlhfspec.runtime.prompts.pool import OUTSIDE_FOCUS  # noqa: E402
-from rlhfspec.runtime.train.formatting import word_count  # noqa: E402
+from rlhfspec.runtime.train.formatting import (  # noqa: E402
+    ChatFormat,
+    PromptInput,
+    chat_format,
+    prompt_key,
+    word_count,
+)
 
 __all__ = [
     "EVAL_FORMAT",
@@ -121,6 +127,9 @@ class EvalSettings:
     kl_temperature: float | None = None
     missing_eos_penalty: float = default_of("policy.ppo.missing_eos_penalty")
     mixed_precision: str = default_of("compute.mixed_precision")
+    #: ``prompts.chat_template``, and the spec's folder a ``.jinja`` file is read from
+    chat_template: str = default_of("prompts.chat_template")
+    template_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.kl_estimator not in KL_ESTIMATORS:
@@ -173,19 +182,25 @@ class EvalSettings:
             "kl_estimator": self.kl_estimator,
             "missing_eos_penalty": self.missing_eos_penalty,
             "mixed_precision": self.mixed_precision,
+            "chat_template": self.chat_template,
             "disqualifiers": [{"id": d, "regex": r} for d, r in self.disqualifiers],
         }
 
 
-def generate(policy: Any, tokenizer: Any, prompts: list[str], settings: EvalSettings) -> list[str]:
+def generate(
+    policy: Any, tokenizer: Any, prompts: Sequence[PromptInput], settings: EvalSettings
+) -> list[str]:
     """Seeded sampled responses (text after the prompt, up to EOS), one per prompt.
 
     The same (model, prompts, settings) give the same responses whatever the global RNG state;
     another seed gives other samples. See `rlhfspec.runtime.evaluation.generation`.
     """
     how = settings.sampling(settings.temperature)
+    render = chat_format(tokenizer, settings.chat_template, settings.template_dir).prompt
     return [
-        t for b in sample_batches(policy, tokenizer, prompts, how) for t in decode(tokenizer, b)
+        t
+        for b in sample_batches(policy, tokenizer, prompts, how, render)
+        for t in decode(tokenizer, b)
     ]
 
 
@@ -199,6 +214,7 @@ class _Models:
     policy: Any
     reference: Any
     reward_model: Any
+    chat: ChatFormat
 
 
 def _same_tokenizer(a: Any, b: Any) -> bool:
@@ -237,7 +253,8 @@ def _load(
     for model in (policy, reference, reward_model):
         model.to(settings.device)
         model.eval()
-    return _Models(tokenizer, policy, reference, reward_model)
+    chat = chat_format(tokenizer, settings.chat_template, settings.template_dir)
+    return _Models(tokenizer, policy, reference, reward_model, chat)
 
 
 def _kl(models: _Models, batches: Sequence[Batch], settings: EvalSettings) -> list[float]:
@@ -255,16 +272,20 @@ def _kl(models: _Models, batches: Sequence[Batch], settings: EvalSettings) -> li
 
 
 def _evaluate_set(
-    models: _Models, prompts: list[str], settings: EvalSettings, patterns: list[tuple[str, Any]]
+    models: _Models,
+    prompts: list[PromptInput],
+    settings: EvalSettings,
+    patterns: list[tuple[str, Any]],
 ) -> tuple[Rows, list[str]]:
     """Sample, score and measure one prompt set; returns its rows and response texts."""
+    render = models.chat.prompt
     batches = sample_batches(
-        models.policy, models.tokenizer, prompts, settings.sampling(settings.temperature)
+        models.policy, models.tokenizer, prompts, settings.sampling(settings.temperature), render
     )
     kl_batches = batches
     if settings.kl_at != settings.temperature:
         kl_batches = sample_batches(
-            models.policy, models.tokenizer, prompts, settings.sampling(settings.kl_at)
+            models.policy, models.tokenizer, prompts, settings.sampling(settings.kl_at), render
         )
     texts = [t for b in batches for t in decode(models.tokenizer, b)]
     rewards = [
@@ -290,7 +311,7 @@ def _evaluate_set(
     return rows, texts
 
 
-def _check_sets(prompt_sets: dict[str, list[str]], start: dict[str, Any] | None) -> None:
+def _check_sets(prompt_sets: dict[str, list[PromptInput]], start: dict[str, Any] | None) -> None:
     if not prompt_sets:
         raise RunError("no prompt sets to evaluate")
     for name, prompts in prompt_sets.items():
@@ -308,7 +329,7 @@ def evaluate_checkpoint(
     policy_dir: Path | str,
     reference_dir: Path | str,
     reward_model_dir: Path | str,
-    prompt_sets: dict[str, list[str]],
+    prompt_sets: dict[str, list[PromptInput]],
     settings: EvalSettings,
     *,
     start: dict[str, Any] | None = None,
@@ -340,7 +361,7 @@ def evaluate_checkpoint(
             )
         block = metrics(rows, ids, settings.kl_at)
         block["samples"] = [
-            {"prompt": p, "response": t, "score": clean(s), "flags": f}
+            {"prompt": prompt_key(p), "response": t, "score": clean(s), "flags": f}
             for p, t, s, f in list(zip(prompts, texts, rows.rewards, rows.flags, strict=True))[
                 : settings.samples_shown
             ]
@@ -362,6 +383,7 @@ def evaluate_checkpoint(
             "reward_model": str(reward_model_dir),
         },
         "settings": settings.to_dict(),
+        "chat_template": models.chat.record(),
         "reward_method": (
             "the reward model's score of the sampled token ids at the EOS (or at the last "
             "generated token, minus missing_eos_penalty, when the response has no EOS): the "

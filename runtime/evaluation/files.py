@@ -18,7 +18,8 @@ PROMPT_SETS_FORMAT = "rlhfspec.prompt_sets/1"
 EVAL_SUMMARY = "eval/summary.json"
 EVAL_SUMMARY_FORMAT = "rlhfspec.eval_summary/1"
 
-PromptSets = dict[str, list[dict[str, str]]]
+#: set name -> rows of ``id``, ``text`` and, for a multi-turn prompt, ``messages``
+PromptSets = dict[str, list[dict[str, Any]]]
 
 
 def prompt_sets_text(sets: PromptSets) -> str:

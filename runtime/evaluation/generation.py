@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from rlhfspec.common.errors import RunError
 from rlhfspec.runtime.policy.ppo.models import policy_logits
 from rlhfspec.runtime.policy.ppo.rollout import Episodes, episode_scores
 from rlhfspec.runtime.policy.ppo_math import response_logprobs
-from rlhfspec.runtime.train.formatting import format_prompt
+from rlhfspec.runtime.train.formatting import PromptInput, plain_prompt, prompt_key
 from rlhfspec.runtime.train.precision import autocast
 from rlhfspec.runtime.train.sampling import RowNoise, sample
 
@@ -51,11 +51,11 @@ def prompt_seed(seed: int, prompt: str, occurrence: int) -> int:
     return int.from_bytes(hashlib.sha256(material).digest()[:8], "big") >> 1
 
 
-def generators(prompts: Sequence[str], seed: int) -> list[torch.Generator]:
+def generators(prompts: Sequence[PromptInput], seed: int) -> list[torch.Generator]:
     """One CPU generator per prompt; a repeated prompt gets fresh noise per occurrence."""
     seen: Counter[str] = Counter()
     out = []
-    for prompt in prompts:
+    for prompt in map(prompt_key, prompts):
         generator = torch.Generator(device="cpu")
         generator.manual_seed(prompt_seed(seed, prompt, seen[prompt]))
         seen[prompt] += 1
@@ -66,13 +66,14 @@ def generators(prompts: Sequence[str], seed: int) -> list[torch.Generator]:
 def encode_prompts(
     tokenizer: Any, prompts: Sequence[str], limit: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt ids; a prompt too long for the context keeps its end."""
+    """Left-padded ids of formatted prompts (model text); a prompt too long for the context
+    keeps its end."""
     old_side, old_trunc = tokenizer.padding_side, getattr(tokenizer, "truncation_side", "right")
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"
     try:
         enc = tokenizer(
-            [format_prompt(p) for p in prompts],
+            list(prompts),
             return_tensors="pt",
             padding=True,
             truncation=limit is not None,
@@ -112,7 +113,7 @@ class Sampling:
 def _sample_batch(
     model: Any,
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[str],  # formatted
     noise: Sequence[torch.Generator],
     how: Sampling,
 ) -> Batch:
@@ -150,18 +151,22 @@ def _sample_batch(
 
 
 def sample_batches(
-    model: Any, tokenizer: Any, prompts: Sequence[str], how: Sampling
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[PromptInput],
+    how: Sampling,
+    render: Callable[[PromptInput], str] = plain_prompt,
 ) -> list[Batch]:
-    """Seeded samples for `prompts`, `how.batch_size` prompts at a time."""
+    """Seeded samples for `prompts`, `how.batch_size` prompts at a time; `render` formats a
+    prompt as PPO's rollouts do (the run's `ChatFormat.prompt`; plain by default)."""
     noise = generators(prompts, how.seed)
+    texts = [render(p) for p in prompts]
     model.eval()
     batches = []
     with torch.inference_mode():
         for start in range(0, len(prompts), how.batch_size):
             end = start + how.batch_size
-            batches.append(
-                _sample_batch(model, tokenizer, prompts[start:end], noise[start:end], how)
-            )
+            batches.append(_sample_batch(model, tokenizer, texts[start:end], noise[start:end], how))
     return batches
 
 

@@ -39,17 +39,29 @@ from rlhfspec.compiler.targets.verl import JobFacts
 from rlhfspec.runtime.lineage import LINEAGE_FILE
 from rlhfspec.runtime.project import Project
 from rlhfspec.runtime.stage_api import StageContext
+from rlhfspec.runtime.train.formatting import (
+    ChatFormat,
+    PromptInput,
+    as_messages,
+    prompt_key,
+    stage_format,
+)
 
-# rlhfspec's prompt format (runtime/train/formatting.py) as a chat template: the generation
-# prompt renders `format_prompt`, a finished turn `full_text + eos` (how the reward model reads)
+# rlhfspec's plain prompt format (runtime/train/formatting.py) as a chat template, for a model
+# trained without one: the generation prompt renders `plain_prompt` (turn by turn when
+# multi-turn), a finished last turn `full_text + eos` (how the reward model reads). A model
+# that has a chat template keeps it: every stage of the run formatted with that template.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'user' -%}"
     "{{- 'User: ' + message['content'] | trim + '\\n' -}}"
+    "{%- elif message['role'] == 'system' -%}"
+    "{{- 'System: ' + message['content'] | trim + '\\n' -}}"
     "{%- elif message['role'] == 'assistant' -%}"
-    "{{- 'Assistant: ' + message['content'] | trim + eos_token -}}"
+    "{{- 'Assistant: ' + message['content'] | trim -}}"
+    "{%- if loop.last -%}{{- eos_token -}}{%- else -%}{{- '\\n' -}}{%- endif -%}"
     "{%- else -%}"
-    "{{- raise_exception('rlhfspec prompts have user and assistant turns only') -}}"
+    "{{- raise_exception('rlhfspec prompts have system, user and assistant turns only') -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- 'Assistant:' -}}{%- endif -%}"
@@ -93,17 +105,33 @@ def link_or_copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=copy)
 
 
-def add_chat_template(model_dir: Path, trust_remote_code: bool) -> bool:
-    """Give the copied tokenizer rlhfspec's prompt format as its chat template when it has
-    none; returns whether it did."""
+def set_chat_template(model_dir: Path, template: str | None, trust_remote_code: bool) -> bool:
+    """Give the copied tokenizer the run's chat template (`template`: the run's `ChatFormat`
+    template; None: the plain format, as `CHAT_TEMPLATE`), so verl formats prompts and scores
+    responses as every stage of the run did; returns whether the tokenizer's changed."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    if getattr(tokenizer, "chat_template", None):
+    wanted = CHAT_TEMPLATE if template is None else template
+    if getattr(tokenizer, "chat_template", None) == wanted:
         return False
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = wanted
     tokenizer.save_pretrained(model_dir)
     return True
+
+
+def job_templates(ctx: StageContext, job_dir: Path, trust: bool) -> tuple[ChatFormat, list[str]]:
+    """The run's chat format (from the copied policy's tokenizer, checked against the plan),
+    given to the job's two tokenizers; returns it and the folders whose template changed."""
+    from rlhfspec.runtime.train.models import load_tokenizer
+
+    chat = stage_format(ctx, load_tokenizer(job_dir / "model", trust_remote_code=trust))
+    templated = [
+        folder
+        for folder in ("model", "reward_model")
+        if set_chat_template(job_dir / folder, chat.template, trust)
+    ]
+    return chat, templated
 
 
 def check_reward_model(folder: Path) -> None:
@@ -118,11 +146,12 @@ def check_reward_model(folder: Path) -> None:
         )
 
 
-def prompt_rows(prompts: list[str], source: str, kind: str) -> list[dict[str, Any]]:
+def prompt_rows(prompts: list[PromptInput], source: str, kind: str) -> list[dict[str, Any]]:
+    """verl's rows: the prompt as chat messages (a text is one user turn)."""
     return [
         {
             "data_source": source,
-            "prompt": [{"role": "user", "content": text}],
+            "prompt": as_messages(text),
             "ability": "chat",
             "reward_model": {"style": "model", "ground_truth": ""},
             "extra_info": {"index": i, "split": kind},
@@ -144,7 +173,7 @@ def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def prompt_tokens(model_dir: Path, prompts: list[str], trust_remote_code: bool) -> int:
+def prompt_tokens(model_dir: Path, prompts: list[PromptInput], trust_remote_code: bool) -> int:
     """The longest prompt in tokens, formatted the way verl formats it (chat template)."""
     from transformers import AutoTokenizer
 
@@ -152,7 +181,7 @@ def prompt_tokens(model_dir: Path, prompts: list[str], trust_remote_code: bool) 
     longest = 0
     for text in prompts:
         chat = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            as_messages(text), add_generation_prompt=True, tokenize=False
         )
         longest = max(longest, len(tokenizer(chat, add_special_tokens=False)["input_ids"]))
     return longest
@@ -178,6 +207,7 @@ def prepare_job(
     from rlhfspec.runtime.policy.stages import (
         evaluation_prompts,
         prompt_pool,
+        set_prompt,
         start_model,
         training_prompts,
     )
@@ -191,11 +221,12 @@ def prepare_job(
     eval_sets = evaluation_prompts(ctx, pool)
     kept = training_prompts(pool, eval_sets)
     # by text as well as by id: a prompt repeated under another id must not leak either
-    held = {p["text"] for rows in eval_sets.values() for p in rows} | {p.text for p in pool.holdout}
-    train = [text for text in kept if text not in held]
+    held = {prompt_key(set_prompt(p)) for rows in eval_sets.values() for p in rows}
+    held |= {prompt_key(p.chat) for p in pool.holdout}
+    train = [p for p in kept if prompt_key(p) not in held]
     if len(train) < len(kept):
         log(f"{len(kept) - len(train)} training prompt(s) left out: same text as a held-out one")
-    validation = [p["text"] for p in eval_sets.get("validation", [])]
+    validation = [set_prompt(p) for p in eval_sets.get("validation", [])]
     atomic_write_text(job_dir / PROMPT_SETS, prompt_sets_text(eval_sets))
     name = str(spec["name"])
     write_parquet(prompt_rows(train, name, "train"), job_dir / "data/train.parquet")
@@ -211,9 +242,7 @@ def prepare_job(
     reward = run_dir / "models/reward_model"
     check_reward_model(reward)
     link_or_copy_tree(reward, job_dir / "reward_model")
-    templated = [
-        folder for folder in ("model", "reward_model") if add_chat_template(job_dir / folder, trust)
-    ]
+    chat, templated = job_templates(ctx, job_dir, trust)
     longest = prompt_tokens(job_dir / "model", train + validation, trust)
     files = {
         p.relative_to(job_dir).as_posix(): sha256_file(p)
@@ -233,6 +262,7 @@ def prepare_job(
         "dir": str(run_dir),
         "run_id": info["run_id"],
         "plan_fingerprint": info["doc"].get("plan", {}).get("fingerprint"),
+        "chat_template": chat.record(),
         "chat_template_added": templated,
         # the reward model's gates as the run recorded them (an overridden one says so)
         "reward_model_gates": info["stages"]["reward_model"].get("gates", []),

@@ -2,7 +2,7 @@
 
 TRL owns the loss and the training loop; what this module adds is around them:
 
-* the same text format as every other stage (`format_prompt`, `format_response`), so the
+* the same text format as every other stage (the run's `ChatFormat`), so the
   policy is trained on exactly the text the reward model and evaluation see;
 * policy checkpoints every ``policy.checkpoint_every`` optimizer steps under
   ``out_dir/checkpoints/step-000010/``, each a complete model directory (safetensors weights,
@@ -50,6 +50,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from rlhfspec.common.chat_templates import AUTO
 from rlhfspec.common.errors import RunError
 from rlhfspec.compiler.schemas import default_of
 from rlhfspec.runtime.policy.distributed import SINGLE, Group, launched_world_size
@@ -60,7 +61,7 @@ from rlhfspec.runtime.train.common import (
     threads,
     without_printer,
 )
-from rlhfspec.runtime.train.formatting import format_prompt, format_response
+from rlhfspec.runtime.train.formatting import ChatFormat, chat_format, format_response, plain_prompt
 from rlhfspec.runtime.train.models import load_causal_lm, load_tokenizer
 from rlhfspec.runtime.train.progress import progress_callback
 
@@ -95,18 +96,32 @@ def list_checkpoints(out_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def dpo_rows(pairs: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Prompt/chosen/rejected rows as the model sees them (the one template of formatting.py)."""
+def dpo_rows(
+    pairs: Sequence[Mapping[str, Any]], chat: ChatFormat | None = None
+) -> list[dict[str, str]]:
+    """Prompt/chosen/rejected rows as the model sees them: formatted by `chat` (the run's
+    `ChatFormat`; None: the plain ``User:/Assistant:`` format). A pair's ``messages`` (a
+    multi-turn prompt) take the place of its ``prompt`` text."""
     rows = []
     for i, pair in enumerate(pairs):
         missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(pair.get(k), str)]
         if missing:
             raise RunError(f"preference pair {i} lacks text for {', '.join(missing)}")
+        prompt = pair.get("messages") or pair["prompt"]
+        if chat is None:
+            rows.append(
+                {
+                    "prompt": plain_prompt(prompt),
+                    "chosen": format_response(pair["chosen"]),
+                    "rejected": format_response(pair["rejected"]),
+                }
+            )
+            continue
         rows.append(
             {
-                "prompt": format_prompt(pair["prompt"]),
-                "chosen": format_response(pair["chosen"]),
-                "rejected": format_response(pair["rejected"]),
+                "prompt": chat.prompt(prompt),
+                "chosen": chat.response(prompt, pair["chosen"]),
+                "rejected": chat.response(prompt, pair["rejected"]),
             }
         )
     return rows
@@ -328,6 +343,7 @@ def train_dpo(
     pairs: list[dict[str, Any]],
     settings: dict[str, Any],
     *,
+    chat: ChatFormat | None = None,
     seed: int,
     out_dir: Path,
     resume: bool,
@@ -338,7 +354,9 @@ def train_dpo(
 ) -> dict[str, Any]:
     """Train the policy at `policy_dir` with DPO against the frozen `reference_dir` model.
 
-    `pairs` are raw texts (``prompt``, ``chosen``, ``rejected``); `settings` is the spec's
+    `pairs` are raw texts (``prompt``, ``chosen``, ``rejected``, and ``messages`` for a
+    multi-turn prompt), formatted by `chat` (`dpo_rows`; None: the policy tokenizer's own
+    format, as ``prompts.chat_template: auto``); `settings` is the spec's
     resolved ``policy`` block (``dpo.beta``, ``dpo.loss_type``, ``dpo.train``,
     ``checkpoint_every``, ``trust_remote_code``). `metadata` (data hashes, annotation batches,
     plan fingerprint...) is copied into every checkpoint's ``checkpoint.json`` so that each
@@ -377,10 +395,15 @@ def train_dpo(
             "the DPO run (settings, pairs, models or resume point)",
             [dict(settings), seed, pairs, str(policy_dir), str(reference_dir), chosen],
         )
+    if chat is None:  # the policy tokenizer's own format, as prompts.chat_template: auto
+        tokenizer = load_tokenizer(
+            policy_dir, trust_remote_code=bool(settings["trust_remote_code"])
+        )
+        chat = chat_format(tokenizer, AUTO)
     trainer, saver = _make_trainer(
         policy_dir,
         reference_dir,
-        pairs,
+        dpo_rows(pairs, chat),
         settings,
         args=args,
         seed=seed,
@@ -469,7 +492,7 @@ def _resume_point_of_run(
 def _make_trainer(
     policy_dir: Path,
     reference_dir: Path,
-    pairs: list[dict[str, Any]],
+    rows: list[dict[str, str]],
     settings: dict[str, Any],
     *,
     args: Any,
@@ -516,7 +539,7 @@ def _make_trainer(
             model=policy,
             ref_model=reference,
             processing_class=tokenizer,
-            train_dataset=Dataset.from_list(dpo_rows(pairs)),
+            train_dataset=Dataset.from_list(rows),
             args=args,
             callbacks=[progress_callback(log, "policy"), metrics, saver, *callbacks],
         )

@@ -28,6 +28,7 @@ from rlhfspec.runtime.evaluation.files import (
 from rlhfspec.runtime.prompts.pool import (
     HOLDOUT_FILE,
     OUTSIDE_FOCUS,
+    Prompt,
     PromptPool,
     pool_with_holdout,
     read_holdout,
@@ -43,7 +44,7 @@ def prompt_pool(ctx: StageContext) -> PromptPool:
     return pool_with_holdout(ctx.project, read_holdout(ctx.upstream(HOLDOUT_FILE)))
 
 
-def evaluation_prompts(ctx: StageContext, pool: PromptPool) -> dict[str, list[dict[str, str]]]:
+def evaluation_prompts(ctx: StageContext, pool: PromptPool) -> dict[str, list[dict[str, Any]]]:
     """Seeded evaluation sets, disjoint from the prompts the policy trains on."""
     size = int(ctx.settings["evaluation"]["prompts_per_set"])
     rng = random.Random(f"evaluation-prompts:{ctx.settings['seed']}")
@@ -51,7 +52,7 @@ def evaluation_prompts(ctx: StageContext, pool: PromptPool) -> dict[str, list[di
     adversarial = [p for p in available if p.kind == "adversarial"]
     regular = [p for p in available if p.kind != "adversarial"]
     holdout = [p for p in pool.prompts if p.id in pool.holdout_ids]
-    sets: dict[str, list[dict[str, str]]] = {}
+    sets: dict[str, list[dict[str, Any]]] = {}
     wanted = ctx.settings["evaluation"]["prompt_sets"]
     for name, candidates in (
         ("validation", regular),
@@ -60,18 +61,32 @@ def evaluation_prompts(ctx: StageContext, pool: PromptPool) -> dict[str, list[di
     ):
         if name in wanted and candidates:
             chosen = rng.sample(candidates, min(size, len(candidates)))
-            sets[name] = [{"id": p.id, "text": p.text} for p in chosen]
+            sets[name] = [_set_row(p) for p in chosen]
     outside = pool.outside_focus
     if outside:  # reported at every checkpoint, never trained on nor used for selection
         chosen = rng.sample(outside, min(size, len(outside)))
-        sets[OUTSIDE_FOCUS] = [{"id": p.id, "text": p.text} for p in chosen]
+        sets[OUTSIDE_FOCUS] = [_set_row(p) for p in chosen]
     return sets
 
 
-def training_prompts(pool: PromptPool, eval_sets: dict[str, list[dict[str, str]]]) -> list[str]:
-    """Prompts for PPO rollouts: available prompts minus every evaluation prompt."""
+def _set_row(prompt: Prompt) -> dict[str, Any]:
+    """An evaluation-set row: id and text, and the messages of a multi-turn prompt."""
+    row: dict[str, Any] = {"id": prompt.id, "text": prompt.text}
+    if prompt.messages is not None:
+        row["messages"] = prompt.messages
+    return row
+
+
+def set_prompt(row: dict[str, Any]) -> Any:
+    """An evaluation-set row's prompt for the formatter: its messages, else its text."""
+    return row.get("messages") or row["text"]
+
+
+def training_prompts(pool: PromptPool, eval_sets: dict[str, list[dict[str, Any]]]) -> list[Any]:
+    """Prompts for PPO rollouts (a text, or a multi-turn prompt's messages): available prompts
+    minus every evaluation prompt."""
     held = {p["id"] for rows in eval_sets.values() for p in rows}
-    return [p.text for p in pool.focused if p.id not in held]
+    return [p.chat for p in pool.focused if p.id not in held]
 
 
 def start_model(ctx: StageContext) -> Path:
@@ -173,14 +188,21 @@ def policy_training(ctx: StageContext) -> None:
 
 def train_policy(
     ctx: StageContext,
-    prompts: list[str],
+    prompts: list[Any],
     start: Path,
     metadata: dict[str, Any],
 ) -> Any:
-    """Train PPO or DPO from `start`; the one call every process of the stage makes."""
+    """Train PPO or DPO from `start`; the one call every process of the stage makes. Prompts
+    and responses are formatted by the stage's chat format (from the start model's
+    tokenizer), recorded in `metadata` and so in every checkpoint."""
+    from rlhfspec.runtime.train.formatting import stage_format
+    from rlhfspec.runtime.train.models import load_tokenizer
+
     spec = ctx.settings
     policy = spec["policy"]
     out_dir = ctx.path("models/policy")
+    chat = stage_format(ctx, load_tokenizer(start, trust_remote_code=policy["trust_remote_code"]))
+    metadata["chat_template"] = chat.record()
     if policy["method"] == "ppo":
         from rlhfspec.runtime.policy.ppo import PPOSettings, train_ppo
         from rlhfspec.runtime.train.scale import MetricsTracker, group, tracking_env
@@ -206,6 +228,7 @@ def train_policy(
                     prompts,
                     settings,
                     out_dir,
+                    chat=chat,
                     resume=ctx.resume,
                     log=ctx.log,
                     metadata=metadata,
@@ -218,7 +241,12 @@ def train_policy(
     from rlhfspec.runtime.train.common import read_pairs
 
     pairs = [
-        {"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
+        {
+            "prompt": p["prompt"],
+            "chosen": p["chosen"],
+            "rejected": p["rejected"],
+            **({"messages": p["messages"]} if p.get("messages") else {}),
+        }
         for p in read_pairs(ctx)
     ]
     return train_dpo(
@@ -226,6 +254,7 @@ def train_policy(
         start,
         pairs,
         policy,
+        chat=chat,
         seed=int(spec["seed"]),
         out_dir=out_dir,
         resume=ctx.resume,
@@ -274,7 +303,7 @@ def _ppo_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def eval_settings(spec: dict[str, Any]) -> Any:
+def eval_settings(spec: dict[str, Any], spec_dir: Path | None = None) -> Any:
     """Evaluation as PPO sees it: KL at the policy's sampling temperature (PPO's, or 1 for DPO,
     whose implicit KL is at temperature 1), PPO's missing-EOS penalty, the spec's device and
     precision, batched."""
@@ -302,6 +331,8 @@ def eval_settings(spec: dict[str, Any]) -> Any:
         kl_temperature=float(policy["ppo"]["temperature"]) if policy["method"] == "ppo" else 1.0,
         missing_eos_penalty=float(policy["ppo"]["missing_eos_penalty"]),
         mixed_precision=str(compute["mixed_precision"]),
+        chat_template=str(spec.get("prompts", {}).get("chat_template", "auto")),
+        template_dir=spec_dir,
     )
 
 
@@ -316,7 +347,7 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
     eval_sets = read_prompt_sets(
         json.loads(ctx.upstream(PROMPT_SETS).read_text(encoding="utf-8")), PROMPT_SETS
     )
-    prompt_sets = {name: [p["text"] for p in rows] for name, rows in eval_sets.items()}
+    prompt_sets = {name: [set_prompt(p) for p in rows] for name, rows in eval_sets.items()}
     evaluation = spec["evaluation"]
     reference = Path(index["start"])
     targets = [{"label": "start", "step": 0, "path": str(reference)}] + [
@@ -327,7 +358,9 @@ def evaluate_stage(ctx: StageContext) -> StageOutcome:
     atomic_write_text(ctx.path("eval/trajectory.svg"), trajectory_svg(results, guards=guards))
     outputs = [f"eval/{t['label']}.json" for t in targets] + ["eval/trajectory.svg"]
     if evaluation["human_eval"]["enabled"]:
-        outputs += _export_human_eval(ctx, prompt_sets, results)
+        # shown to people as text (a multi-turn prompt's transcript)
+        shown = {name: [p["text"] for p in rows] for name, rows in eval_sets.items()}
+        outputs += _export_human_eval(ctx, shown, results)
     table = _summary_table(results)
     atomic_write_text(ctx.path(EVAL_SUMMARY), summary_text(table))
     return StageOutcome(
@@ -341,12 +374,14 @@ def _evaluate_targets(
     ctx: StageContext,
     targets: list[dict[str, Any]],
     reference: Path,
-    prompt_sets: dict[str, list[str]],
+    prompt_sets: dict[str, list[Any]],
 ) -> list[dict[str, Any]]:
-    """Evaluate the start and every checkpoint in order, each against the start's responses."""
+    """Evaluate the start and every checkpoint in order, each against the start's responses,
+    formatted as the plan's entry recorded (`check_planned_template`)."""
     from rlhfspec.runtime.evaluation.evaluate import evaluate_checkpoint, write_eval
+    from rlhfspec.runtime.train.formatting import check_planned_template
 
-    settings = eval_settings(ctx.settings)
+    settings = eval_settings(ctx.settings, ctx.project.folder)
     reward_model = ctx.upstream("models/reward_model")
     results: list[dict[str, Any]] = []
     for target in targets:
@@ -361,6 +396,7 @@ def _evaluate_targets(
             step=target["step"],
             label=target["label"],
         )
+        check_planned_template(ctx, result["chat_template"])
         write_eval(result, ctx.path(f"eval/{target['label']}.json"))
         overall = result["overall"]
         ctx.log(

@@ -29,6 +29,7 @@ finding with a stable code, so CI can gate on it.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from rlhfspec.runtime.prompts.pool import (  # re-exported: the pool used to liv
     Prompt,
     PromptPool,
     holdout_count,
+    holdout_row,
     load_prompt_pool,
     pool_with_holdout,
     production_holdout,
@@ -229,6 +231,7 @@ def check_prompts(project: Project) -> PromptReport:
     _check_file_leaks(project, pool, scan, findings)
     _report_unchecked(scan, findings)
     annotated = _check_annotated_mix(pool, scan.annotated, kinds, mix, findings)
+    multi_turn = _check_multi_turn(spec.get("criteria", {}).get("scope", {}), pool, findings)
     order = {code: i for i, code in enumerate(PROMPT_CODES)}
     findings.sort(key=lambda f: (PROMPT_CODES[f.code].severity != "error", order[f.code]))  # stable
     metrics = {
@@ -240,8 +243,9 @@ def check_prompts(project: Project) -> PromptReport:
         "holdout": holdout,
         "annotated": annotated,
         "leaks": scan.leaks,
+        "multi_turn": multi_turn,
     }
-    return PromptReport(project.name, findings, metrics, [dict(p.row) for p in pool.holdout])
+    return PromptReport(project.name, findings, metrics, [holdout_row(p) for p in pool.holdout])
 
 
 def _in_range(share: float, rng: list[float]) -> bool:
@@ -383,6 +387,26 @@ def _check_fields(
                     )
                 )
     return metrics
+
+
+MULTI_TURN_WORDS = re.compile(r"(?i)multi[- ]?turn|conversation")
+
+
+def _check_multi_turn(scope: dict[str, Any], pool: PromptPool, findings: list[Finding]) -> int:
+    """Multi-turn prompts that the criteria's scope declares out of scope (PR013); returns
+    how many prompts are multi-turn."""
+    multi = [p for p in pool.prompts if p.messages is not None]
+    excluded = [s for s in scope.get("out_of_scope", []) if MULTI_TURN_WORDS.search(s)]
+    if multi and excluded:
+        findings.append(
+            Finding(
+                "PR013",
+                f"{len(multi)} prompt(s) are multi-turn ({_ids_text(p.id for p in multi)}) but "
+                f"criteria.scope.out_of_scope lists {excluded[0]!r}",
+                "admit multi-turn conversations in criteria.scope.in_scope, or drop those rows",
+            )
+        )
+    return len(multi)
 
 
 def _check_holdout(share: float, pool: PromptPool, findings: list[Finding]) -> dict[str, Any]:

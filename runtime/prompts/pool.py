@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfspec.common.jsonl import missing_strings, read_objects, read_rows, refusal
+from rlhfspec.common.prompt_messages import row_messages, row_problems, row_text
 from rlhfspec.runtime.project import Project
 
 #: Where the prompts stage writes the reserved production holdout in a run directory.
@@ -24,7 +25,10 @@ HOLDOUT_FILE = "prompts/holdout.jsonl"
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt row and where it came from (file and line, for messages)."""
+    """One prompt row and where it came from (file and line, for messages).
+
+    `text` is the row's ``text``, or the transcript of its ``messages`` (a multi-turn prompt,
+    `rlhfspec.common.prompt_messages`); `messages` is None for a one-turn prompt."""
 
     id: str
     text: str
@@ -37,6 +41,15 @@ class Prompt:
     @property
     def words(self) -> int:
         return len(self.text.split())
+
+    @property
+    def messages(self) -> list[dict[str, str]] | None:
+        return row_messages(self.row)
+
+    @property
+    def chat(self) -> str | list[dict[str, str]]:
+        """The prompt as the model formatter takes it: its messages, else its text."""
+        return self.messages or self.text
 
 
 OUTSIDE_FOCUS = "outside_focus"
@@ -118,7 +131,7 @@ def _read_source(
     prompts: list[Prompt] = []
     for number, row in read_objects(project.path(source["path"]), display, problems):
         where = f"{display}: line {number}:"
-        missing = missing_strings(row, ("id", "text"))
+        missing = missing_strings(row, ("id",)) + row_problems(row)
         problems.extend(f"{where} field '{f}': {m}" for f, m in missing)
         bad = bool(missing)
         for name in fields:
@@ -132,7 +145,7 @@ def _read_source(
                 bad = True
         if not bad:
             prompts.append(
-                Prompt(row["id"], row["text"], source["id"], source["kind"], display, number, row)
+                Prompt(row["id"], row_text(row), source["id"], source["kind"], display, number, row)
             )
     return prompts
 
@@ -194,6 +207,23 @@ def read_holdout(path: Path) -> list[dict[str, Any]]:
     return read_rows(path, HOLDOUT_FILE, ("id", "text"))
 
 
+def holdout_row(prompt: Prompt) -> dict[str, Any]:
+    """A held-out prompt's row as in its file, with its `text` (a multi-turn prompt's
+    transcript when the row has only `messages`)."""
+    return {**prompt.row, "text": prompt.text}
+
+
 def production_holdout(project: Project) -> list[dict[str, Any]]:
     """The held-out prompt rows (as in their files), in source then file order."""
-    return [dict(p.row) for p in load_prompt_pool(project).holdout]
+    return [holdout_row(p) for p in load_prompt_pool(project).holdout]
+
+
+def prompt_texts(project: Project, path: str) -> dict[str, Prompt]:
+    """The prompts of one source file by id (text, and messages when multi-turn); bad rows
+    refuse the file like every prompt read."""
+    problems: list[str] = []
+    source = {"id": "", "kind": "", "path": path}
+    rows = _read_source(project, source, [], problems)
+    if problems:
+        raise refusal("prompt sources refused", problems)
+    return {p.id: p for p in rows}

@@ -62,12 +62,12 @@ def cache_dir() -> Path:
 
 def corpus_texts(ctx: StageContext) -> Iterator[str]:
     """The project's own texts, in a fixed order: what builtin:tiny's tokenizer learns from."""
+    from rlhfspec.runtime.prompts.pool import prompt_texts
+
     spec = ctx.settings
     for source in spec["prompts"]["sources"]:
-        for row in read_jsonl_rows(
-            ctx.project.path(source["path"]), source["path"], ("id", "text")
-        ):
-            yield row["text"]
+        for prompt in prompt_texts(ctx.project, source["path"]).values():
+            yield prompt.text
     responses = spec["annotation"].get("responses")
     if responses:
         for row in read_jsonl_rows(ctx.project.path(responses), responses, ("id", "text")):

@@ -3,7 +3,8 @@
 A spec names its base model by reference. Two kinds exist:
 
 * ``builtin:tiny`` (`BUILTIN_TINY`): a small Llama-family causal LM with a byte-level BPE
-  tokenizer, both built locally from the run's own texts by `build_tiny`. It exists so that the
+  tokenizer and a small chat template (``TINY_CHAT_TEMPLATE``, role tokens as special
+  tokens), both built locally from the run's own texts by `build_tiny`. It exists so that the
   whole pipeline (SFT, reward model, policy optimisation) can run end to end on a CPU, in CI
   and without network access. It is useless as a language model and is not meant to be one.
   The build is deterministic: the same texts, seed and vocabulary size give byte-identical
@@ -40,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from rlhfspec.common.chat_templates import TINY_CHAT_TEMPLATE, TINY_ROLE_TOKENS
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.model_shapes import BUILTIN_TINY, TINY_CONFIG, TINY_VOCAB_SIZE
 
@@ -50,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
 
 #: Bumped whenever `build_tiny`'s recipe changes, so that cached builds from an older recipe
 #: are not reused (it is part of the cache key and of the manifest).
-BUILTIN_RECIPE_VERSION = 1
+BUILTIN_RECIPE_VERSION = 2
 
 MANIFEST_NAME = "rlhfspec_builtin.json"
 
@@ -58,8 +60,9 @@ BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
-# Order fixes the ids: <pad>=0, <s>=1, </s>=2, <unk>=3.
-SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
+# Order fixes the ids: <pad>=0, <s>=1, </s>=2, <unk>=3, then the chat template's role tokens
+# <|system|>=4, <|user|>=5, <|assistant|>=6 (rlhfspec.common.chat_templates).
+SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, *TINY_ROLE_TOKENS)
 
 
 _WEIGHT_SUFFIXES_SAFE = (".safetensors", ".safetensors.index.json")
@@ -112,7 +115,7 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 def _wrap_tokenizer(raw: Any) -> PreTrainedTokenizerBase:
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=raw,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
@@ -122,6 +125,8 @@ def _wrap_tokenizer(raw: Any) -> PreTrainedTokenizerBase:
         model_max_length=TINY_CONFIG["max_position_embeddings"],
         clean_up_tokenization_spaces=False,
     )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
 
 
 def build_tiny(
@@ -183,6 +188,7 @@ def build_tiny(
             "eos": [EOS_TOKEN, tokenizer.eos_token_id],
             "unk": [UNK_TOKEN, tokenizer.unk_token_id],
         },
+        "chat_template_sha256": hashlib.sha256(TINY_CHAT_TEMPLATE.encode()).hexdigest(),
         "architecture": "LlamaForCausalLM",
         "config": dict(TINY_CONFIG),
         "parameters": sum(p.numel() for p in model.parameters()),

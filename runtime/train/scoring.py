@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from rlhfspec.common.chat_templates import AUTO
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
-from rlhfspec.runtime.train.formatting import full_text, word_count
+from rlhfspec.common.prompt_messages import messages_problem
+from rlhfspec.runtime.train.formatting import chat_format, word_count
 from rlhfspec.runtime.train.reward_eval import pearson
 
 REWARD_META = "rlhfspec_reward_model.json"
@@ -94,7 +96,10 @@ def score_file(
     mixed_precision: str = "no",
 ) -> dict[str, Any]:
     """Score a JSONL of {prompt, response, system?} on `device` (auto: CUDA when there is
-    one) in `mixed_precision`, `batch_size` rows at a time; write scores, return the summary."""
+    one) in `mixed_precision`, `batch_size` rows at a time; write scores, return the summary.
+
+    Texts are formatted with the chat template the reward model was trained with (its saved
+    tokenizer's; the plain format when it has none), the same as in training."""
     import torch
 
     from rlhfspec.runtime.train.models import load_reward_model, load_tokenizer
@@ -105,6 +110,49 @@ def score_file(
             "point --model at runs/<name>/<run-id>/models/reward_model"
         )
     meta = json.loads((model_dir / REWARD_META).read_text(encoding="utf-8"))
+    rows = read_score_rows(input_path, input_display)
+    tokenizer = load_tokenizer(model_dir)
+    model: Any = load_reward_model(model_dir, tokenizer=tokenizer)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    fmt = chat_format(tokenizer, AUTO)
+    scores = score_texts(
+        model,
+        tokenizer,
+        [fmt.full(r.get("messages") or r["prompt"], r["response"]) for r in rows],
+        batch_size=batch_size,
+        max_length=int(meta.get("max_length", 512)),
+        mixed_precision=mixed_precision,
+    )
+    lines = [
+        json.dumps({**r, "score": round(s, 6)}, ensure_ascii=False)
+        for r, s in zip(rows, scores, strict=True)
+    ]
+    atomic_write_text(output, "".join(line + "\n" for line in lines))
+    summary = {
+        "format": "rlhfspec.score_summary/1",
+        "scored_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": {
+            "path": str(model_dir),
+            "sha256": sha256_file(model_dir / "model.safetensors"),
+            "criteria_version": meta.get("criteria_version"),
+            "annotation_batches": meta.get("annotation_batches"),
+            "chat_template": fmt.record(),
+        },
+        "input": {"path": input_display, "sha256": sha256_file(input_path), "rows": len(rows)},
+        **score_summaries(rows, scores),
+    }
+    atomic_write_text(output.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
+    if history is not None:
+        previous = history.read_text(encoding="utf-8") if history.exists() else ""
+        atomic_write_text(history, previous + json.dumps(summary, ensure_ascii=False) + "\n")
+    return summary
+
+
+def read_score_rows(input_path: Path, input_display: str) -> list[dict[str, Any]]:
+    """The rows to score: `prompt` and `response` strings, `system` optional; a bad row is a
+    RunError naming its line."""
     rows = []
     with input_path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -116,6 +164,8 @@ def score_file(
                 raise RunError(
                     f"{input_display}: line {number}: not valid JSON: {exc.msg}"
                 ) from None
+            if not isinstance(row, dict):
+                raise RunError(f"{input_display}: line {number}: not a JSON object")
             for field in ("prompt", "response"):
                 if not isinstance(row.get(field), str):
                     raise RunError(
@@ -123,48 +173,22 @@ def score_file(
                     )
             if "system" in row and not isinstance(row["system"], str):
                 raise RunError(f"{input_display}: line {number}: field 'system' must be a string")
+            if "messages" in row:
+                problem = messages_problem(row["messages"])
+                if problem:
+                    raise RunError(f"{input_display}: line {number}: field 'messages': {problem}")
             rows.append(row)
     if not rows:
         raise RunError(f"{input_display}: no rows to score")
-    tokenizer = load_tokenizer(model_dir)
-    model: Any = load_reward_model(model_dir, tokenizer=tokenizer)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    scores = score_texts(
-        model,
-        tokenizer,
-        [full_text(r["prompt"], r["response"]) for r in rows],
-        batch_size=batch_size,
-        max_length=int(meta.get("max_length", 512)),
-        mixed_precision=mixed_precision,
-    )
-    lines = []
-    for row, score in zip(rows, scores, strict=True):
-        lines.append(json.dumps({**row, "score": round(score, 6)}, ensure_ascii=False))
-    atomic_write_text(output, "".join(line + "\n" for line in lines))
+    return rows
+
+
+def score_summaries(rows: list[dict[str, Any]], scores: list[float]) -> dict[str, Any]:
+    """The summary over all rows and per `system`."""
     values = np.array(scores)
     lengths = np.array([word_count(r["response"]) for r in rows], dtype=float)
-    systems = sorted({r.get("system", "(none)") for r in rows})
     per_system = {}
-    for system in systems:
+    for system in sorted({r.get("system", "(none)") for r in rows}):
         mask = np.array([r.get("system", "(none)") == system for r in rows])
         per_system[system] = _summary(values[mask], lengths[mask])
-    summary = {
-        "scored_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "model": {
-            "path": str(model_dir),
-            "sha256": sha256_file(model_dir / "model.safetensors"),
-            "criteria_version": meta.get("criteria_version"),
-            "annotation_batches": meta.get("annotation_batches"),
-        },
-        "input": {"path": input_display, "sha256": sha256_file(input_path), "rows": len(rows)},
-        "overall": _summary(values, lengths),
-        "systems": per_system,
-    }
-    summary = {"format": "rlhfspec.score_summary/1", **summary}
-    atomic_write_text(output.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
-    if history is not None:
-        previous = history.read_text(encoding="utf-8") if history.exists() else ""
-        atomic_write_text(history, previous + json.dumps(summary, ensure_ascii=False) + "\n")
-    return summary
+    return {"overall": _summary(values, lengths), "systems": per_system}

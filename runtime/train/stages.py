@@ -31,7 +31,7 @@ from rlhfspec.runtime.train.common import (
     threads,
     trainer_args,
 )
-from rlhfspec.runtime.train.formatting import format_prompt, format_response, full_text, word_count
+from rlhfspec.runtime.train.formatting import ChatFormat, PromptInput, stage_format, word_count
 from rlhfspec.runtime.train.models import load_causal_lm, load_reward_model, load_tokenizer
 from rlhfspec.runtime.train.progress import progress_callback
 from rlhfspec.runtime.train.reward_eval import check_gates, evaluate_pairs
@@ -57,24 +57,7 @@ def sft_stage(ctx: StageContext) -> StageOutcome:
     quiet_transformers()
     cfg = ctx.settings["sft"]
     seed_everything(int(ctx.settings["seed"]))
-    holdout = {row["id"] for row in read_holdout(ctx.upstream(HOLDOUT_FILE))}
-    rows = [
-        r
-        for r in read_jsonl_rows(ctx.project.path(cfg["data"]), cfg["data"], ("prompt", "response"))
-        if r.get("prompt_id") not in holdout
-    ]
-    focus = ctx.settings.get("prompts", {}).get("focus")  # in the settings only when set
-    if focus:
-        pool = pool_with_holdout(ctx.project, read_holdout(ctx.upstream(HOLDOUT_FILE)))
-        kept = [
-            r
-            for r in rows
-            if r.get("prompt_id") in pool.by_id and pool.in_focus(pool.by_id[r["prompt_id"]])
-        ]
-        ctx.log(f"prompts.focus: {len(kept)} of {len(rows)} demonstrations inside the focus")
-        rows = kept
-    if not rows:
-        raise RunError(f"{cfg['data']}: no demonstrations left to train on")
+    rows = _demonstrations(ctx, cfg["data"])
     base = resolve(ctx, cfg["base_model"])
     compute = stage_compute(ctx)
     tokenizer = load_tokenizer(base, trust_remote_code=cfg["trust_remote_code"])
@@ -84,9 +67,13 @@ def sft_stage(ctx: StageContext) -> StageOutcome:
         tokenizer=tokenizer,
         quantization_config=quantization(compute),
     )
+    fmt = stage_format(ctx, tokenizer)
     dataset = Dataset.from_list(
         [
-            {"prompt": format_prompt(r["prompt"]), "completion": format_response(r["response"])}
+            {
+                "prompt": fmt.prompt(pair_prompt(r)),
+                "completion": fmt.response(pair_prompt(r), r["response"]),
+            }
             for r in rows
         ]
     )
@@ -114,6 +101,7 @@ def sft_stage(ctx: StageContext) -> StageOutcome:
         "stage": "sft",
         "base_model": cfg["base_model"],
         "resolved_base_model": str(base),
+        "chat_template": fmt.record(),
         "data": {
             "path": cfg["data"],
             "sha256": sha256_file(ctx.project.path(cfg["data"])),
@@ -127,12 +115,38 @@ def sft_stage(ctx: StageContext) -> StageOutcome:
         "compute": compute_record(compute, trainer, base),
         "tracking": tracking,
     }
+    tokenizer.chat_template = fmt.template  # the saved model says how it was trained
     save_trained(trainer, tokenizer, ctx.path("models/sft"), metadata, SFT_META)
+    keys = ("data", "train_loss", "threads", "compute", "tracking", "chat_template")
     return StageOutcome(
         ["models/sft"],
-        {k: metadata[k] for k in ("data", "train_loss", "threads", "compute", "tracking")},
+        {k: metadata[k] for k in keys},
         summary=f"train loss {metadata['train_loss']:.4f} on {len(rows)} demonstrations",
     )
+
+
+def _demonstrations(ctx: StageContext, data: str) -> list[dict[str, Any]]:
+    """The SFT rows to train on: outside the production holdout, inside `prompts.focus`."""
+    holdout = read_holdout(ctx.upstream(HOLDOUT_FILE))
+    held = {row["id"] for row in holdout}
+    rows = [
+        r
+        for r in read_jsonl_rows(ctx.project.path(data), data, ("prompt", "response"))
+        if r.get("prompt_id") not in held
+    ]
+    focus = ctx.settings.get("prompts", {}).get("focus")  # in the settings only when set
+    if focus:
+        pool = pool_with_holdout(ctx.project, holdout)
+        kept = [
+            r
+            for r in rows
+            if r.get("prompt_id") in pool.by_id and pool.in_focus(pool.by_id[r["prompt_id"]])
+        ]
+        ctx.log(f"prompts.focus: {len(kept)} of {len(rows)} demonstrations inside the focus")
+        rows = kept
+    if not rows:
+        raise RunError(f"{data}: no demonstrations left to train on")
+    return rows
 
 
 def split_by_prompt(
@@ -146,6 +160,41 @@ def split_by_prompt(
     train = [p for p in pairs if p["prompt_id"] not in held]
     validation = [p for p in pairs if p["prompt_id"] in held]
     return train, validation
+
+
+def pair_prompt(pair: dict[str, Any]) -> PromptInput:
+    """A pair's (or demonstration's) prompt for the formatter: its messages when multi-turn."""
+    messages = pair.get("messages")
+    return messages if messages else str(pair["prompt"])
+
+
+def fit_pairs(
+    fmt: ChatFormat, tokenizer: Any, pairs: list[dict[str, Any]], max_length: int
+) -> tuple[list[dict[str, str]], int]:
+    """Formatted training rows within `max_length` tokens, and how many were too long (TRL
+    would drop them silently; here the count is logged and recorded)."""
+    formatted = [
+        (
+            fmt.prompt(pair_prompt(p)),
+            fmt.response(pair_prompt(p), p["chosen"]),
+            fmt.response(pair_prompt(p), p["rejected"]),
+        )
+        for p in pairs
+    ]
+    eos = tokenizer.eos_token or ""
+    # one batched call of the fast tokenizer; +1 for the EOS the trainer appends when missing
+    texts = [q + t for q, c, r in formatted for t in (c, r)]
+    lengths = [
+        len(ids) + (0 if text.endswith(eos) else 1)
+        for text, ids in zip(texts, tokenizer(texts)["input_ids"], strict=True)
+    ]
+    kept, too_long = [], 0
+    for index, (prompt, chosen, rejected) in enumerate(formatted):
+        if max(lengths[2 * index], lengths[2 * index + 1]) > max_length:
+            too_long += 1
+        else:
+            kept.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return kept, too_long
 
 
 def reward_model_stage(ctx: StageContext) -> StageOutcome:
@@ -163,35 +212,17 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
         raise RunError(
             f"{len(pairs)} preference pairs cannot be split into training and validation by prompt"
         )
-    base = ctx.upstream("models/sft") if cfg["start_from_sft"] else resolve(ctx, cfg["base_model"])
-    compute = stage_compute(ctx)
-    tokenizer = load_tokenizer(base, trust_remote_code=cfg["trust_remote_code"])
-    model = load_reward_model(
-        base,
-        trust_remote_code=cfg["trust_remote_code"],
-        tokenizer=tokenizer,
-        seed=seed,
-        quantization_config=quantization(compute),
-    )
+    base, compute, tokenizer, model = _reward_start(ctx, cfg, seed)
+    fmt = stage_format(ctx, tokenizer)
     max_length = int(cfg["train"]["max_length"])
-    # TRL drops pairs longer than max_length silently; drop them here and say how many
-    kept, too_long = [], 0
-    formatted = [
-        (format_prompt(p["prompt"]), format_response(p["chosen"]), format_response(p["rejected"]))
-        for p in train
-    ]
-    # one batched call of the fast tokenizer; +1 for the EOS the trainer appends
-    lengths = [
-        len(ids) + 1
-        for ids in tokenizer([q + t for q, c, r in formatted for t in (c, r)])["input_ids"]
-    ]
-    for index, (prompt, chosen, rejected) in enumerate(formatted):
-        if max(lengths[2 * index], lengths[2 * index + 1]) > max_length:
-            too_long += 1
-        else:
-            kept.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    kept, too_long = fit_pairs(fmt, tokenizer, train, max_length)
     if too_long:
         ctx.log(f"{too_long} training pair(s) longer than max_length {max_length} tokens left out")
+    if not kept:
+        raise RunError(
+            f"all {too_long} training pairs are longer than reward_model.train.max_length "
+            f"({max_length} tokens) as the chat template formats them; raise max_length"
+        )
     checkpoints = ctx.path("reward_model/checkpoints")
     fresh_checkpoints(ctx, checkpoints)
     steps = steps_for(len(kept), cfg["train"])
@@ -212,24 +243,19 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
 
     trainer, loss, tracking = run_trainer(ctx, build, checkpoints)
     # every process evaluates (under FSDP the forward pass is collective); the main one writes
-    metrics, holdout_scores = evaluate_holdout(trainer.model, tokenizer, validation, max_length)
-    gate_results = check_gates(metrics, cfg["gates"])
-    gates = [
-        Gate(g["name"], g["passed"], g["value"], g["threshold"], g["message"]) for g in gate_results
-    ]
-    for gate in gates:
-        gate.overridden = not gate.passed and gate.name in ctx.overrides
-    pairs_file = ctx.upstream("preferences/pairs.jsonl")
+    metrics, holdout_scores = evaluate_holdout(trainer.model, fmt, validation, max_length)
+    gates = _reward_gates(ctx, metrics, cfg["gates"])
     metadata = {
         "format": "rlhfspec.model_meta/1",
         "stage": "reward_model",
         "base_model": "sft" if cfg["start_from_sft"] else cfg["base_model"],
         "resolved_base_model": str(base),
+        "chat_template": fmt.record(),
         "criteria_version": ctx.settings["criteria"]["version"],
         "criteria_sha256": ctx.plan["criteria"]["sha256"],
         "annotation_batches": sorted({b for p in pairs for b in p["batches"]}),
         "data": {
-            "pairs_sha256": sha256_file(pairs_file),
+            "pairs_sha256": sha256_file(ctx.upstream("preferences/pairs.jsonl")),
             "pairs": len(pairs),
             "train_pairs": len(kept),
             "train_pairs_over_max_length": too_long,
@@ -247,9 +273,51 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
         "gates": [g.to_dict() for g in gates],
         "holdout": {k: metrics[k] for k in ("accuracy", "pairs")},
     }
+    tokenizer.chat_template = fmt.template  # `rlhfspec score` formats with it
     save_trained(trainer, tokenizer, ctx.path("models/reward_model"), metadata, REWARD_META)
     if not group().is_main:
         return StageOutcome([], {})
+    return apply_gates(ctx, _reward_outcome(ctx, metadata, metrics, holdout_scores, gates))
+
+
+def _reward_start(
+    ctx: StageContext, cfg: dict[str, Any], seed: int
+) -> tuple[Any, dict[str, Any], Any, Any]:
+    """The reward model's starting point (the SFT model or its base model), the stage's
+    compute settings, its tokenizer, and the model with a fresh seeded score head."""
+    base = ctx.upstream("models/sft") if cfg["start_from_sft"] else resolve(ctx, cfg["base_model"])
+    compute = stage_compute(ctx)
+    tokenizer = load_tokenizer(base, trust_remote_code=cfg["trust_remote_code"])
+    model = load_reward_model(
+        base,
+        trust_remote_code=cfg["trust_remote_code"],
+        tokenizer=tokenizer,
+        seed=seed,
+        quantization_config=quantization(compute),
+    )
+    return base, compute, tokenizer, model
+
+
+def _reward_gates(
+    ctx: StageContext, metrics: dict[str, Any], gate_settings: dict[str, Any]
+) -> list[Gate]:
+    gates = [
+        Gate(g["name"], g["passed"], g["value"], g["threshold"], g["message"])
+        for g in check_gates(metrics, gate_settings)
+    ]
+    for gate in gates:
+        gate.overridden = not gate.passed and gate.name in ctx.overrides
+    return gates
+
+
+def _reward_outcome(
+    ctx: StageContext,
+    metadata: dict[str, Any],
+    metrics: dict[str, Any],
+    holdout_scores: list[dict[str, Any]],
+    gates: list[Gate],
+) -> StageOutcome:
+    """Write the reward model's evaluation (JSON, Markdown, holdout scores); the outcome."""
     report = {"format": "rlhfspec.reward_model_eval/1", "metadata": metadata, "holdout": metrics}
     atomic_write_text(ctx.path("reward_model/eval.json"), json.dumps(report, indent=2) + "\n")
     atomic_write_text(ctx.path("reward_model/eval.md"), eval_markdown(metadata, metrics))
@@ -258,7 +326,7 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
         "".join(json.dumps(row) + "\n" for row in holdout_scores),
     )
     length = metrics["length"]
-    outcome = StageOutcome(
+    return StageOutcome(
         [
             "models/reward_model",
             "reward_model/eval.json",
@@ -273,28 +341,29 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
             "data": metadata["data"],
             "compute": metadata["compute"],
             "tracking": metadata["tracking"],
+            "chat_template": metadata["chat_template"],
         },
         gates,
         f"holdout accuracy {metrics['accuracy']:.3f} on {metrics['pairs']} pairs; "
         f"reward-length correlation {length['pearson_reward_length']}",
     )
-    return apply_gates(ctx, outcome)
 
 
 def evaluate_holdout(
-    model: Any, tokenizer: Any, validation: list[dict[str, Any]], max_length: int
+    model: Any, fmt: ChatFormat, validation: list[dict[str, Any]], max_length: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The holdout metrics, and each validation pair's two scores (holdout_scores.jsonl)."""
+    """The holdout metrics, and each validation pair's two scores (holdout_scores.jsonl).
+    Texts are formatted as in training (`fmt`), so the holdout measures what PPO will see."""
     chosen = score_texts(
         model,
-        tokenizer,
-        [full_text(p["prompt"], p["chosen"]) for p in validation],
+        fmt.tokenizer,
+        [fmt.full(pair_prompt(p), p["chosen"]) for p in validation],
         max_length=max_length,
     )
     rejected = score_texts(
         model,
-        tokenizer,
-        [full_text(p["prompt"], p["rejected"]) for p in validation],
+        fmt.tokenizer,
+        [fmt.full(pair_prompt(p), p["rejected"]) for p in validation],
         max_length=max_length,
     )
     scores = [

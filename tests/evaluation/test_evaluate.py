@@ -36,6 +36,7 @@ from rlhfspec.runtime.evaluation.generation import (  # noqa: E402
     response_logprobs_of,
     sample_batches,
 )
+from rlhfspec.runtime.train.formatting import chat_format  # noqa: E402
 from rlhfspec.runtime.train.models import (  # noqa: E402
     build_tiny,
     load_causal_lm,
@@ -356,9 +357,12 @@ def test_evaluation_reward_is_ppos_score_of_the_sampled_ids(tiny: Path) -> None:
     cut = 0
     for name, prompts in PROMPTS.items():
         expected = []
-        for batch in sample_batches(policy, tokenizer, prompts, config.sampling(0.8)):
+        # the prompts as evaluation formats them: builtin:tiny's chat template
+        render = chat_format(tokenizer, "auto").prompt
+        for batch in sample_batches(policy, tokenizer, prompts, config.sampling(0.8), render):
             for row in range(batch.prompt_ids.shape[0]):
                 prompt = batch.prompt_ids[row][batch.prompt_mask[row].bool()]
+                assert tokenizer.decode(prompt).endswith("\n<|assistant|>\n")
                 response = batch.response_ids[row][batch.response_mask[row].bool()]
                 sequence = torch.cat([prompt, response]).unsqueeze(0)
                 with torch.no_grad():

@@ -49,9 +49,9 @@ def build_job(root: Path, extra: str = "") -> tuple[Path, dict[str, Any]]:
     """The example spec's job, with tiny models standing in for the run's SFT and reward
     models (the end-to-end test in test_verl_roundtrip.py exports a real run)."""
     from rlhfspec.runtime.export.verl_job import (
-        add_chat_template,
         prompt_rows,
         prompt_tokens,
+        set_chat_template,
         write_parquet,
     )
     from rlhfspec.runtime.train.models import build_tiny, load_reward_model, load_tokenizer
@@ -77,7 +77,7 @@ def build_job(root: Path, extra: str = "") -> tuple[Path, dict[str, Any]]:
     reward.save_pretrained(job / "reward_model", safe_serialization=True)
     tokenizer.save_pretrained(job / "reward_model")
     for folder in ("model", "reward_model"):
-        add_chat_template(job / folder, False)
+        set_chat_template(job / folder, None, False)  # the plain format: a run without a template
     write_parquet(prompt_rows(CORPUS, "support-assistant", "train"), job / "data/train.parquet")
     write_parquet(prompt_rows(CORPUS[:3], "support-assistant", "val"), job / "data/val.parquet")
     facts = target.JobFacts(

@@ -29,7 +29,7 @@ from rlhfspec.runtime.policy.dpo import (  # noqa: E402
     list_checkpoints,
     train_dpo,
 )
-from rlhfspec.runtime.train.formatting import format_prompt, format_response  # noqa: E402
+from rlhfspec.runtime.train.formatting import chat_format, format_prompt  # noqa: E402
 from rlhfspec.runtime.train.models import build_tiny, load_causal_lm, load_tokenizer  # noqa: E402
 
 TOPICS = ["order", "refund", "password", "invoice", "delivery", "account", "plan", "card"]
@@ -119,14 +119,15 @@ def final_weights(out_dir: Path) -> bytes:
 
 
 def response_logps(model: Any, tokenizer: Any, pairs: list[dict[str, str]], key: str) -> Any:
-    """Per pair, the sum of the response tokens' log-probabilities given the prompt (+ EOS),
+    """Per pair, the sum of the response tokens' log-probabilities given the prompt (EOS included),
     as DPO scores them; one padded forward pass for all pairs."""
     rows, starts = [], []
+    chat = chat_format(tokenizer, "auto")  # builtin:tiny's template, as train_dpo formats
     for pair in pairs:
-        prompt = format_prompt(pair["prompt"])
+        prompt = chat.prompt(pair["prompt"])
         prompt_ids = tokenizer(prompt)["input_ids"]
-        ids = tokenizer(prompt + format_response(pair[key]))["input_ids"] + [tokenizer.eos_token_id]
-        assert ids[: len(prompt_ids)] == prompt_ids
+        ids = tokenizer(prompt + chat.response(pair["prompt"], pair[key]))["input_ids"]
+        assert ids[: len(prompt_ids)] == prompt_ids and ids[-1] == tokenizer.eos_token_id
         rows.append(ids)
         starts.append(len(prompt_ids))
     width = max(map(len, rows))
@@ -173,7 +174,9 @@ def test_each_checkpoint_is_a_loadable_model_with_its_metadata(
         assert meta["metrics"]["step"] == step and "rewards/accuracies" in meta["metrics"]
         tokenizer = load_tokenizer(path)
         model = load_causal_lm(path, tokenizer=tokenizer)
-        prompt = tokenizer(format_prompt(PAIRS[0]["prompt"]), return_tensors="pt")
+        prompt = tokenizer(
+            chat_format(tokenizer, "auto").prompt(PAIRS[0]["prompt"]), return_tensors="pt"
+        )
         generated = model.generate(
             **prompt, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )

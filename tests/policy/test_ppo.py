@@ -36,7 +36,12 @@ from rlhfspec.runtime.policy.ppo import (  # noqa: E402
     sequence_scores,
     train_ppo,
 )
-from rlhfspec.runtime.train.formatting import format_prompt, format_response, full_text  # noqa: E402
+from rlhfspec.runtime.train.formatting import (  # noqa: E402
+    chat_format,
+    format_prompt,
+    format_response,
+    full_text,
+)
 from rlhfspec.runtime.train.models import (  # noqa: E402
     build_tiny,
     load_causal_lm,
@@ -445,10 +450,11 @@ def test_rewarding_length_makes_responses_longer(dirs: dict[str, Path]) -> None:
     tokenizer = load_tokenizer(dirs["tiny"])
     model = load_causal_lm(dirs["tiny"], tokenizer=tokenizer)
     tokenizer.padding_side = "left"
-    enc = tokenizer([format_prompt(p) for p in PROMPTS], return_tensors="pt", padding=True)
+    chat = chat_format(tokenizer, "auto")  # train_ppo formats with the model's template
+    enc = tokenizer([chat.prompt(p) for p in PROMPTS], return_tensors="pt", padding=True)
     with torch.no_grad():
         hidden = model.model(**enc).last_hidden_state[enc["attention_mask"].bool()].mean(dim=0)
-        model.get_input_embeddings().weight[tokenizer.eos_token_id] = hidden / hidden.norm()
+        model.get_input_embeddings().weight[tokenizer.eos_token_id] = 2 * hidden / hidden.norm()
     chatty = dirs["root"] / "chatty"
     model.save_pretrained(chatty, safe_serialization=True)
     tokenizer.save_pretrained(chatty)

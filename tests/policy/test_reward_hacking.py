@@ -5,7 +5,9 @@ The setup (CPU: half a minute to a minute on two shared cores):
 
 * The built-in tiny model, with the embedding of one token, `` reward``, pointed along the mean
   final hidden state (the trick `test_ppo` plays with EOS), so that it is sampled about once
-  in 40 tokens instead of once in 318: rare, but PPO sees it in some rollouts.
+  in 40 tokens (measured: 6 in 256 at the start) instead of about once in 300: rare, but PPO
+  sees it in some rollouts. Prompts are formatted with the model's chat template, as PPO and
+  the evaluation format them.
 * The reward PPO trains on (``reward_fn``) is the number of planted tokens in the response, and
   nothing else: a reward model with a blind spot, reduced to the blind spot.
 * The reward model the evaluation reads is the same signal as a real model: the tiny model with
@@ -38,13 +40,16 @@ The guards are fixed here, before looking at any run, from the setup alone:
   reject an honest checkpoint now and then and 0.5 (2.8) rarely does.
 
 What the runs show (numbers in `table`, also printed in the assertion messages): without the
-penalty the planted word goes from 0.2 to 7.6 per response, KL to the reference to 12 nats, the
-reward model's score (read where PPO reads it) climbs by many units, and from the second update on every checkpoint fails
-the guards (all three of them from the fourth); ranking by reward alone would pick the last,
-most exploited one. With ``kl_coef=2`` the evaluated KL stays under 0.45 nat, the planted word
-about as rare as at the start, and every checkpoint passes every guard.
+penalty the planted word goes from 0.2 to 6.8 per response, KL to the reference to 8.9 nats,
+the reward model's score (read where PPO reads it) climbs by about 15 units, and from the
+fourth update on every checkpoint fails the disqualifier guard (the KL guard too from the
+seventh); ranking by reward alone would pick a late, exploited one. With ``kl_coef=2`` the
+evaluated KL stays under half the guard, the planted word about as rare as at the start, and
+every checkpoint passes every guard.
 
-The assertions leave margins that held for PPO seeds 0 to 5, not only for the seed used: the
+The assertions leave margins that held for PPO seeds 0 to 5 before builtin:tiny got its chat
+template (and a new vocabulary); since, they were re-fit on seed 0 only (the planted token's
+factor 0.7 gives the rate above), so treat other seeds as unchecked: the
 exploit starts sooner or later (the last three checkpoints are past the guards whatever the
 seed), and PPO with the penalty still wobbles now and then. The first update is identical in
 both runs: the first rollout is sampled from the reference itself, so its KL is exactly 0 and
@@ -77,7 +82,7 @@ from rlhfspec.runtime.policy.ppo import (  # noqa: E402
     checkpoint_name,
     train_ppo,
 )
-from rlhfspec.runtime.train.formatting import format_prompt, full_text  # noqa: E402
+from rlhfspec.runtime.train.formatting import chat_format  # noqa: E402
 from rlhfspec.runtime.train.models import (  # noqa: E402
     build_tiny,
     load_causal_lm,
@@ -176,6 +181,7 @@ def fit_probe_reward_model(base: Path, planted_id: int, out_dir: Path) -> Path:
     policy = load_causal_lm(base, tokenizer=tokenizer)
     reward_model = load_reward_model(base, tokenizer=tokenizer, seed=0)
     prompts = [f"prompt {i} on {WORDS[i % 9]} and {WORDS[(5 * i) % 9]}" for i in range(128)]
+    chat = chat_format(tokenizer, "auto")  # PPO and the evaluation format with the template
     sampled = generate(
         policy, tokenizer, prompts, EvalSettings(seed=1, max_new_tokens=8, temperature=1.0)
     )
@@ -186,7 +192,7 @@ def fit_probe_reward_model(base: Path, planted_id: int, out_dir: Path) -> Path:
         for position in rng.sample(range(len(ids)), rng.randint(0, len(ids))):
             ids[position] = planted_id
         text = tokenizer.decode(ids).strip()
-        texts.append(full_text(prompt, text))
+        texts.append(chat.prompt(prompt) + text)  # a response cut at the limit: no EOS
         counts.append(float(text.count(PLANTED_WORD)))
     tokenizer.padding_side = "right"
     # read where PPO and the evaluation read a response cut at max_new_tokens (almost all of
@@ -215,11 +221,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     assert tokenizer.tokenize(" " + PLANTED_WORD) == [PLANTED_TOKEN]
     model = load_causal_lm(tiny, tokenizer=tokenizer)
     tokenizer.padding_side = "left"
-    enc = tokenizer([format_prompt(p) for p in PROMPTS], return_tensors="pt", padding=True)
+    chat = chat_format(tokenizer, "auto")  # builtin:tiny's template, as PPO formats
+    enc = tokenizer([chat.prompt(p) for p in PROMPTS], return_tensors="pt", padding=True)
     with torch.no_grad():
         hidden = model.model(**enc).last_hidden_state[enc["attention_mask"].bool()].mean(dim=0)
         # tied embeddings: this raises the token's logit wherever the state is typical
-        model.get_input_embeddings().weight[planted_id] = 0.6 * hidden / hidden.norm()
+        model.get_input_embeddings().weight[planted_id] = 0.7 * hidden / hidden.norm()
     base = root / "base"
     model.save_pretrained(base, safe_serialization=True)
     tokenizer.save_pretrained(base)
@@ -351,10 +358,12 @@ def test_without_a_kl_penalty_the_policy_exploits_the_planted_reward(unpenalised
     assert planted_per_response(start) < 0.5, info
     assert planted_per_response(last) > 3.0, info
     assert last["overall"]["reward"]["mean"] > start["overall"]["reward"]["mean"] + 3.0, info
-    # the reward model likes it: read where PPO reads a cut response (its last token, no EOS
-    # appended), the linear probe counts the planted word less sharply than it did at an
-    # appended EOS, so the margin is lower than the 0.9 it was when evaluation appended one
-    assert last["overall"]["win_rate_vs_start"] > 0.6, info
+    # the reward model likes it: its win rate against the start climbs well above a half while
+    # the policy learns to stuff the word. Late in the exploit the linear probe saturates
+    # (stuffed responses all read about alike, read at their last token where PPO reads a cut
+    # response), so the win rate falls back towards a half while the mean reward still climbs
+    # (asserted above); with builtin:tiny's chat template it peaked at 0.81 (update 6)
+    assert max(e["overall"]["win_rate_vs_start"] for e in evals.values() if e["step"]) > 0.7, info
     assert kl(start) == 0.0  # the start is its own reference
     assert kl(last) > 1.5 * GUARDS["max_kl"], info
     for update in LATE:

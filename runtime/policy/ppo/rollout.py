@@ -21,7 +21,7 @@ whitening and the statistics returned cover every process's episodes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -45,7 +45,7 @@ from rlhfspec.runtime.policy.ppo_math import (
     place_rewards,
     response_logprobs,
 )
-from rlhfspec.runtime.train.formatting import format_prompt
+from rlhfspec.runtime.train.formatting import PromptInput, plain_prompt
 from rlhfspec.runtime.train.precision import autocast
 from rlhfspec.runtime.train.sampling import BatchNoise, sample
 
@@ -143,20 +143,23 @@ def collect_rollout(
     reward_model: nn.Module | None,
     reward_fn: RewardFn | None,
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[PromptInput],
     settings: PPOSettings,
     kl_coef: float,
     update: int,
     device: torch.device,
     group: Group = SINGLE,
+    render: Callable[[PromptInput], str] = plain_prompt,
 ) -> Rollout:
     """Sample, truncate, score, shape rewards, and compute advantages for one batch.
 
-    With several processes `prompts` is this process's shard: sampling uses a per-rank seed,
-    while whitening and the returned statistics cover every process's episodes (`group`)."""
+    `render` turns a prompt into model text: the run's `ChatFormat.prompt` (the plain
+    ``User:/Assistant:`` format by default). With several processes `prompts` is this
+    process's shard: sampling uses a per-rank seed, while whitening and the returned
+    statistics cover every process's episodes (`group`)."""
     with autocast(settings.mixed_precision, device):
         episodes, sample_logp = _sample_episodes(
-            policy, tokenizer, prompts, settings, update, device, group
+            policy, tokenizer, [render(p) for p in prompts], settings, update, device, group
         )
         logp, entropy, ref_logp, values = _frozen_pass(
             policy, reference, value_model, episodes, settings
@@ -211,10 +214,10 @@ def collect_rollout(
 def encode_prompts(
     tokenizer: Any, texts: Sequence[str], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Formatted prompts, left-padded, on `device`."""
+    """Formatted prompts (model text), left-padded, on `device`."""
     tokenizer.padding_side = "left"
     enc = tokenizer(
-        [format_prompt(p) for p in texts],
+        list(texts),
         return_tensors="pt",
         padding=True,
         add_special_tokens=True,
@@ -231,8 +234,8 @@ def _sample_episodes(
     device: torch.device,
     group: Group,
 ) -> tuple[Episodes, torch.Tensor]:
-    """Sample this process's prompts under the (seed, update, rank) stream; returns the
-    episodes and the sampler's log-probabilities of the sampled tokens."""
+    """Sample this process's formatted prompts under the (seed, update, rank) stream; returns
+    the episodes and the sampler's log-probabilities of the sampled tokens."""
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
     seed = derived_seed("ppo-rollout", settings.seed, update, *rank_parts(group))
     sampled = sample(

@@ -16,12 +16,13 @@ import functools
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlhfspec.common.chat_templates import AUTO
 from rlhfspec.common.errors import RunError
 from rlhfspec.runtime.policy.distributed import SINGLE, Group, initialized
 from rlhfspec.runtime.policy.ppo.checkpoint import (
@@ -57,9 +58,8 @@ from rlhfspec.runtime.policy.ppo.sharding import (
 from rlhfspec.runtime.policy.ppo.update import ppo_update
 from rlhfspec.runtime.policy.ppo_math import AdaptiveKLController, FixedKLController
 from rlhfspec.runtime.train.common import quiet_transformers, seed_everything
-from rlhfspec.runtime.train.models import (
-    corpus_sha256,
-)
+from rlhfspec.runtime.train.formatting import ChatFormat, PromptInput, chat_format
+from rlhfspec.runtime.train.models import corpus_sha256, load_tokenizer
 
 KLController = FixedKLController | AdaptiveKLController
 
@@ -68,10 +68,11 @@ def train_ppo(
     policy_dir: Path,
     reference_dir: Path,
     reward_model_dir: Path,
-    prompts: list[str],
+    prompts: Sequence[PromptInput],
     settings: PPOSettings,
     out_dir: Path,
     *,
+    chat: ChatFormat | None = None,
     resume: bool = False,
     log: Callable[[str], None] = print,
     metadata: dict[str, Any] | None = None,
@@ -83,8 +84,9 @@ def train_ppo(
 
     The policy and the frozen `reference_dir` are causal LMs sharing one tokenizer (the reward
     model must use it too, since it scores the policy's token ids and the value model starts as
-    its copy). `prompts` are raw prompt texts. Writes ``out_dir/metrics.jsonl`` (one row per
-    update, `METRIC_FIELDS`) and ``out_dir/checkpoints/update-NNNNNN`` every
+    its copy). `prompts` are raw prompts (a text, or chat messages), formatted by `chat` (the
+    run's `ChatFormat`; None: the policy tokenizer's own, as ``prompts.chat_template: auto``).
+    Writes ``out_dir/metrics.jsonl`` (one row per update, `METRIC_FIELDS`) and ``out_dir/checkpoints/update-NNNNNN`` every
     ``checkpoint_every`` updates and after the last one. `metadata` (e.g. the reward model's
     version and annotation batches) is copied into every ``checkpoint.json`` for lineage.
 
@@ -102,6 +104,7 @@ def train_ppo(
     """
     if not prompts:
         raise RunError("PPO needs at least one prompt")
+    chat = chat or _model_format(Path(policy_dir), trust_remote_code)
     threads_before = torch.get_num_threads()
     try:
         return _train_ppo(
@@ -109,7 +112,7 @@ def train_ppo(
                 Path(policy_dir),
                 Path(reference_dir),
                 Path(reward_model_dir),
-                prompts,
+                [chat.prompt(p) for p in prompts],  # as the model sees them (and as hashed)
                 reward_fn,
                 trust_remote_code,
             ),
@@ -123,6 +126,17 @@ def train_ppo(
     finally:
         # the thread count is process-wide; leave it as the caller had it
         torch.set_num_threads(threads_before)
+
+
+def _model_format(policy_dir: Path, trust_remote_code: bool) -> ChatFormat:
+    """The policy tokenizer's own format (its chat template, else the plain one)."""
+    return chat_format(load_tokenizer(policy_dir, trust_remote_code=trust_remote_code), AUTO)
+
+
+def _formatted(prompt: PromptInput) -> str:
+    """`Inputs.prompts` are formatted already (`train_ppo`): the rollout takes them as they are."""
+    assert isinstance(prompt, str)
+    return prompt
 
 
 @dataclasses.dataclass
@@ -373,6 +387,7 @@ def _one_update(
             update=state.update,
             device=accelerator.device,
             group=group,
+            render=_formatted,
         )
     train_stats, steps = ppo_update(
         model=models.model,
