@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rlhfspec.common.model_ref import hub_parts, kind_of
 from rlhfspec.compiler.diagnostics import Diagnostic
+from rlhfspec.compiler.gold_versions import gold_version_diagnostics
 from rlhfspec.compiler.semantic_data import DataChecks
 from rlhfspec.compiler.semantic_training import TrainingChecks
 from rlhfspec.compiler.spec_paths import (
@@ -33,6 +34,7 @@ class Checker(DataChecks, TrainingChecks):
     def run(self) -> list[Diagnostic]:
         self.criteria()
         self.lock()
+        self.out += gold_version_diagnostics(self.spec, self.spec_path, self.file)
         self.prompts()
         self.annotation()
         self.reward_model()
