@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from rlhfspec.runtime.annotation.qc import QcReport, QcSettings, analyse
-from rlhfspec.runtime.annotation.records import AnnotationTable
+from rlhfspec.runtime.annotation.table import AnnotationTable
 from rlhfspec.runtime.report.qc_report import format_text
 
 TASK_SECONDS = 110.0

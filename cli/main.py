@@ -343,7 +343,8 @@ def tasks(
     per_annotator: bool,
     requeue: Path | None,
 ) -> None:
-    """Generate annotation tasks: overlap, randomised order, blinding, gold items, sessions."""
+    """Generate annotation tasks: overlap, randomised order, blinding, gold items, sessions;
+    and the calibration batch (calibration/) when the spec has a calibration set."""
     from rlhfspec.runtime.annotation.tasks import generate_tasks
 
     project = _project(spec)
@@ -360,6 +361,14 @@ def tasks(
         requeue=requeue,
     )
     echo(summary.format_text())
+    if requeue is None:  # the calibration set goes out with the first tasks, not with requeues
+        from rlhfspec.runtime.annotation import calibration
+
+        cal = calibration.write_calibration(
+            project, out_dir, annotators=names, per_annotator=per_annotator
+        )
+        if cal is not None:
+            echo(calibration.format_text(cal))
 
 
 @main.command()

@@ -134,6 +134,19 @@ REGISTRY: tuple[Code, ...] = (
          "Fix the regular expression (Python `re` syntax)."),
     Code("C009", _ERR, "bad-lock-file", "The lock file is not a valid rlhfspec lock file.",
          "Restore it from version control, or delete it and run `rlhfspec lock`."),
+    Code("C010", _ERR, "gold-unknown-criteria-version",
+         "A gold or calibration item names a criteria version that is neither locked nor "
+         "current (or newer than the current one): nobody can reconstruct the criteria its "
+         "answer follows.",
+         "Tag the item with the locked version its answer was written (or re-reviewed) for."),
+    Code("C011", _WARN, "gold-older-criteria-version",
+         "Gold or calibration items were written for an older locked criteria version than the "
+         "current one: their answers may no longer be what the criteria say.",
+         "Re-review those items against the current criteria and re-tag them with its version."),
+    Code("C012", _WARN, "gold-without-criteria-version",
+         "Gold or calibration items carry no `criteria_version`, so a criteria change cannot "
+         "tell which answers to re-review.",
+         "Add `criteria_version` (the version the answer was written for) to every item."),
     # Prompts (stage 2)
     Code("P001", _ERR, "mix-infeasible",
          "The mix ranges cannot add up to 1 (sum of minimums > 1 or sum of maximums < 1).",
@@ -241,9 +254,13 @@ REGISTRY: tuple[Code, ...] = (
          "A training stage's memory estimate per device exceeds compute.memory_per_device.",
          "Enable LoRA, gradient checkpointing or FSDP, add processes, or lower the batch size."),
     Code("M003", _WARN, "fsdp-on-cpu-runs-ddp",
-         "accelerate applies FSDP only on accelerators: on CPU the TRL stages (SFT, reward "
-         "model, DPO) run replicated (DDP); PPO shards with torch's fully_shard on CPU too.",
-         "Use `compute.device: cuda` for FSDP, or `strategy: ddp` to say what runs."),
+         "accelerate applies FSDP only on accelerators: on CPU (gloo) its state stays "
+         "MULTI_CPU and drops the FSDP plugin (accelerate 1.15 state.py:986-1016, even with "
+         "ACCELERATE_USE_FSDP), and a model sharded beforehand fails in DDP "
+         "(accelerator.py:2060), so the TRL stages (SFT, reward model, DPO) run replicated "
+         "(DDP); PPO shards with torch's fully_shard on CPU too.",
+         "Use `compute.device: cuda` for FSDP of the TRL stages (see docs/scale.md, FSDP on "
+         "CPU), or `strategy: ddp` to say what runs."),
     # Export targets (`rlhfspec compile SPEC --target verl`)
     Code("X001", _ERR, "export-refused-setting",
          "A setting the target engine cannot express, not acknowledged under "
@@ -389,6 +406,17 @@ REGISTRY: tuple[Code, ...] = (
     Code("Q027", _WARN, "split_votes_in_period",
          "A batch has more split items than max_split_vote_share.",
          "Read the batch's split items (preferences/split_items.jsonl) and clarify the criteria."),
+    Code("Q028", _ERR, "not_qualified",
+         "Annotator has live votes but has not passed the calibration set (never took it, or "
+         "agreed with fewer of its gold answers than annotation.calibration.pass_mark).",
+         "Have them take the calibration tasks (calibration/ from `rlhfspec tasks`) after "
+         "reading the playbook, and list the answers under annotation.calibration.batches; "
+         "their live votes are left out until they pass.", True),
+    Code("Q029", _WARN, "calibration_not_recorded",
+         "The spec has a calibration set, and live votes under its criteria version, but lists "
+         "no calibration answers, so qualification is not checked.",
+         "Send the calibration tasks to every annotator and list the answers under "
+         "annotation.calibration.batches."),
     # AI judge (runtime/annotation/judge/review.py): each fails the ai_judge_agreement gate
     Code("J001", _ERR, "judge_agreement_low",
          "The AI judge's kappa with the human majority on its review sample is below judge.gate.min_kappa.",

@@ -17,6 +17,7 @@ from rlhfspec.common.model_ref import hub_parts, kind_of, model_files
 from rlhfspec.common.patterns import regex_problem
 from rlhfspec.compiler.compute import TRAINING_STAGES, stage_compute
 from rlhfspec.compiler.diagnostics import Diagnostic, json_path, make
+from rlhfspec.compiler.gold_versions import gold_version_diagnostics
 from rlhfspec.compiler.lockfile import (
     LockEntry,
     criteria_hash,
@@ -69,6 +70,7 @@ class Checker:
     def run(self) -> list[Diagnostic]:
         self.criteria()
         self.lock()
+        self.out += gold_version_diagnostics(self.spec, self.spec_path, self.file)
         self.prompts()
         self.annotation()
         self.reward_model()
@@ -582,10 +584,12 @@ class Checker:
             if compute["strategy"] == "fsdp" and compute["device"] == "cpu" and trl_stage:
                 self.emit(
                     "M003",
-                    f"{stage}: strategy fsdp on CPU runs as DDP (accelerate shards only on GPUs)",
+                    f"{stage}: strategy fsdp on CPU runs as DDP (accelerate shards only on "
+                    "accelerators: on CPU it drops its FSDP plugin, accelerate/state.py:986-1016)",
                     where,
                     key=True,
-                    hint="use device: cuda for FSDP, or strategy: ddp to say what runs",
+                    hint="use device: cuda for FSDP of this stage, or strategy: ddp to say what "
+                    "runs (docs/scale.md, FSDP on CPU)",
                 )
             if limit is None:
                 continue

@@ -77,3 +77,19 @@ def test_annotation_and_prompt_modules_import_on_their_own() -> None:
             [sys.executable, "-c", f"import {name}"], capture_output=True, text=True, check=False
         )
         assert done.returncode == 0, f"import {name}:\n{done.stderr[-1500:]}"
+
+
+def test_every_package_folder_is_installed() -> None:
+    """pyproject lists packages explicitly: a new subpackage missing there would work in this
+    checkout and be absent from a wheel."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    folders = {
+        "rlhfspec." + init.parent.relative_to(ROOT).as_posix().replace("/", ".")
+        for top in ("common", "compiler", "runtime", "cli")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert folders - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"

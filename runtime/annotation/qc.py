@@ -27,7 +27,7 @@ Records of an AI judge (annotator `ai:<model>`) are kept out of every Q check, w
 people, and measured against the human review sample instead (J001-J006,
 `runtime/annotation/judge/review.py`); a J error fails the `ai_judge_agreement` gate.
 
-An error with a code marked `excludes` (Q003, Q004, Q005, Q007, Q023, Q024) puts the annotator in `QcReport.excluded_annotators`:
+An error with a code marked `excludes` (Q003, Q004, Q005, Q007, Q023, Q024, Q028) puts the annotator in `QcReport.excluded_annotators`:
 their labels are unreliable, so the aggregation step leaves their votes out when
 `aggregation.exclude_failed_annotators` is on. Q006 (sessions over the limit) is an error
 because the session limit is a rule of the spec, not a measurement, but it does not exclude
@@ -67,6 +67,7 @@ from rlhfspec.common.hashing import file_fingerprint
 from rlhfspec.common.jsonl import missing_strings, read_objects, refusal
 from rlhfspec.compiler.lockfile import criteria_hash
 from rlhfspec.compiler.plan import generator
+from rlhfspec.runtime.annotation.calibration import qualification
 from rlhfspec.runtime.annotation.loading import Loaded, load_annotations, response_lengths
 from rlhfspec.runtime.annotation.qc_annotators import check_annotators
 from rlhfspec.runtime.annotation.qc_batches import (
@@ -99,7 +100,8 @@ from rlhfspec.runtime.annotation.qc_model import (
     _clean,
     _finding,
 )
-from rlhfspec.runtime.annotation.records import CHOICES, SKIP_HINT, AnnotationTable
+from rlhfspec.runtime.annotation.records import CHOICES, SKIP_HINT
+from rlhfspec.runtime.annotation.table import AnnotationTable
 from rlhfspec.runtime.project import Project
 
 __all__ = [
@@ -166,6 +168,45 @@ def _skipped_findings(inputs: QcInputs) -> list[Finding]:
     return findings
 
 
+def _qualification_findings(inputs: QcInputs, table: AnnotationTable) -> list[Finding]:
+    """Q028: live votes under the calibrated criteria version from an annotator who has not
+    passed its calibration set. Votes under older versions predate that set, so they are
+    judged by the other checks only. With no calibration answers listed at all, one Q029
+    warning: the set is defined but not in use yet, and excluding everyone would only
+    hide that."""
+    if (
+        inputs.qualification is None
+        or inputs.qualification["criteria_version"] not in table.versions
+    ):
+        return []
+    results = inputs.qualification["annotators"]
+    mark = inputs.qualification["pass_mark"]
+    version = inputs.qualification["criteria_version"]
+    live = table.annotator[table.version == table.versions.index(version)]
+    if not inputs.qualification["batches"]:
+        message = (
+            f"{len(np.unique(live))} annotator(s) have live votes under criteria {version}, "
+            "but no calibration answers are listed, so nobody's qualification is checked"
+        )
+        return [_finding("Q029", "overall", message)]
+    out = []
+    for name in [table.annotators[i] for i in np.unique(live)]:
+        result = results.get(name)
+        if result is not None and result["passed"]:
+            continue
+        why = (
+            "never answered the calibration set"
+            if result is None
+            else f"agreed with {result['correct']} of {result['items']} calibration answers "
+            f"({result['agreement']:.2f}, pass mark {mark:g})"
+        )
+        value = None if result is None else float(result["agreement"])
+        out.append(
+            _finding("Q028", f"annotator {name}", f"has live votes but {why}", value, float(mark))
+        )
+    return out
+
+
 def _excluded(findings: list[Finding]) -> list[str]:
     return sorted(
         {
@@ -200,6 +241,7 @@ def analyse(
     frame = _prepare(table, gold)
     overall = frame.agreement(frame.main, settings)
     findings, annotators, curves = check_annotators(frame, settings, overall)
+    findings += _qualification_findings(inputs, table)
     excluded = _excluded(findings)
     keep = np.ones(frame.n_ann, dtype=bool)
     keep[[frame.names.index(a) for a in excluded]] = False
@@ -234,6 +276,8 @@ def analyse(
         "thresholds": _thresholds(settings),
         "inputs": [dict(f) for f in inputs.files],
     }
+    if inputs.qualification is not None:
+        metrics["qualification"] = dict(inputs.qualification)
     meta: dict[str, Any] = {
         "name": "annotations",
         "spec_file": "(arrays)",
@@ -422,6 +466,7 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
     spec = project.spec
     loaded = load_annotations(project, skip_bad_rows=skip_bad_rows)
     gold, records = _gold_for(project, loaded, skip_bad_rows)
+    qualified = qualification(project, skip_bad_rows=skip_bad_rows)
     if not records:
         raise RunError(
             f"{project.display}: the annotation batches hold no usable records"
@@ -452,6 +497,7 @@ def run_qc(project: Project, *, skip_bad_rows: bool = False) -> QcReport:
         skipped=loaded.skipped,
         reassigned=loaded.reassigned,
         gold_items=len(gold),
+        qualification=qualified,
     )
     report = analyse(table, gold, settings, inputs=inputs)
     if ai_records:

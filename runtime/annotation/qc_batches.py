@@ -17,7 +17,7 @@ from rlhfspec.runtime.annotation.qc_frame import (
     _iso_weeks,
 )
 from rlhfspec.runtime.annotation.qc_model import _LABELS, QcSettings, _finding, _rate
-from rlhfspec.runtime.annotation.records import AnnotationTable
+from rlhfspec.runtime.annotation.table import AnnotationTable
 
 
 def _check_votes(

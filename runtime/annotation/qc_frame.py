@@ -22,7 +22,7 @@ from rlhfspec.runtime.annotation.agreement import (
     pairwise_agreement,
 )
 from rlhfspec.runtime.annotation.qc_model import _LABELS, QcSettings
-from rlhfspec.runtime.annotation.records import AnnotationTable
+from rlhfspec.runtime.annotation.table import AnnotationTable
 
 
 def _compact(codes: npt.NDArray[Any], size: int) -> tuple[npt.NDArray[np.int64], int]:

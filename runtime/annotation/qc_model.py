@@ -155,6 +155,9 @@ class QcInputs:
     reassigned: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """Per batch id: tasks completed by someone other than their planned annotator, as text."""
     gold_items: int = 0
+    qualification: Mapping[str, Any] | None = None
+    """`calibration.qualification`: each annotator's calibration result, or None without a
+    calibration set."""
 
 
 @dataclass

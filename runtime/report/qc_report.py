@@ -116,6 +116,7 @@ def context(report: QcReport) -> dict[str, Any]:
         },
         "thresholds": metrics["thresholds"],
         "ai_judges": _ai_judges(metrics.get("ai_judge")),
+        "qualification": _qualification(metrics.get("qualification")),
         "fatigue_bin_minutes": metrics["fatigue_curve"]["bin_minutes"],
         "samples": report.samples,
         "codes": _code_rows(),
@@ -257,6 +258,30 @@ def _code_rows() -> list[dict[str, Any]]:
         }
         for code, c in QC_CODES.items()
     ]  # fmt: skip
+
+
+def _qualification(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The calibration table: one row per annotator who answered it."""
+    if section is None:
+        return None
+    rows = [
+        {
+            "name": name,
+            "answered": f"{r['answered']} of {r['items']}",
+            "correct": _count(r["correct"]),
+            "agreement": _f(r["agreement"], 3),
+            "attempts": _count(len(r["attempts"])),
+            "result": "pass" if r["passed"] else "fail",
+        }
+        for name, r in section["annotators"].items()
+    ]
+    return {
+        "version": section["criteria_version"],
+        "n_items": _count(section["items"]),
+        "pass_mark": _f(section["pass_mark"]),
+        "batches": ", ".join(section["batches"]) or "none yet",
+        "rows": rows,
+    }
 
 
 def _ai_judges(section: dict[str, Any] | None) -> list[dict[str, Any]]:

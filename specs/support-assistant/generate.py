@@ -120,6 +120,10 @@ from typing import Any
 
 DEFAULT_SEED = 20261101
 CRITERIA_VERSION = "1.2.0"
+# The criteria version each gold answer was written (or last re-reviewed) for: the team
+# re-read every gold item against 1.3.0 (which added guidance and worked examples, and
+# changed no rule) and no answer changed.  `validate` checks it against the lock file.
+GOLD_CRITERIA_VERSION = "1.3.0"
 TOPICS = ("billing", "shipping", "returns", "account", "technical")
 COMPLEXITIES = ("simple", "moderate", "complex")
 SOURCES = ("usage", "synthetic", "adversarial")
@@ -1410,6 +1414,7 @@ def generate(out_dir: Path, seed: int = DEFAULT_SEED) -> list[Path]:
                 "text_b": text_by_id[g["b"]],
                 "preferred": w,
                 "rationale": rationale,
+                "criteria_version": GOLD_CRITERIA_VERSION,
             }
         )
     jl("gold.jsonl", gold_rows)

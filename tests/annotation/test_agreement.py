@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rlhfspec.runtime.annotation import agreement as ag
 from rlhfspec.runtime.annotation.agreement import (
     AgreementError,
     LeaveOneOutResult,
@@ -33,6 +32,7 @@ from rlhfspec.runtime.annotation.agreement import (
     pairwise_agreement,
     wilson_interval,
 )
+from rlhfspec.runtime.annotation.agreement import krippendorff as ag
 
 TOL = 1e-9
 LEVELS = ("nominal", "ordinal", "interval", "ratio")

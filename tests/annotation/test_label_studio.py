@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from rlhfspec.common.errors import RunError
-from rlhfspec.runtime.annotation.records import AnnotationTable, read_batch
+from rlhfspec.runtime.annotation.records import read_batch
+from rlhfspec.runtime.annotation.table import AnnotationTable
 from rlhfspec.runtime.annotation.tasks import generate_tasks
 from rlhfspec.runtime.project import load_project
 

@@ -55,12 +55,18 @@ def truth_choice(x: dict[str, Any], y: dict[str, Any]) -> tuple[str, dict[str, s
     return "tie", dims
 
 
-def project_copy(root: Path, batches: str) -> Path:
+def project_copy(root: Path, batches: str, *, calibration: bool = False) -> Path:
+    """The example project under `root` with `batches`; without `calibration` the spec's
+    calibration block goes (live votes under 1.3.0 would otherwise need calibration
+    answers: tests/annotation/test_calibration.py)."""
     shutil.copytree(EXAMPLE, root / "support-assistant")
     shutil.copy(SPEC.with_name("support-assistant.lock.json"), root)
     text = SPEC.read_text(encoding="utf-8")
     start, end = text.index("  batches:\n"), text.index("\nsft:")
     text = text[:start] + batches + text[end:]
+    if not calibration:
+        start, end = text.index("  calibration:\n"), text.index("    pass_mark: 0.8\n")
+        text = text[:start] + text[end + len("    pass_mark: 0.8\n") :]
     assert "dimension_judgements: {mode: optional}" in text  # the example asks them
     spec = root / "support-assistant.yaml"
     spec.write_text(text, encoding="utf-8")

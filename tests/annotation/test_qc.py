@@ -24,7 +24,7 @@ from rlhfspec.runtime.annotation.qc import (
     canonical_gold_label,
     run_qc,
 )
-from rlhfspec.runtime.annotation.records import AnnotationTable
+from rlhfspec.runtime.annotation.table import AnnotationTable
 from rlhfspec.runtime.project import load_project
 from rlhfspec.runtime.report.qc_report import format_text, render_html, write_qc_reports
 from rlhfspec.runtime.report.svg import bar_chart, heatmap, line_chart

@@ -51,6 +51,7 @@ def _secrets(spec: dict[str, Any]) -> list[str]:
     out += [f"{a['fatigue']['max_drop'] * 100:g} percentage points"]
     out += [f"target of {a['agreement']['target']:g}", f"below {a['agreement']['floor']:g}"]
     out += [f"at most {_pct(a['gaming']['max_longer_excess'])} above"]
+    out += [f"at least {_pct(a['calibration']['pass_mark'])} of your answers"]
     return out
 
 

@@ -31,7 +31,7 @@ from rlhfspec.compiler.plan import stage_graph
 from rlhfspec.runtime.annotation.judge.review import ai_judge_lineage, review_judges
 from rlhfspec.runtime.annotation.judge.use import records_for_aggregation
 from rlhfspec.runtime.annotation.qc import QcInputs, QcSettings, analyse
-from rlhfspec.runtime.annotation.records import AnnotationTable
+from rlhfspec.runtime.annotation.table import AnnotationTable
 from rlhfspec.runtime.evaluation.evaluate import eval_json, trajectory_svg
 from rlhfspec.runtime.evaluation.selection import (
     export_human_eval,

@@ -9,6 +9,7 @@ What the slow tests pin down, against one process and against DDP:
 * a whole run (rollouts, updates, checkpoints) under FSDP gives DDP's metrics and weights to
   1e-4 (same rollouts; only reduction order differs), with the parameters really sharded
   (each process holds about half of every trained model) and the checkpoints in the DDP layout;
+* gradient checkpointing under FSDP trains as the plain FSDP run does;
 * LoRA (adapters on a sharded base) under FSDP gives DDP's metrics, adapters and merged
   weights;
 * a FSDP run killed with SIGKILL after its first checkpoint and resumed ends with the metrics
@@ -162,6 +163,8 @@ if what == "compare":
     for strategy in ("ddp", "fsdp"):
         report["lora_" + strategy] = train(out / ("lora-" + strategy), strategy, lora=lora,
                                            total_episodes=16)
+    report["checkpointed"] = train(out / "checkpointed", "fsdp", gradient_checkpointing=True,
+                                   total_episodes=16)
 else:
     report["run"] = train(out / "killed", "fsdp", resume=(what == "resume"))
 (out / f"{what}-rank-{rank}.json").write_text(json.dumps(report))
@@ -263,6 +266,19 @@ def test_lora_under_fsdp_matches_ddp(compared: Path) -> None:
     for part in ("policy", "value"):
         for file in ("model.safetensors", "adapter/adapter_model.safetensors"):
             assert max_difference(ddp / part / file, fsdp / part / file) < 1e-4
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_under_fsdp_trains_the_same(compared: Path) -> None:
+    """Blocks recomputed inside their FSDP units: the first two updates of the plain FSDP
+    run, to floating point."""
+    report = read(compared, "compare")[0]
+    checkpointed, plain = report["checkpointed"], report["fsdp"]
+    close(checkpointed["metrics"], plain["metrics"][:2], 1e-5)
+    update_2 = Path(plain["final"]).parent / "update-000002"
+    for part in ("policy", "value"):
+        file = f"{part}/model.safetensors"
+        assert max_difference(Path(checkpointed["final"]) / file, update_2 / file) < 1e-6
 
 
 @pytest.mark.slow

@@ -35,6 +35,10 @@ def copy_example(tmp_path: Path, *, replace: tuple[str, str] | None = None) -> P
         ROOT / "specs" / "support-assistant" / "data", tmp_path / "support-assistant" / "data"
     )
     shutil.copy(
+        ROOT / "specs" / "support-assistant" / "calibration.jsonl",
+        tmp_path / "support-assistant" / "calibration.jsonl",
+    )
+    shutil.copy(
         ROOT / "specs" / "support-assistant.lock.json", tmp_path / "support-assistant.lock.json"
     )
     text = SPEC.read_text(encoding="utf-8")
