@@ -254,9 +254,13 @@ REGISTRY: tuple[Code, ...] = (
          "A training stage's memory estimate per device exceeds compute.memory_per_device.",
          "Enable LoRA, gradient checkpointing or FSDP, add processes, or lower the batch size."),
     Code("M003", _WARN, "fsdp-on-cpu-runs-ddp",
-         "accelerate applies FSDP only on accelerators: on CPU the TRL stages (SFT, reward "
-         "model, DPO) run replicated (DDP); PPO shards with torch's fully_shard on CPU too.",
-         "Use `compute.device: cuda` for FSDP, or `strategy: ddp` to say what runs."),
+         "accelerate applies FSDP only on accelerators: on CPU (gloo) its state stays "
+         "MULTI_CPU and drops the FSDP plugin (accelerate 1.15 state.py:986-1016, even with "
+         "ACCELERATE_USE_FSDP), and a model sharded beforehand fails in DDP "
+         "(accelerator.py:2060), so the TRL stages (SFT, reward model, DPO) run replicated "
+         "(DDP); PPO shards with torch's fully_shard on CPU too.",
+         "Use `compute.device: cuda` for FSDP of the TRL stages (see docs/scale.md, FSDP on "
+         "CPU), or `strategy: ddp` to say what runs."),
     # Export targets (`rlhfspec compile SPEC --target verl`)
     Code("X001", _ERR, "export-refused-setting",
          "A setting the target engine cannot express, not acknowledged under "

@@ -176,17 +176,19 @@ def stage_models(spec: dict[str, Any], stage: str, lora: bool) -> list[dict[str,
 
 
 def _workload(spec: dict[str, Any], stage: str, world: int) -> tuple[int, int]:
-    """(sequences in one micro-batch on one device, their length in tokens)."""
+    """(sequences in one micro-batch on one device, their length in tokens). The training
+    stages' ``batch_size`` is the global batch: each of the `world` processes takes its share
+    (a pair is two sequences)."""
     if stage == "sft":
         train = spec["sft"]["train"]
-        return int(train["batch_size"]), int(train["max_length"])
+        return max(1, int(train["batch_size"]) // max(1, world)), int(train["max_length"])
     if stage == "reward_model":
         train = spec["reward_model"]["train"]
-        return 2 * int(train["batch_size"]), int(train["max_length"])
+        return 2 * max(1, int(train["batch_size"]) // max(1, world)), int(train["max_length"])
     policy = spec["policy"]
     if policy["method"] == "dpo":
         train = policy["dpo"]["train"]
-        return 2 * int(train["batch_size"]), int(train["max_length"])
+        return 2 * max(1, int(train["batch_size"]) // max(1, world)), int(train["max_length"])
     ppo = policy["ppo"]
     per_device = int(ppo["rollout_batch_size"]) // max(1, world)
     micro = per_device // (int(ppo["mini_batches"]) * int(ppo["gradient_accumulation_steps"]))

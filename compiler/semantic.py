@@ -584,10 +584,12 @@ class Checker:
             if compute["strategy"] == "fsdp" and compute["device"] == "cpu" and trl_stage:
                 self.emit(
                     "M003",
-                    f"{stage}: strategy fsdp on CPU runs as DDP (accelerate shards only on GPUs)",
+                    f"{stage}: strategy fsdp on CPU runs as DDP (accelerate shards only on "
+                    "accelerators: on CPU it drops its FSDP plugin, accelerate/state.py:986-1016)",
                     where,
                     key=True,
-                    hint="use device: cuda for FSDP, or strategy: ddp to say what runs",
+                    hint="use device: cuda for FSDP of this stage, or strategy: ddp to say what "
+                    "runs (docs/scale.md, FSDP on CPU)",
                 )
             if limit is None:
                 continue

@@ -22,13 +22,16 @@ Layout of ``out_dir``::
     checkpoints/step-000002/{model.safetensors, config.json, tokenizer.json, ..., checkpoint.json}
     checkpoints/step-000004/...
     checkpoints/step-<last>/...        the final policy (always written)
+    checkpoints/step-N/adapter/        under LoRA: the adapters (merged weights beside them)
     trainer/checkpoint-4/...           HF Trainer state for resume (the last two are kept)
 
 Several processes (``torchrun --nproc_per_node N`` / ``accelerate launch --num_processes N``):
 every process calls `train_dpo` with the same arguments; the HF Trainer wraps the policy in
-DDP and gives each process 1/N of every batch, so ``batch_size`` is per process and one
-optimizer step covers ``N * batch_size * gradient_accumulation_steps`` pairs (TRL gathers the
-logged metrics over processes, so they are global). The run directory has one writer, the
+DDP (FSDP2 on GPUs with ``strategy: fsdp``) and gives each process 1/N of every batch.
+``batch_size`` is the global batch, as for SFT and the reward model: each process takes
+``batch_size / N`` pairs, so one optimizer step covers ``batch_size *
+gradient_accumulation_steps`` pairs with any number of processes and the same spec trains on
+the same batches (TRL gathers the logged metrics over processes, so they are global). The run directory has one writer, the
 main process: it clears or trims ``out_dir``, restores a missing policy checkpoint, writes
 metrics.jsonl, the ``step-N`` checkpoints and the log lines; the others wait at a barrier
 wherever they could otherwise read something half-written. The HF Trainer itself already
@@ -37,11 +40,7 @@ writes its ``trainer/`` checkpoints from the main process (plus one RNG file per
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +53,19 @@ from rlhfspec.common.chat_templates import AUTO
 from rlhfspec.common.errors import RunError
 from rlhfspec.compiler.schemas import default_of
 from rlhfspec.runtime.policy.distributed import SINGLE, Group, launched_world_size
+from rlhfspec.runtime.policy.dpo_checkpoints import (
+    CHECKPOINT_META,
+    CHECKPOINTS_DIR,
+    METRICS_FILE,
+    TRAINER_DIR,
+    MetricsFile,
+    PolicyCheckpoints,
+    checkpoint_name,
+    final_checkpoint,
+    list_checkpoints,
+    restore_policy_checkpoint,
+    resume_point_of_run,
+)
 from rlhfspec.runtime.train.common import (
     quiet_transformers,
     seed_everything,
@@ -64,36 +76,9 @@ from rlhfspec.runtime.train.common import (
 from rlhfspec.runtime.train.formatting import ChatFormat, chat_format, format_response, plain_prompt
 from rlhfspec.runtime.train.models import load_causal_lm, load_tokenizer
 from rlhfspec.runtime.train.progress import progress_callback
+from rlhfspec.runtime.train.scale import per_device
 
-CHECKPOINT_META = "checkpoint.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
-TRAINER_DIR = "trainer"
-
-_PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pkl", ".ckpt"})
-_TRAINER_ONLY_FILES = frozenset({"trainer_state.json", "README.md"})
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-_TRAINER_DIR = re.compile(r"^checkpoint-(\d+)$")
-# DPOTrainer's final call to `log` carries the run summary, not a step's metrics
-_SUMMARY_KEYS = frozenset({"train_runtime", "train_samples_per_second", "train_loss"})
-
-
-def checkpoint_name(step: int) -> str:
-    """``step-000010``: zero-padded so that a plain sort of the folder names is step order."""
-    return f"step-{step:06d}"
-
-
-def list_checkpoints(out_dir: Path) -> list[Path]:
-    """The complete policy checkpoints under ``out_dir/checkpoints``, in step order."""
-    folder = Path(out_dir) / CHECKPOINTS_DIR
-    if not folder.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), p)
-        for p in folder.iterdir()
-        if (m := _STEP_DIR.match(p.name)) and (p / CHECKPOINT_META).is_file()
-    ]
-    return [p for _, p in sorted(found)]
+__all__ = ["CHECKPOINT_META", "METRICS_FILE", "checkpoint_name", "list_checkpoints", "train_dpo"]
 
 
 def dpo_rows(
@@ -135,8 +120,10 @@ def dpo_args(
     steps_hint: int,
     use_cpu: bool,
     mixed_precision: str = "no",
+    world: int = 1,
 ) -> dict[str, Any]:
-    """DPOConfig keyword arguments from the spec's resolved ``policy`` block.
+    """DPOConfig keyword arguments from the spec's resolved ``policy`` block, for `world`
+    processes (``batch_size`` is the global batch: each process takes its share).
 
     Saving is tied to ``checkpoint_every`` so that every policy checkpoint has a trainer
     checkpoint of the same step to resume from; logging is every step because the DPO metrics
@@ -151,7 +138,9 @@ def dpo_args(
         "beta": float(dpo["beta"]),
         "loss_type": [str(dpo["loss_type"])],
         "num_train_epochs": float(train["epochs"]),
-        "per_device_train_batch_size": int(train["batch_size"]),
+        "per_device_train_batch_size": per_device(
+            int(train["batch_size"]), "policy.dpo.train.batch_size", world
+        ),
         "gradient_accumulation_steps": int(train["gradient_accumulation_steps"]),
         "learning_rate": float(train["learning_rate"]),
         "weight_decay": float(train["weight_decay"]),
@@ -176,163 +165,6 @@ def dpo_args(
     }
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Swap a fully written folder into place; a reader sees the old one or the new one."""
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-
-
-class MetricsFile(TrainerCallback):
-    """Append each logged step's metrics to metrics.jsonl as it happens (flushed per row).
-
-    Appending rather than writing at the end means an interrupted run keeps its history;
-    `train_dpo` trims rows past the resume point before continuing, so no step appears twice.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.last: dict[str, Any] = {}
-
-    def on_log(
-        self,
-        args: Any,
-        state: Any,
-        control: Any,
-        logs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if not logs or "loss" not in logs or _SUMMARY_KEYS & logs.keys():
-            return
-        row = {"step": int(state.global_step), **logs}
-        self.last = row
-        if state.is_world_process_zero:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
-
-
-class PolicyCheckpoints(TrainerCallback):
-    """After each trainer save, write the policy as a standalone model dir, atomically.
-
-    The trainer's checkpoint-N holds optimizer and RNG state and is rotated away; these
-    ``step-N`` folders are what later stages read, so they stay and carry their own metadata.
-    """
-
-    def __init__(
-        self,
-        folder: Path,
-        describe: Callable[[int, float], dict[str, Any]],
-        log: Callable[[str], None],
-        metrics: MetricsFile,
-    ) -> None:
-        self.folder = folder
-        self.describe = describe
-        self.log = log
-        self.metrics = metrics
-        self.saved: list[Path] = []
-
-    def save(self, model: Any, tokenizer: Any, step: int, epoch: float) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.folder / checkpoint_name(step)
-        tmp = self.folder / f".{target.name}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        _write_json(tmp / CHECKPOINT_META, self.describe(step, epoch))
-        _replace_dir(tmp, target)
-        if target not in self.saved:
-            self.saved.append(target)
-        return target
-
-    def restore(self, trainer_checkpoint: Path, step: int, epoch: float) -> Path:
-        """Write step-N from the trainer's checkpoint-N, which holds the same weights.
-
-        A process killed between the trainer's save and this callback's leaves only the
-        trainer's; resuming continues after step N, so step-N would otherwise never exist.
-        Optimizer, scheduler, RNG and training-argument files (pickles) are not copied.
-        """
-        self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.folder / checkpoint_name(step)
-        tmp = self.folder / f".{target.name}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        for path in trainer_checkpoint.iterdir():
-            if path.is_file() and not (
-                path.suffix in _PICKLE_SUFFIXES or path.name in _TRAINER_ONLY_FILES
-            ):
-                shutil.copy2(path, tmp / path.name)
-        _write_json(tmp / CHECKPOINT_META, self.describe(step, epoch))
-        _replace_dir(tmp, target)
-        return target
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # every process gets on_save; one writes (the trainer itself saved on the main one)
-        if not state.is_world_process_zero:
-            return
-        step = int(state.global_step)
-        self.save(kwargs["model"], kwargs["processing_class"], step, float(state.epoch or 0.0))
-        self.log(f"policy checkpoint {checkpoint_name(step)}")
-
-
-def _resume_point(trainer_dir: Path) -> tuple[Path, int] | None:
-    """The newest trainer checkpoint that finished saving (trainer_state.json is written last)."""
-    if not trainer_dir.is_dir():
-        return None
-    found = [
-        (int(m.group(1)), p)
-        for p in trainer_dir.iterdir()
-        if (m := _TRAINER_DIR.match(p.name)) and (p / "trainer_state.json").is_file()
-    ]
-    if not found:
-        return None
-    step, path = max(found)
-    return path, step
-
-
-def _metric_rows(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl's rows; a torn last line (the process killed mid-write) is skipped."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int):
-                rows.append(row)
-    return rows
-
-
-def _trim_after(out_dir: Path, step: int) -> list[dict[str, Any]]:
-    """Drop what a killed run wrote past its last resumable step (the resumed run redoes it);
-    returns the metric rows kept."""
-    metrics = out_dir / METRICS_FILE
-    kept = [row for row in _metric_rows(metrics) if row["step"] <= step]
-    if metrics.exists():
-        metrics.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
-    folder = out_dir / CHECKPOINTS_DIR
-    if folder.is_dir():
-        for path in folder.iterdir():
-            m = _STEP_DIR.match(path.name)
-            if path.name.startswith(".") or (m and int(m.group(1)) > step):
-                shutil.rmtree(path)
-    return kept
-
-
-def _start_over(out_dir: Path) -> None:
-    """A run that does not resume must not mix its checkpoints or metrics with an older one's."""
-    for name in (CHECKPOINTS_DIR, TRAINER_DIR):
-        if (out_dir / name).exists():
-            shutil.rmtree(out_dir / name)
-    (out_dir / METRICS_FILE).unlink(missing_ok=True)
-
-
 def _silent(message: str) -> None:
     """The log of a process that is not the main one."""
 
@@ -350,6 +182,7 @@ def train_dpo(
     log: Callable[[str], None],
     metadata: dict[str, Any],
     compute: Mapping[str, Any] | None = None,
+    tracking: Mapping[str, Any] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
     """Train the policy at `policy_dir` with DPO against the frozen `reference_dir` model.
@@ -360,19 +193,16 @@ def train_dpo(
     resolved ``policy`` block (``dpo.beta``, ``dpo.loss_type``, ``dpo.train``,
     ``checkpoint_every``, ``trust_remote_code``). `metadata` (data hashes, annotation batches,
     plan fingerprint...) is copied into every checkpoint's ``checkpoint.json`` so that each
-    one can be traced on its own. `compute` is the spec's ``compute`` block (``device``,
-    ``mixed_precision``); without it, the schema's default block (CPU unless CUDA is available, fp32).
-    `callbacks` are extra TrainerCallbacks, run after the ones here (a stage's own progress
-    reporting; tests that interrupt a run).
+    one can be traced on its own. `compute` is the stage's ``compute`` entry (the schema's
+    defaults for keys it lacks); under LoRA the reference is the policy's base with its
+    adapters disabled, not a second copy. `tracking` is what `scale.tracking_env` yields.
+    `callbacks` are extra TrainerCallbacks, run after the ones here (tests that interrupt).
 
-    Under torchrun / ``accelerate launch`` every process calls this alike (see the module
-    docstring); only the main process writes `out_dir` and calls `log`, and the resume point
-    is the main process's, broadcast to the others. The summary is the same on every process.
-
-    With `resume`, training continues from the newest complete trainer checkpoint under
-    ``out_dir/trainer`` (starting over if there is none); otherwise earlier checkpoints and
-    metrics in `out_dir` are removed first. Returns a summary: steps, checkpoints, final
-    loss, seconds, pairs (and how many were truncated or dropped by max_length).
+    Every process of a launch calls this alike (module docstring); only the main one writes
+    `out_dir` and logs. With `resume`, training continues from the newest complete trainer
+    checkpoint under ``out_dir/trainer`` (starting over if there is none); otherwise earlier
+    checkpoints and metrics are removed first. Returns a summary (steps, checkpoints, losses,
+    seconds, pairs trained, truncated or dropped by max_length, compute), alike on every process.
     """
     started = time.perf_counter()
     quiet_transformers()
@@ -380,30 +210,19 @@ def train_dpo(
         raise RunError("no preference pairs to train the policy on")
     seed_everything(seed)
     out_dir = Path(out_dir)
-    args, steps = _dpo_config(settings, seed, out_dir, len(pairs), compute or default_of("compute"))
-    # Setting up the device joins the process group (under torchrun), which the clean-up
-    # below needs: the other processes must not look at out_dir while the main one edits it.
-    _ = args.device
-    group = Group.current() if args.world_size > 1 else SINGLE
-    if not group.is_main:
-        log = _silent  # one process speaks for the run (progress, the savers, this)
-    point, kept_rows = _resume_point_of_run(out_dir, resume, group, log)
-    if not group.single:
-        chosen = group.broadcast(None if point is None else (str(point[0]), point[1]))
-        point = None if chosen is None else (Path(chosen[0]), int(chosen[1]))
-        group.agree(
-            "the DPO run (settings, pairs, models or resume point)",
-            [dict(settings), seed, pairs, str(policy_dir), str(reference_dir), chosen],
-        )
-    if chat is None:  # the policy tokenizer's own format, as prompts.chat_template: auto
-        tokenizer = load_tokenizer(
-            policy_dir, trust_remote_code=bool(settings["trust_remote_code"])
-        )
-        chat = chat_format(tokenizer, AUTO)
+    compute = {**default_of("compute"), **(compute or {})}  # keys not given: the schema's
+    args, steps = _dpo_config(settings, seed, out_dir, len(pairs), compute, tracking or {})
+    group, log, point, kept_rows = _join_run(
+        args,
+        out_dir,
+        resume,
+        log,
+        [dict(settings), seed, pairs, str(policy_dir), str(reference_dir)],
+    )
     trainer, saver = _make_trainer(
         policy_dir,
         reference_dir,
-        dpo_rows(pairs, chat),
+        dpo_rows(pairs, chat or _tokenizer_chat(policy_dir, settings)),
         settings,
         args=args,
         seed=seed,
@@ -411,9 +230,10 @@ def train_dpo(
         log=log,
         metadata=metadata,
         callbacks=callbacks,
+        compute=compute,
     )
     if group.is_main and point is not None:
-        _restore_policy_checkpoint(saver, point, kept_rows, log)
+        restore_policy_checkpoint(saver, point, kept_rows, log)
     prepared = _report_prepared(trainer, len(pairs), settings, steps, log)
     with warnings.catch_warnings():
         # TRL reads the deprecated alias on every step; the warning is for TRL, not for a run's log
@@ -421,7 +241,52 @@ def train_dpo(
             "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
         )
         result = trainer.train(resume_from_checkpoint=str(point[0]) if point else None)
-    final = _final_checkpoint(trainer, saver, out_dir, group)
+    final = final_checkpoint(trainer, saver, out_dir, group)
+    summary = _summary(trainer, result, out_dir, final, pairs, prepared, settings)
+    summary.update(
+        resumed_from_step=point[1] if point else None,
+        seconds=round(time.perf_counter() - started, 3),
+        compute=_compute_summary(compute, trainer, policy_dir),
+    )
+    return summary
+
+
+def _tokenizer_chat(policy_dir: Path, settings: Mapping[str, Any]) -> ChatFormat:
+    """The policy tokenizer's own format, as ``prompts.chat_template: auto``."""
+    trust = bool(settings["trust_remote_code"])
+    return chat_format(load_tokenizer(policy_dir, trust_remote_code=trust), AUTO)
+
+
+def _join_run(
+    args: Any, out_dir: Path, resume: bool, log: Callable[[str], None], agreed: list[Any]
+) -> tuple[Group, Callable[[str], None], tuple[Path, int] | None, list[dict[str, Any]]]:
+    """This process's group, its log, and the run's resume point (the main process's,
+    broadcast) with the metric rows kept up to it; every process checks that the others got
+    the same `agreed` arguments."""
+    # Setting up the device joins the process group (under torchrun), which the clean-up
+    # below needs: the other processes must not look at out_dir while the main one edits it.
+    _ = args.device
+    group = Group.current() if args.world_size > 1 else SINGLE
+    if not group.is_main:
+        log = _silent  # one process speaks for the run (progress, the savers, this)
+    point, kept_rows = resume_point_of_run(out_dir, resume, group, log)
+    if not group.single:
+        chosen = group.broadcast(None if point is None else (str(point[0]), point[1]))
+        point = None if chosen is None else (Path(chosen[0]), int(chosen[1]))
+        group.agree("the DPO run (settings, pairs, models or resume point)", [*agreed, chosen])
+    return group, log, point, kept_rows
+
+
+def _summary(
+    trainer: Any,
+    result: Any,
+    out_dir: Path,
+    final: Path,
+    pairs: list[dict[str, Any]],
+    prepared: Any,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """What `train_dpo` returns about the finished training."""
     history = [h for h in trainer.state.log_history if "loss" in h]
     final_loss = history[-1]["loss"] if history else None
     return {
@@ -432,14 +297,22 @@ def train_dpo(
         "train_loss": None
         if not math.isfinite(result.training_loss)
         else round(float(result.training_loss), 6),
-        "seconds": round(time.perf_counter() - started, 3),
         "pairs": len(pairs),
         "pairs_trained": len(prepared),
         "pairs_dropped": len(pairs) - len(prepared),
         "pairs_truncated": _truncated(prepared, int(settings["dpo"]["train"]["max_length"])),
-        "resumed_from_step": point[1] if point else None,
         "threads": threads(),
     }
+
+
+def _compute_summary(compute: Mapping[str, Any], trainer: Any, policy_dir: Path) -> dict[str, Any]:
+    """How the run used the machine (lineage's ``compute`` record, as SFT's), and what the
+    KL reference was: a frozen copy, or the base with the LoRA adapters disabled."""
+    from rlhfspec.runtime.train.scale import compute_record
+
+    record = compute_record(dict(compute), trainer, policy_dir)
+    record["reference"] = "adapters disabled" if trainer.ref_model is None else "frozen copy"
+    return record
 
 
 def _dpo_config(
@@ -448,45 +321,67 @@ def _dpo_config(
     out_dir: Path,
     pair_count: int,
     compute: Mapping[str, Any],
+    tracking: Mapping[str, Any],
 ) -> tuple[Any, int]:
-    """TRL's DPOConfig for the run, and about how many optimizer steps it will take."""
+    """TRL's DPOConfig for the run, and about how many optimizer steps it will take.
+
+    ``batch_size`` is the global batch, as for SFT and the reward model: each of the N
+    processes takes ``batch_size / N`` pairs per step, so a spec trains on the same batches
+    with any number of processes."""
     import torch
     from trl import DPOConfig  # type: ignore[attr-defined]
 
+    from rlhfspec.runtime.train.scale import scale_args
+
     use_cpu = compute["device"] == "cpu" or not torch.cuda.is_available()
-    # optimizer steps are global: each one takes a batch from every process
-    steps = steps_for(pair_count, settings["dpo"]["train"], launched_world_size())
-    args = DPOConfig(
-        **dpo_args(
-            settings,
-            seed=seed,
-            trainer_dir=out_dir / TRAINER_DIR,
-            steps_hint=steps,
-            use_cpu=use_cpu,
-            mixed_precision=str(compute["mixed_precision"]),
-        )
+    world = launched_world_size()
+    steps = steps_for(pair_count, settings["dpo"]["train"])
+    kwargs = dpo_args(
+        settings,
+        seed=seed,
+        trainer_dir=out_dir / TRAINER_DIR,
+        steps_hint=steps,
+        use_cpu=use_cpu,
+        mixed_precision=str(compute["mixed_precision"]),
+        world=world,
     )
-    return args, steps
+    kwargs.update(scale_args(dict(compute), use_cpu, world))
+    kwargs.update(report_to=list(tracking.get("report_to", [])), run_name=tracking.get("run_name"))
+    return DPOConfig(**kwargs), steps
 
 
-def _resume_point_of_run(
-    out_dir: Path, resume: bool, group: Group, log: Callable[[str], None]
-) -> tuple[tuple[Path, int] | None, list[dict[str, Any]]]:
-    """Main process: the trainer checkpoint to continue from (None: start over, clearing
-    out_dir), with the metric rows kept up to it. Other processes get None and [] here."""
-    if not group.is_main:
-        return None, []
-    point = _resume_point(out_dir / TRAINER_DIR) if resume else None
-    kept_rows: list[dict[str, Any]] = []
-    if point is None:
-        if resume:
-            log("no complete trainer checkpoint to resume from; starting over")
-        _start_over(out_dir)
-    else:
-        log(f"continuing from step {point[1]}")
-        kept_rows = _trim_after(out_dir, point[1])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return point, kept_rows
+def _load_models(
+    policy_dir: Path, reference_dir: Path, trust: bool, compute: Mapping[str, Any]
+) -> tuple[Any, Any, Any]:
+    """Tokenizer, policy and reference (None under LoRA: the base with adapters disabled).
+
+    float32 master weights whatever the checkpoint's dtype: AdamW on bf16 weights rounds most
+    small updates away; bf16/fp16 only as autocast (DPOConfig's bf16/fp16); the frozen
+    reference may stay in the checkpoint's dtype. QLoRA loads the policy's base in 4-bit."""
+    import torch
+
+    from rlhfspec.runtime.train.scale import quantization
+
+    tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
+    policy = load_causal_lm(
+        policy_dir,
+        trust_remote_code=trust,
+        tokenizer=tokenizer,
+        dtype=torch.float32,
+        quantization_config=quantization(dict(compute)),
+    )
+    if compute["lora"]["enabled"]:
+        if Path(reference_dir).resolve() != Path(policy_dir).resolve():
+            raise RunError(
+                "with LoRA the DPO reference is the policy's base with its adapters disabled: "
+                "the reference model must be the policy's starting model"
+            )
+        return tokenizer, policy, None
+    return (
+        tokenizer,
+        policy,
+        load_causal_lm(reference_dir, trust_remote_code=trust, tokenizer=tokenizer),
+    )
 
 
 def _make_trainer(
@@ -501,22 +396,17 @@ def _make_trainer(
     log: Callable[[str], None],
     metadata: dict[str, Any],
     callbacks: Sequence[TrainerCallback],
+    compute: Mapping[str, Any],
 ) -> tuple[Any, PolicyCheckpoints]:
     """DPOTrainer with our callbacks (progress, metrics.jsonl, policy checkpoints)."""
-    import torch
     from datasets import Dataset
     from trl import DPOTrainer  # type: ignore[attr-defined]
 
+    from rlhfspec.runtime.train.scale import lora_config
+
     dpo = settings["dpo"]
     trust = bool(settings["trust_remote_code"])
-    tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust)
-    # float32 master weights whatever the checkpoint's dtype: AdamW on bf16 weights rounds most
-    # small updates away; bf16/fp16 only as autocast (DPOConfig's bf16/fp16); the frozen
-    # reference may stay in the checkpoint's dtype
-    policy = load_causal_lm(
-        policy_dir, trust_remote_code=trust, tokenizer=tokenizer, dtype=torch.float32
-    )
-    reference = load_causal_lm(reference_dir, trust_remote_code=trust, tokenizer=tokenizer)
+    tokenizer, policy, reference = _load_models(policy_dir, reference_dir, trust, compute)
     metrics = MetricsFile(out_dir / METRICS_FILE)
 
     def describe(step: int, epoch: float) -> dict[str, Any]:
@@ -534,6 +424,7 @@ def _make_trainer(
         }
 
     saver = PolicyCheckpoints(out_dir / CHECKPOINTS_DIR, describe, log, metrics)
+    saver.base = (policy_dir, trust) if compute["lora"]["enabled"] else None
     trainer = without_printer(
         DPOTrainer(
             model=policy,
@@ -542,25 +433,10 @@ def _make_trainer(
             train_dataset=Dataset.from_list(rows),
             args=args,
             callbacks=[progress_callback(log, "policy"), metrics, saver, *callbacks],
+            peft_config=lora_config(dict(compute), "CAUSAL_LM"),
         )
     )
     return trainer, saver
-
-
-def _restore_policy_checkpoint(
-    saver: PolicyCheckpoints,
-    point: tuple[Path, int],
-    kept_rows: list[dict[str, Any]],
-    log: Callable[[str], None],
-) -> None:
-    """A run killed between the trainer's save and ours has no step-N: write it from the
-    trainer's checkpoint-N before continuing after N."""
-    if (saver.folder / checkpoint_name(point[1]) / CHECKPOINT_META).exists():
-        return
-    state = json.loads((point[0] / "trainer_state.json").read_text(encoding="utf-8"))
-    saver.metrics.last = next((r for r in kept_rows if r["step"] == point[1]), {})
-    saver.restore(point[0], point[1], float(state.get("epoch") or 0.0))
-    log(f"policy checkpoint {checkpoint_name(point[1])} restored from the trainer's")
 
 
 def _truncated(prepared: Any, max_length: int) -> int:
@@ -594,17 +470,3 @@ def _report_prepared(
         f"{settings['checkpoint_every']}, {threads()} thread(s)"
     )
     return prepared
-
-
-def _final_checkpoint(trainer: Any, saver: PolicyCheckpoints, out_dir: Path, group: Group) -> Path:
-    """The last step's policy checkpoint, written if the trainer did not save at that step
-    (a resume of a finished run); every process returns once it is on disk."""
-    last_step = int(trainer.state.global_step)
-    final = out_dir / CHECKPOINTS_DIR / checkpoint_name(last_step)
-    # the main process may still be writing the last step-N from its on_save
-    group.barrier()
-    if group.is_main and not (final / CHECKPOINT_META).is_file():
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        saver.save(model, trainer.processing_class, last_step, float(trainer.state.epoch or 0.0))
-    group.barrier()  # every process returns a summary of what is on disk
-    return final

@@ -150,7 +150,9 @@ def policy_stage(ctx: StageContext) -> StageOutcome:
             for c in sorted((out_dir / "checkpoints").glob("step-*"))
         ]
         summary = f"{result['steps']} DPO steps, {len(checkpoints)} checkpoints"
-        metrics = {k: result[k] for k in ("steps", "final_loss") if k in result}
+        metrics = {
+            k: result[k] for k in ("steps", "final_loss", "compute", "tracking") if k in result
+        }
     if policy["method"] == "ppo" and ctx.settings["tracking"]["backend"] != "none":
         from rlhfspec.runtime.train.scale import tracking_dir, tracking_run_id
 
@@ -239,6 +241,7 @@ def train_policy(
         return result
     from rlhfspec.runtime.policy.dpo import train_dpo
     from rlhfspec.runtime.train.common import read_pairs
+    from rlhfspec.runtime.train.scale import finish_tracking, lineage_record, tracking_env
 
     pairs = [
         {
@@ -249,19 +252,24 @@ def train_policy(
         }
         for p in read_pairs(ctx)
     ]
-    return train_dpo(
-        start,
-        start,
-        pairs,
-        policy,
-        chat=chat,
-        seed=int(spec["seed"]),
-        out_dir=out_dir,
-        resume=ctx.resume,
-        log=ctx.log,
-        metadata=metadata,
-        compute=spec["compute"],
-    )
+    with tracking_env(ctx) as tracking:
+        summary: dict[str, Any] = train_dpo(
+            start,
+            start,
+            pairs,
+            policy,
+            chat=chat,
+            seed=int(spec["seed"]),
+            out_dir=out_dir,
+            resume=ctx.resume,
+            log=ctx.log,
+            metadata=metadata,
+            compute=ctx.stage["compute"],
+            tracking=tracking,
+        )
+        finish_tracking(tracking)
+    summary["tracking"] = lineage_record(tracking)
+    return summary
 
 
 def _ppo_compute_record(ctx: StageContext, result: Any) -> dict[str, Any]:

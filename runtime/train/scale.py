@@ -11,8 +11,13 @@ same batches with any number of processes (the slow tests compare 1 and 2 proces
 
 FSDP. With ``strategy: fsdp`` on GPUs the trainer shards with FSDP2 (full sharding of
 parameters, gradients and optimizer state; CPU offload as an option) through accelerate.
-accelerate applies its FSDP plugin only on accelerators: on CPU the stage runs as DDP and
-says so (validate warns with M003); PPO shards itself with torch's ``fully_shard``.
+accelerate applies its FSDP plugin only on accelerators: a gloo run on CPU is MULTI_CPU, and
+accelerate 1.15 attaches the plugin only in its accelerator branch (``state.py:986-1016``; the
+``ACCELERATE_USE_FSDP`` variable is read there too), so the trainer's ``is_fsdp_enabled`` is
+False and ``prepare_model`` wraps DDP (``accelerator.py:2058-2060``), which also refuses a
+model sharded with ``fully_shard`` beforehand ("mixed torch.Tensor and DTensor"). On CPU the
+stage therefore runs as DDP and says so (validate warns with M003; lineage records
+``strategy: ddp``); docs/scale.md has the details. PPO shards itself with ``fully_shard``.
 
 LoRA. `lora_config` turns ``compute.lora`` into PEFT's config for TRL's ``peft_config``
 argument (the reward model's score head is trained in full, ``modules_to_save``); QLoRA loads
@@ -76,24 +81,31 @@ def runs_sharded(compute: dict[str, Any], cpu: bool, world: int) -> bool:
 def scale_args(compute: dict[str, Any], cpu: bool, world: int) -> dict[str, Any]:
     """TrainingArguments for gradient checkpointing and FSDP2."""
     checkpointing = bool(compute["gradient_checkpointing"])
-    out: dict[str, Any] = {
+    if runs_sharded(compute, cpu, world):
+        return fsdp_args(compute)
+    return {
         "activation_checkpointing": checkpointing,
         "activation_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
     }
-    if runs_sharded(compute, cpu, world):
-        offload = " offload" if compute["fsdp"]["cpu_offload"] else ""
-        out["fsdp"] = f"full_shard auto_wrap{offload}"
-        out["fsdp_config"] = {
+
+
+def fsdp_args(compute: dict[str, Any]) -> dict[str, Any]:
+    """TrainingArguments that make accelerate shard the model with FSDP2 (on accelerators:
+    on CPU accelerate ignores them, see the module docstring). Gradient checkpointing is then
+    FSDP's own recomputation: the trainer's would add an all-gather per layer."""
+    offload = " offload" if compute["fsdp"]["cpu_offload"] else ""
+    return {
+        "fsdp": f"full_shard auto_wrap{offload}",
+        "fsdp_config": {
             "fsdp_version": 2,
             "reshard_after_forward": True,
             "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "state_dict_type": "FULL_STATE_DICT",
-            # FSDP's own recomputation (the trainer's would add an all-gather per layer)
-            "activation_checkpointing": checkpointing,
-        }
-        out["activation_checkpointing"] = False
-        out["activation_checkpointing_kwargs"] = None
-    return out
+            "activation_checkpointing": bool(compute["gradient_checkpointing"]),
+        },
+        "activation_checkpointing": False,
+        "activation_checkpointing_kwargs": None,
+    }
 
 
 def lora_config(compute: dict[str, Any], task: str) -> Any:
@@ -205,6 +217,16 @@ def tracking_env(ctx: StageContext) -> Iterator[dict[str, Any]]:
                 os.environ[key] = value
 
 
+def finish_tracking(info: dict[str, Any]) -> None:
+    """Flush a W&B run TRL's callback opened (main process) before the stage's outputs are
+    recorded; TRL's other integrations close their runs at the end of training."""
+    if info["backend"] == "wandb" and group().is_main:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
 def lineage_record(info: dict[str, Any]) -> dict[str, Any]:
     """What lineage keeps about a stage's tracking (not the trainer's report_to list)."""
     return {k: v for k, v in info.items() if k != "report_to"}
@@ -225,11 +247,7 @@ def run_trainer(
     with tracking_env(ctx) as tracking:
         trainer = without_printer(build(tracking))
         result = trainer.train(resume_from_checkpoint=resume_checkpoint(ctx, checkpoints))
-        if tracking["backend"] == "wandb" and group().is_main:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.finish()  # flush the offline run files before the stage's outputs
+        finish_tracking(tracking)
     loss = group().mean_of({"loss": float(result.training_loss)})["loss"]
     return trainer, loss, lineage_record(tracking)
 

@@ -97,6 +97,19 @@ def test_memory_shrinks_with_lora_checkpointing_and_sharding() -> None:
     assert "reference" not in roles  # the base with adapters disabled serves as reference
 
 
+def test_the_micro_batch_is_each_processs_share_of_the_global_batch() -> None:
+    """SFT, reward model and DPO take batch_size / N per process (TRL stages, global batch)."""
+    for stage, per_pair in (("sft", 1), ("reward_model", 2), ("policy", 2)):
+        micro = []
+        for n in (1, 2):
+            spec = resolved(f"compute: {{num_processes: {n}}}\n")
+            spec["policy"]["method"] = "dpo"
+            memory = stage_memory(spec, stage, stage_compute(spec, stage), None)
+            micro.append(memory["micro_batch"]["sequences"])
+        train = spec["policy"]["dpo"]["train"] if stage == "policy" else spec[stage]["train"]
+        assert micro == [per_pair * train["batch_size"], per_pair * train["batch_size"] // 2]
+
+
 def test_memory_of_a_local_model_reads_its_config(project: Path) -> None:
     folder = project.parent / "models" / "qwen"
     folder.mkdir(parents=True)

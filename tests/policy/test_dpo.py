@@ -361,3 +361,128 @@ def test_rows_use_the_shared_template_and_reject_incomplete_pairs(
             log=print,
             metadata={},
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# compute: LoRA, gradient checkpointing; tracking
+
+
+def compute_block(**changes: Any) -> dict[str, Any]:
+    """The schema's default ``compute`` block on the CPU, with `changes`."""
+    from rlhfspec.compiler.schemas import default_of
+
+    block = {**default_of("compute"), "device": "cpu"}
+    lora = {**block["lora"], **changes.pop("lora", {})}
+    return {**block, **changes, "lora": lora}
+
+
+def test_lora_trains_adapters_against_the_base_with_adapters_disabled(
+    tiny: Path, tmp_path: Path
+) -> None:
+    from rlhfspec.runtime.train.scale import weights_sha256
+
+    # 52 pairs in batches of 26: two steps, a checkpoint after each
+    policy = settings(train={"batch_size": 26, "learning_rate": 5e-2}, checkpoint_every=1)
+    compute = compute_block(lora={"enabled": True, "r": 4, "alpha": 8})
+    summary = run_dpo(tiny, tmp_path / "lora", policy=policy, compute=compute)
+    assert summary["steps"] == 2
+    record = summary["compute"]
+    assert record["reference"] == "adapters disabled"
+    assert record["lora"]["r"] == 4 and record["lora"]["base_sha256"] == weights_sha256(tiny)
+    rows = [json.loads(x) for x in (tmp_path / "lora" / METRICS_FILE).read_text().splitlines()]
+    # step 1: new adapters are zero (LoRA's B starts at 0), so the policy IS the reference:
+    # every implicit reward is exactly 0 and the sigmoid loss is -log(sigmoid(0)) = log 2
+    assert rows[0]["rewards/chosen"] == rows[0]["rewards/rejected"] == 0.0
+    assert rows[0]["loss"] == pytest.approx(0.693147, abs=1e-5)
+    assert rows[1]["rewards/margins"] > 0  # and the adapters learn the preference
+    final = Path(summary["final_checkpoint"])
+    adapter = json.loads((final / "adapter" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA" and adapter["r"] == 4
+    # merged weights at the top: a plain model for evaluation, moved away from the base
+    assert_moved(tiny / "model.safetensors", final / "model.safetensors")
+
+    # killed after step 1 before its policy checkpoint: it is rebuilt from the trainer's
+    # adapters merged into the base, and the resumed run ends where the unbroken one did
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "lora", resumed)
+    shutil.rmtree(resumed / "trainer" / "checkpoint-2")
+    shutil.rmtree(resumed / "checkpoints" / "step-000002")
+    shutil.rmtree(resumed / "checkpoints" / "step-000001")
+    again = run_dpo(tiny, resumed, resume=True, policy=policy, compute=compute)
+    assert again["resumed_from_step"] == 1
+    for step in (1, 2):
+        a = tmp_path / "lora" / "checkpoints" / checkpoint_name(step) / "model.safetensors"
+        b = resumed / "checkpoints" / checkpoint_name(step) / "model.safetensors"
+        assert_same_weights(a, b)
+
+
+def test_gradient_checkpointing_recomputes_and_trains_the_same(
+    tiny: Path, trained: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    seen: list[bool] = []
+
+    class Probe(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            seen.append(bool(kwargs["model"].is_gradient_checkpointing))
+
+    summary = run_dpo(
+        tiny,
+        tmp_path / "gc",
+        compute=compute_block(gradient_checkpointing=True),
+        callbacks=[Probe()],
+    )
+    assert seen and all(seen)
+    assert summary["compute"]["gradient_checkpointing"] is True
+    assert summary["compute"]["reference"] == "frozen copy"
+    # recomputing the activations changes nothing in the arithmetic
+    out, _ = trained
+    assert_same_weights(
+        out / "checkpoints" / checkpoint_name(STEPS) / "model.safetensors",
+        tmp_path / "gc" / "checkpoints" / checkpoint_name(STEPS) / "model.safetensors",
+    )
+
+
+def test_tracking_reaches_dpo_trainer(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    tracking = {"backend": "tensorboard", "report_to": ["tensorboard"], "run_name": "dpo-run"}
+    policy = settings(train={"batch_size": 26})
+    run_dpo(tiny, tmp_path / "out", policy=policy, tracking=tracking)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert "train/loss" in scalars and "train/rewards/margins" in scalars
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+
+
+def test_batch_size_is_the_global_batch() -> None:
+    policy = settings(train={"batch_size": 8})
+    assert (
+        dpo_args(policy, seed=0, trainer_dir=Path("t"), steps_hint=1, use_cpu=True, world=2)[
+            "per_device_train_batch_size"
+        ]
+        == 4
+    )
+    with pytest.raises(RunError, match="multiple of the 3 training processes"):
+        dpo_args(policy, seed=0, trainer_dir=Path("t"), steps_hint=1, use_cpu=True, world=3)
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_weights(a), load_weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], atol=1e-6, rtol=0), key
+
+
+def assert_moved(a: Path, b: Path) -> None:
+    wa, wb = load_weights(a), load_weights(b)
+    assert any(not torch.equal(wa[k].float(), wb[k].float()) for k in wa if k in wb)

@@ -54,6 +54,9 @@ from rlhfspec.runtime.policy.ppo_math import (  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 PROCESSES = 2
+#: DPO's metrics in two processes against one on the same global batches (the loss is a mean
+#: over pairs: only the reduction order differs, about 1e-6 relative; 1e-3 allowed)
+DPO_TOLERANCE = 1e-3
 #: Each torchrun below takes 15-40 s on two busy CPU cores; a hang must fail, not block CI.
 TIMEOUT = 300
 
@@ -209,7 +212,7 @@ PAIRS = [
     }
     for i in range(32)
 ]
-#: 32 pairs, 4 per process per step: 32 / (2 x 4) = 4 optimizer steps (8 with one process).
+#: 32 pairs in global batches of 8 (4 per process): 4 optimizer steps, as with one process.
 DPO_POLICY: dict[str, Any] = {
     "base_model": "builtin:tiny",
     "trust_remote_code": False,
@@ -223,7 +226,7 @@ DPO_POLICY: dict[str, Any] = {
         "train": {
             "epochs": 1,
             "learning_rate": 5e-3,
-            "batch_size": 4,
+            "batch_size": 8,
             "gradient_accumulation_steps": 1,
             "max_length": 128,
             "weight_decay": 0.0,
@@ -306,9 +309,15 @@ def test_ppo_in_two_processes(tiny_models: Path, tmp_path: Path) -> None:
     # every rank computed the same global metrics and KL coefficient
     assert ranks[0]["run"] == ranks[1]["run"]
 
-    # each rank rolled out its own half of the global batch, in the global prompt order
+    # each rank rolled out its own half of the global batch, in the global prompt order, each
+    # prompt formatted with the model's chat template (train_ppo's default, as the stage's)
+    from rlhfspec.runtime.train.formatting import chat_format
+    from rlhfspec.runtime.train.models import load_tokenizer
+
+    render = chat_format(load_tokenizer(tiny_models / "tiny"), "auto").prompt
     for update in range(2):
-        expected = [PROMPTS[i] for i in prompt_indices(len(PROMPTS), settings.seed, 8 * update, 8)]
+        indices = prompt_indices(len(PROMPTS), settings.seed, 8 * update, 8)
+        expected = [render(PROMPTS[i]) for i in indices]
         assert ranks[0]["shards"][update] + ranks[1]["shards"][update] == expected
         assert len(ranks[0]["shards"][update]) == len(ranks[1]["shards"][update]) == 4
 
@@ -326,6 +335,7 @@ def test_ppo_in_two_processes(tiny_models: Path, tmp_path: Path) -> None:
     assert files_under(run_dir / "checkpoints" / "update-000002") == [
         "checkpoint.json",
         "optimizer.pt",
+        "policy/chat_template.jinja",  # builtin:tiny's tokenizer carries its chat template
         "policy/config.json",
         "policy/generation_config.json",
         "policy/model.safetensors",
@@ -375,7 +385,7 @@ def test_dpo_in_two_processes(tiny_models: Path, tmp_path: Path) -> None:
     )
     ranks = reports(out)
     for report in ranks:
-        # 32 pairs / (2 processes x batch 4) = 4 optimizer steps, each counted on every rank
+        # 32 pairs / global batch 8 = 4 optimizer steps, each counted on every rank
         assert report["summary"]["steps"] == report["steps"] == 4
         assert report["summary"]["checkpoints"] == ranks[0]["summary"]["checkpoints"]
     assert ranks[1]["logged"] == []
@@ -406,6 +416,28 @@ def test_dpo_in_two_processes(tiny_models: Path, tmp_path: Path) -> None:
     resumed = out / "resumed" / "checkpoints" / "step-000004" / "model.safetensors"
     assert final.read_bytes() == resumed.read_bytes()
 
+    # one process on the same data and seed trains on the same global batches: the same
+    # metrics per step up to the reduction order (two half-batch means averaged by gloo)
+    from rlhfspec.runtime.policy.dpo import train_dpo
+
+    single = tmp_path / "single"
+    train_dpo(
+        tiny_models / "tiny",
+        tiny_models / "tiny",
+        PAIRS,
+        DPO_POLICY,
+        seed=0,
+        out_dir=single,
+        resume=False,
+        log=lambda m: None,
+        metadata={},
+    )
+    one = [json.loads(line) for line in (single / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in one] == [1, 2, 3, 4]
+    for a, b in zip(one, rows, strict=True):
+        for key in ("loss", "rewards/margins", "rewards/chosen", "logps/chosen"):
+            assert b[key] == pytest.approx(a[key], rel=DPO_TOLERANCE, abs=1e-6), (a, b, key)
+
 
 # ---------------------------------------------------------------------------------------------
 # The plan's launch command, for the policy stage of a PPO and of a DPO plan
@@ -435,6 +467,8 @@ def small_spec(root: Path, method: str) -> Path:
     # our PPO shards with FSDP2 on the CPU too (tests/policy/test_fsdp_ppo.py); DPO is DDP here
     policy = "stages: {policy: {strategy: fsdp}}" if method == "ppo" else "stages: {}"
     text += f"\ncompute: {{device: cpu, num_processes: 2, {policy}}}\n"
+    if method == "dpo":
+        text += "tracking: {backend: tensorboard}\n"
     spec.write_text(text)
     return spec
 
@@ -540,8 +574,18 @@ def test_launch_runs_the_dpo_policy_stage_in_two_processes(upstream: tuple[Path,
     root, base_run = upstream
     lineage, run_dir = launch_policy(root, "dpo", base_run)
     pairs = len((run_dir / "preferences" / "pairs.jsonl").read_text().splitlines())
-    steps = -(-pairs // (PROCESSES * 8))  # batch_size 8 per process
-    assert lineage["stages"]["policy"]["metrics"]["steps"] == steps
+    steps = -(-pairs // 8)  # batch_size 8 is the global batch (4 per process)
+    metrics = lineage["stages"]["policy"]["metrics"]
+    assert metrics["steps"] == steps
+    assert metrics["compute"]["processes"] == 2 and metrics["compute"]["strategy"] == "ddp"
+    # TRL's TensorBoard callback on the main process, the run id in lineage
+    tracking = metrics["tracking"]
+    assert tracking["backend"] == "tensorboard" and tracking["run_id"].endswith("-policy")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / tracking["dir"]))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, steps + 1))
     folder = run_dir / "models" / "policy"
     rows = [json.loads(row) for row in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == list(range(1, steps + 1))
