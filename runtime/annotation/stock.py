@@ -11,7 +11,8 @@ says so; its `fields` name the data fields that hold the prompt and the two answ
 
 Every task is matched to the spec by text, compared after whitespace normalisation (runs of
 spaces, tabs and newlines are one space; Unicode NFC): the prompt to a prompt of the spec's
-sources (its `text` field, whatever else a prompt row holds), each answer to a response of
+sources (its `text`; a multi-turn prompt also by its messages' transcript, and a task may
+hold the prompt as `{role, content}` messages), each answer to a response of
 `annotation.responses` for that prompt. Without a prompt field the answers alone decide the
 prompt. A task that matches nothing, or more than one prompt or response, is a row problem
 naming the field, the text and the fix; it is never guessed. The matched pair gets the item
@@ -22,12 +23,13 @@ so votes from stock and from generated projects count on the same items.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.jsonl import read_objects, read_rows
+from rlhfspec.common.prompt_messages import messages_problem, transcript
 from rlhfspec.runtime.annotation.blinding import opaque_id
 from rlhfspec.runtime.project import Project
 from rlhfspec.runtime.prompts.pool import load_prompt_pool
@@ -45,6 +47,13 @@ def normalise(text: str) -> str:
 def batch_fields(entry: dict[str, Any]) -> dict[str, str | None]:
     """The batch's `fields` (the compiler wrote the schema's defaults into the plan)."""
     return {role: entry["fields"][role] for role in ("prompt", *SIDES)}
+
+
+def _transcript(value: Any) -> Any:
+    """A valid `{role, content}` message list as its transcript; anything else as it is."""
+    if messages_problem(value) is not None:
+        return value
+    return transcript(cast(list[Mapping[str, str]], value))
 
 
 def item_id_for(seed: int, prompt_id: str, one: str, two: str) -> str:
@@ -81,7 +90,13 @@ class StockMatcher:
             )
         out = cls(project.seed, rel)
         for prompt in load_prompt_pool(project).prompts:
-            out.prompts.setdefault(normalise(prompt.text), []).append(prompt.id)
+            # a multi-turn prompt: its text (the transcript, unless the row has its own text)
+            # and its messages' transcript, as a task may carry either
+            keys = {normalise(prompt.text)}
+            if prompt.messages:
+                keys.add(normalise(_transcript(prompt.messages)))
+            for key in keys:
+                out.prompts.setdefault(key, []).append(prompt.id)
         for row in read_rows(project.path(rel), rel, ("id", "prompt_id", "text")):
             out.responses.setdefault(normalise(row["text"]), []).append(
                 (row["id"], row["prompt_id"])
@@ -104,6 +119,8 @@ class StockMatcher:
             if name is None:
                 continue
             value = data.get(name)
+            if role == "prompt":
+                value = _transcript(value)  # a multi-turn prompt as {role, content} messages
             if isinstance(value, str) and value.strip():
                 texts[role] = value
             else:
@@ -111,7 +128,9 @@ class StockMatcher:
                 problems.append(
                     (
                         f"data.{name}",
-                        f"must hold the {role.replace('_', ' ')} text, got {value!r:.40} (the "
+                        f"must hold the {role.replace('_', ' ')} text"
+                        + (" (or its {role, content} messages)" if role == "prompt" else "")
+                        + f", got {value!r:.40} (the "
                         f"task's data fields: {present}); set the batch's `fields.{role}` to "
                         "the field that holds it",
                     )
@@ -213,6 +232,7 @@ class StockMatcher:
         both answers are responses to; none when nothing matches."""
         name = fields["prompt"]
         text = data.get(name) if name else None
+        text = _transcript(text)
         if isinstance(text, str) and normalise(text) in self.prompts:
             return sorted(set(self.prompts[normalise(text)]))
         found: list[set[str]] = []

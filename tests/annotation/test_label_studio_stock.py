@@ -195,3 +195,27 @@ def test_leak_check_matches_stock_prompts_by_text(tmp_path: Path) -> None:
     assert [f.code for f in report.errors] == ["PR008"]
     assert report.metrics["leaks"]["batches"] == {"rlhf": ["usage-0360"]}
     assert "PR012" not in [f.code for f in report.findings]  # every task matched a prompt
+
+
+def test_a_multi_turn_prompt_matches_by_messages_or_transcript(tmp_path: Path) -> None:
+    """A prompt row with `messages` only (no `text`): a task may hold the conversation as
+    `{role, content}` messages (Label Studio's Chat data) or as its transcript."""
+    tasks = copy.deepcopy(RLHF)
+    spec = stock_spec(tmp_path, {"rlhf": (tasks, "")})
+    source = tmp_path / "support-assistant" / "data" / "prompts" / "adversarial.jsonl"
+    rows = stock_data.rows(source)
+    turns = [
+        {"role": "user", "content": "Hello?"},
+        {"role": "assistant", "content": "Hi, how can I help?"},
+    ]
+    for row in rows[:2]:  # the prompts of the fixture's first two tasks
+        row["messages"] = [*turns, {"role": "user", "content": row.pop("text")}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tasks[0]["data"]["prompt"] = rows[0]["messages"]
+    tasks[1]["data"]["prompt"] = (
+        f"User: Hello?\nAssistant: Hi, how can I help?\nUser: {rows[1]['messages'][-1]['content']}"
+    )
+    (tmp_path / "support-assistant" / "stock" / "rlhf.json").write_text(json.dumps(tasks))
+    records = load_records(load_project(spec))
+    assert [r["prompt_id"] for r in records[:2]] == [rows[0]["id"], rows[1]["id"]]
+    assert votes(spec) == expected(RLHF, ("answer1", "answer2"))
