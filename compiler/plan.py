@@ -117,11 +117,12 @@ BUILTIN_CORPUS = ("prompts.sources", "annotation.responses", "sft.enabled", "sft
 BUILTIN_PREFIX = "builtin:"
 # Files a person adds to the run directory that a stage reads (human judgements).
 HUMAN_INPUTS: dict[str, list[str]] = {"select": ["eval/human_eval/judgements.jsonl"]}
-# Scratch a stage may write besides its outputs: training checkpoints for resume.
+# Scratch a stage may write besides its outputs: training checkpoints for resume, and the
+# tracking backends' local files (trackio keeps one folder for the run: runtime/train/scale.py)
 WORK: dict[str, list[str]] = {
-    "sft": ["sft/checkpoints", "tracking/sft"],
-    "reward_model": ["reward_model/checkpoints", "tracking/reward_model"],
-    "policy": ["tracking/policy"],
+    "sft": ["sft/checkpoints", "tracking/sft", "tracking/trackio"],
+    "reward_model": ["reward_model/checkpoints", "tracking/reward_model", "tracking/trackio"],
+    "policy": ["tracking/policy", "tracking/trackio"],
 }
 
 
