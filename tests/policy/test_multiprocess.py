@@ -309,9 +309,15 @@ def test_ppo_in_two_processes(tiny_models: Path, tmp_path: Path) -> None:
     # every rank computed the same global metrics and KL coefficient
     assert ranks[0]["run"] == ranks[1]["run"]
 
-    # each rank rolled out its own half of the global batch, in the global prompt order
+    # each rank rolled out its own half of the global batch, in the global prompt order, each
+    # prompt formatted with the model's chat template (train_ppo's default, as the stage's)
+    from rlhfspec.runtime.train.formatting import chat_format
+    from rlhfspec.runtime.train.models import load_tokenizer
+
+    render = chat_format(load_tokenizer(tiny_models / "tiny"), "auto").prompt
     for update in range(2):
-        expected = [PROMPTS[i] for i in prompt_indices(len(PROMPTS), settings.seed, 8 * update, 8)]
+        indices = prompt_indices(len(PROMPTS), settings.seed, 8 * update, 8)
+        expected = [render(PROMPTS[i]) for i in indices]
         assert ranks[0]["shards"][update] + ranks[1]["shards"][update] == expected
         assert len(ranks[0]["shards"][update]) == len(ranks[1]["shards"][update]) == 4
 
@@ -329,6 +335,7 @@ def test_ppo_in_two_processes(tiny_models: Path, tmp_path: Path) -> None:
     assert files_under(run_dir / "checkpoints" / "update-000002") == [
         "checkpoint.json",
         "optimizer.pt",
+        "policy/chat_template.jinja",  # builtin:tiny's tokenizer carries its chat template
         "policy/config.json",
         "policy/generation_config.json",
         "policy/model.safetensors",
