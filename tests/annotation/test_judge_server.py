@@ -56,7 +56,7 @@ def configure(spec: Path, base_url: str, extra: str = "", ai_batch: str | None =
     text = text.replace("\nsft:\n", f"\n{block}\nsft:\n", 1)
     if ai_batch:
         text = text.replace(
-            W4, W4 + f"\n    - {{id: ai-judge, path: {ai_batch}, criteria_version: 1.2.0}}"
+            W4, W4 + f"\n    - {{id: ai-judge, path: {ai_batch}, criteria_version: 1.3.0}}"
         )
     spec.write_text(text, encoding="utf-8")
     return load_project(spec)
@@ -349,8 +349,8 @@ def test_round_the_loop_ai_labels_used_after_the_gate(project: Path) -> None:
         text[:start]
         + (
             "  batches:\n"
-            "    - {id: ai-judge, path: ai/records.jsonl, criteria_version: 1.2.0}\n"
-            "    - {id: ai-review, path: ai/review/answers.jsonl, criteria_version: 1.2.0}"
+            "    - {id: ai-judge, path: ai/records.jsonl, criteria_version: 1.3.0}\n"
+            "    - {id: ai-review, path: ai/review/answers.jsonl, criteria_version: 1.3.0}"
         )
         + text[end:]
     )
