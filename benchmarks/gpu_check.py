@@ -19,7 +19,10 @@ recipe (its ids fit the vocabulary), together with a reward model of the same sh
   collectives, bf16 autocast, the full-state checkpoint, CPU offload) with nothing to shard
   across, and the memory estimate of one process;
 * SFT, reward model and DPO: a few optimizer steps each through TRL's trainers as the stages
-  configure them (`trainer_args`' scale arguments);
+  configure them (`trainer_args`' scale arguments), then the same under ``torchrun`` with
+  accelerate's FSDP2 plugin as ``strategy: fsdp`` configures it (`scale.fsdp_args`); on CUDA
+  the check fails unless the trainer really sharded (FSDP2 modules counted), since on the CPU
+  accelerate drops the plugin and CI can only run these rows unsharded (docs/scale.md);
 
 and prints, per run, episodes/s and generated tokens/s (PPO) or steps/s, the peak GPU memory
 (``torch.cuda.max_memory_allocated``) and the compile-time estimate for the same stage
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -231,16 +235,23 @@ def run_ppo(
     }
 
 
-def run_trl(work: Path, policy: Path, reward: Path, args: argparse.Namespace, stage: str) -> dict:
-    """A few optimizer steps of a TRL stage as rlhfspec configures it."""
+def run_trl(
+    work: Path, policy: Path, reward: Path, args: argparse.Namespace, stage: str, fsdp: bool = False
+) -> dict:
+    """A few optimizer steps of a TRL stage as rlhfspec configures it; with `fsdp`, under
+    accelerate's FSDP2 plugin (`scale.fsdp_args`, as ``strategy: fsdp`` configures it), which
+    must then really shard on CUDA (accelerate ignores the plugin on the CPU: docs/scale.md)."""
     from datasets import Dataset
 
     from rlhfspec.runtime.train.models import load_causal_lm, load_reward_model, load_tokenizer
+    from rlhfspec.runtime.train.scale import fsdp_args
 
     tokenizer = load_tokenizer(policy)
     bf16 = args.precision == "bf16" and args.device == "cuda"
+    sharding = fsdp_args({"fsdp": {"cpu_offload": False}, "gradient_checkpointing": False})
     common = {
-        "output_dir": str(work / f"trl-{stage}"),
+        **(sharding if fsdp else {}),
+        "output_dir": str(work / f"trl-{stage}-{'fsdp' if fsdp else 'one'}"),
         "per_device_train_batch_size": args.batch,
         "max_steps": args.steps,
         "learning_rate": 1e-5,
@@ -287,11 +298,15 @@ def run_trl(work: Path, policy: Path, reward: Path, args: argparse.Namespace, st
         )
     trainer.train()
     seconds = time.perf_counter() - began
+    sharded = sharded_modules(trainer.model_wrapped)
+    if fsdp and args.device == "cuda" and not (trainer.is_fsdp_enabled and sharded):
+        raise SystemExit(f"{stage}: strategy fsdp did not shard on CUDA")
     plan = {"batch": args.batch, "length": args.length, "method": "dpo"}
     compute = {"device": args.device, "mixed_precision": args.precision, "lora": None}
     target = "policy" if stage == "dpo" else stage
     return {
-        "run": f"{stage} ({args.steps} steps)",
+        "run": f"{stage} ({args.steps} steps{', FSDP2' if fsdp else ''})",
+        "sharded modules": sharded,
         "steps/s": round(args.steps / seconds, 3),
         "peak GiB": round(peak_gib(args.device), 3),
         "estimate GiB": round(estimate(target, work, compute, plan), 3),
@@ -351,6 +366,43 @@ def _gathered(value: float, world: int) -> list[float]:
     return [float(v) for v in values]
 
 
+def sharded_modules(model: Any) -> int:
+    """How many modules FSDP2's ``fully_shard`` wrapped (0: the model runs unsharded)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return sum(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def run_trl_fsdp(work: Path, args: argparse.Namespace, stage: str) -> dict:
+    """`run_trl` with FSDP2 under ``torchrun`` (one process per GPU; one on the CPU): the
+    trainer needs a process group, which only a launcher gives it."""
+    import torch
+
+    out = work / f"trl-fsdp-{stage}.json"
+    procs = max(1, torch.cuda.device_count()) if args.device == "cuda" else 1
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(procs),
+        __file__,
+        "--trl-fsdp-worker",
+        stage,
+        "--work",
+        str(work),
+        "--json",
+        str(out),
+        *(["--dry-run"] if args.dry_run else []),
+        *(f"--{k}={getattr(args, k)}" for k in ("steps", "batch", "length")),
+    ]
+    subprocess.run(command, check=True)
+    row: dict = json.loads(out.read_text())
+    row["processes"] = procs
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny configs on the CPU")
@@ -363,6 +415,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--fsdp-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cpu-offload", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--trl-fsdp-worker", help=argparse.SUPPRESS)  # run_trl_fsdp's processes
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
 
@@ -375,6 +429,12 @@ def main() -> int:
             print("no CUDA device: run with --dry-run on a CPU")
             return 2
         args.device, args.precision, shape = "cuda", "bf16", QWEN2_05B
+    if args.trl_fsdp_worker:
+        work = args.work
+        row = run_trl(work, work / "policy", work / "reward", args, args.trl_fsdp_worker, True)
+        if int(os.environ.get("RANK", "0")) == 0:
+            args.json.write_text(json.dumps(row))
+        return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.fsdp_worker:
         return fsdp_worker(args)
@@ -398,6 +458,8 @@ def main() -> int:
             results.append(run_fsdp(work, args, cpu_offload=True))
         for stage in ("sft", "reward_model", "dpo"):
             results.append(run_trl(work, policy, reward, args, stage))
+        for stage in ("sft", "reward_model", "dpo"):
+            results.append(run_trl_fsdp(work, args, stage))
     for row in results:
         print("  " + " | ".join(f"{k} {v}" for k, v in row.items()))
     if args.json:

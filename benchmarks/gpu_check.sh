@@ -11,7 +11,8 @@
 #                                          # side by side (benchmarks/bench_ppo.py)
 #   bash benchmarks/gpu_check.sh dry-run   # the same on the CPU at a tiny size (no installs)
 #
-# Budget on one H200: about 6 minutes for gpu_check.py, 3 for the side-by-side.
+# Budget on one H200: about 6 minutes for gpu_check.py (7 with the FSDP2 rows), 3 for the
+# side-by-side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=benchmarks/wheels
@@ -33,7 +34,7 @@ case "${1:-run}" in
   run)
     "$PY" -m pip install -q --no-index --find-links "$WHEELS" "datasets==$DATASETS" \
       "trl==$TRL_OURS" rlhfspec
-    timeout 420 "$PY" benchmarks/gpu_check.py --json gpu_check.json
+    timeout 480 "$PY" benchmarks/gpu_check.py --json gpu_check.json
     venv=/tmp/rlhfspec-trl112
     [ -x "$venv/bin/python" ] || "$PY" -m venv --system-site-packages "$venv"
     "$venv/bin/python" -m pip install -q --no-index --find-links "$WHEELS" --no-deps trl==1.12.0

@@ -23,7 +23,7 @@ from rlhfspec.compiler.diagnostics import json_path
 from rlhfspec.compiler.lockfile import criteria_hash, lock_path_for, read_lock
 from rlhfspec.compiler.memory import stage_memory
 from rlhfspec.compiler.schemas import PLAN_SCHEMA, SPEC_SCHEMA, load_schema
-from rlhfspec.compiler.semantic import iter_paths, used_base_models
+from rlhfspec.compiler.spec_paths import iter_paths, used_base_models
 
 PLAN_VERSION = 1
 PLAN_FORMAT = "rlhfspec.plan/1"
@@ -117,11 +117,12 @@ BUILTIN_CORPUS = ("prompts.sources", "annotation.responses", "sft.enabled", "sft
 BUILTIN_PREFIX = "builtin:"
 # Files a person adds to the run directory that a stage reads (human judgements).
 HUMAN_INPUTS: dict[str, list[str]] = {"select": ["eval/human_eval/judgements.jsonl"]}
-# Scratch a stage may write besides its outputs: training checkpoints for resume.
+# Scratch a stage may write besides its outputs: training checkpoints for resume, and the
+# tracking backends' local files (trackio keeps one folder for the run: runtime/train/scale.py)
 WORK: dict[str, list[str]] = {
-    "sft": ["sft/checkpoints", "tracking/sft"],
-    "reward_model": ["reward_model/checkpoints", "tracking/reward_model"],
-    "policy": ["tracking/policy"],
+    "sft": ["sft/checkpoints", "tracking/sft", "tracking/trackio"],
+    "reward_model": ["reward_model/checkpoints", "tracking/reward_model", "tracking/trackio"],
+    "policy": ["tracking/policy", "tracking/trackio"],
 }
 
 

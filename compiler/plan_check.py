@@ -27,7 +27,7 @@ from rlhfspec.compiler.compile import compile_spec
 from rlhfspec.compiler.diagnostics import format_text, json_path
 from rlhfspec.compiler.schema_check import Locator, unbounded_numbers
 from rlhfspec.compiler.schemas import PLAN_SCHEMA, SPEC_SCHEMA, load_schema
-from rlhfspec.compiler.semantic import check_path, iter_paths
+from rlhfspec.compiler.spec_paths import check_path, iter_paths
 
 MAX_PLAN_BYTES = 64 * 1024 * 1024
 MAX_LISTED = 20

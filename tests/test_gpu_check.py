@@ -1,5 +1,5 @@
 """The GPU check script, at its tiny CPU size (`--dry-run`): every run it would do on the GPU
-(PPO full and LoRA, SFT, reward model, DPO) builds, trains and reports its figures beside the
+(PPO full and LoRA, SFT, reward model, DPO, and the three under torchrun with FSDP2) builds, trains and reports its figures beside the
 compile-time memory estimate; the shell wrapper parses."""
 
 from __future__ import annotations
@@ -48,8 +48,15 @@ def test_dry_run_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
         "sft (2 steps)",
         "reward_model (2 steps)",
         "dpo (2 steps)",
+        "sft (2 steps, FSDP2)",
+        "reward_model (2 steps, FSDP2)",
+        "dpo (2 steps, FSDP2)",
     ]
     for row in rows:
         assert row["estimate GiB"] > 0 and row["peak GiB"] > 0
+    # under torchrun with the FSDP2 plugin; on the CPU accelerate leaves the model unsharded
+    # (docs/scale.md), on CUDA the script fails unless FSDP2 wrapped the modules
+    assert [r["processes"] for r in rows[-3:]] == [1, 1, 1]
+    assert all(r["sharded modules"] == 0 for r in rows[-6:])
     assert rows[0]["episodes/s"] > 0 and rows[0]["tokens/s"] > 0
     assert "Qwen2 policy" in done.stdout

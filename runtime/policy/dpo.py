@@ -331,7 +331,7 @@ def _dpo_config(
     import torch
     from trl import DPOConfig  # type: ignore[attr-defined]
 
-    from rlhfspec.runtime.train.scale import scale_args
+    from rlhfspec.runtime.train.scale import scale_args, tracking_args
 
     use_cpu = compute["device"] == "cpu" or not torch.cuda.is_available()
     world = launched_world_size()
@@ -346,7 +346,7 @@ def _dpo_config(
         world=world,
     )
     kwargs.update(scale_args(dict(compute), use_cpu, world))
-    kwargs.update(report_to=list(tracking.get("report_to", [])), run_name=tracking.get("run_name"))
+    kwargs.update(tracking_args(dict(tracking)))
     return DPOConfig(**kwargs), steps
 
 

@@ -113,7 +113,13 @@ def trainer_args(
 ) -> dict[str, Any]:
     """Arguments common to TRL's configs, from the spec's training block and the stage's
     compute and tracking settings (`rlhfspec.runtime.train.scale`)."""
-    from rlhfspec.runtime.train.scale import group, per_device, scale_args, stage_compute
+    from rlhfspec.runtime.train.scale import (
+        group,
+        per_device,
+        scale_args,
+        stage_compute,
+        tracking_args,
+    )
 
     cpu = use_cpu(ctx)
     compute = stage_compute(ctx)
@@ -138,8 +144,7 @@ def trainer_args(
         "bf16": precision == "bf16" and not cpu,
         "fp16": precision == "fp16" and not cpu,
         **scale_args(compute, cpu, world),
-        "report_to": (tracking or {}).get("report_to", []),
-        "run_name": (tracking or {}).get("run_name"),
+        **tracking_args(tracking or {}),
         "save_strategy": "steps",
         "save_steps": save_steps,
         "save_total_limit": 2,

@@ -153,12 +153,56 @@ def quantization(compute: dict[str, Any]) -> Any:
 
 
 def tracking_dir(ctx: StageContext) -> Path:
+    """The stage's local tracking folder: ``tracking/<stage>/``, except trackio's, which is
+    one folder for the whole run (``tracking/trackio/``: trackio fixes its directory when it
+    is first imported, so every stage of a process writes to the same one; stages are runs
+    of the project there)."""
+    if ctx.settings["tracking"]["backend"] == "trackio":
+        return ctx.path("tracking/trackio")
     return ctx.path(f"tracking/{ctx.stage['name']}")
 
 
 def tracking_run_id(ctx: StageContext) -> str:
     """A run id the backends accept: the run directory's name and the stage."""
     return re.sub(r"[^A-Za-z0-9_-]", "-", f"{ctx.run_dir.name}-{ctx.stage['name']}")
+
+
+def _backend_env(
+    backend: str, folder: Path, project: str, name: str, run_id: str, offline: bool
+) -> dict[str, str]:
+    """The variables each integration reads (transformers' callbacks and the clients)."""
+    env: dict[str, str] = {}
+    if backend == "tensorboard":
+        env["TENSORBOARD_LOGGING_DIR"] = str(folder)
+    elif backend == "wandb":
+        env.update(WANDB_PROJECT=project, WANDB_RUN_ID=run_id, WANDB_NAME=name)
+        env.update(WANDB_DIR=str(folder), WANDB_RESUME="allow", WANDB_SILENT="true")
+        if offline:
+            env["WANDB_MODE"] = "offline"
+    elif backend == "mlflow":
+        env.update(MLFLOW_EXPERIMENT_NAME=project, MLFLOW_RUN_NAME=name)
+        if offline:
+            # a local file store: MLflow 3 keeps it in maintenance mode and refuses it unless
+            # allowed; its SQL store needs SQLAlchemy, which mlflow-skinny does not ship
+            env["MLFLOW_TRACKING_URI"] = (folder / "mlruns").resolve().as_uri()
+            env["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    elif backend == "trackio":
+        env["TRACKIO_PROJECT"] = project
+        if offline:
+            env["TRACKIO_DIR"] = str(folder)
+    return env
+
+
+def _trackio_dir(folder: Path, log: Any) -> Path:
+    """Where trackio writes: its directory is fixed when trackio is first imported, so a
+    process that imported it before (with another TRACKIO_DIR) keeps that one."""
+    import sys
+
+    module = sys.modules.get("trackio.utils")
+    actual = Path(module.TRACKIO_DIR) if module is not None else folder
+    if actual.resolve() != folder.resolve():
+        log(f"trackio was imported earlier in this process and writes to {actual}")
+    return actual
 
 
 @contextmanager
@@ -179,26 +223,12 @@ def tracking_env(ctx: StageContext) -> Iterator[dict[str, Any]]:
     name = f"{settings.get('run_name') or ctx.run_dir.name}-{ctx.stage['name']}"
     run_id = tracking_run_id(ctx)
     offline = settings["mode"] == "offline"
-    env: dict[str, str] = {}
-    if backend == "tensorboard":
-        env["TENSORBOARD_LOGGING_DIR"] = str(folder)
-    elif backend == "wandb":
-        env.update(WANDB_PROJECT=project, WANDB_RUN_ID=run_id, WANDB_NAME=name)
-        env.update(WANDB_DIR=str(folder), WANDB_RESUME="allow", WANDB_SILENT="true")
-        if offline:
-            env["WANDB_MODE"] = "offline"
-    elif backend == "mlflow":
-        env.update(MLFLOW_EXPERIMENT_NAME=project, MLFLOW_RUN_NAME=name)
-        if offline:
-            env["MLFLOW_TRACKING_URI"] = (folder / "mlruns").resolve().as_uri()
-    elif backend == "trackio":
-        env["TRACKIO_PROJECT"] = project
-        if offline:
-            env["TRACKIO_DIR"] = str(folder)
+    env = _backend_env(backend, folder, project, name, run_id, offline)
     saved = {k: os.environ.get(k) for k in env}
     if group().is_main:
         folder.mkdir(parents=True, exist_ok=True)
     os.environ.update(env)
+    where = _trackio_dir(folder, ctx.log) if backend == "trackio" and offline else folder
     try:
         yield {
             "backend": backend,
@@ -207,7 +237,9 @@ def tracking_env(ctx: StageContext) -> Iterator[dict[str, Any]]:
             "run_name": name,
             "run_id": run_id,
             "mode": settings["mode"],
-            "dir": folder.relative_to(ctx.run_dir).as_posix(),
+            "dir": where.relative_to(ctx.run_dir).as_posix()
+            if where.is_relative_to(ctx.run_dir)
+            else str(where),
         }
     finally:
         for key, value in saved.items():
@@ -217,14 +249,37 @@ def tracking_env(ctx: StageContext) -> Iterator[dict[str, Any]]:
                 os.environ[key] = value
 
 
+def tracking_args(info: dict[str, Any]) -> dict[str, Any]:
+    """TrainingArguments for the tracking backend: TRL's ``report_to``, the run name, and
+    trackio's project (transformers reads it from the arguments, not the environment)."""
+    out: dict[str, Any] = {"report_to": info.get("report_to", []), "run_name": info.get("run_name")}
+    if info.get("backend") == "trackio":
+        out["project"] = info["project"]
+    return out
+
+
 def finish_tracking(info: dict[str, Any]) -> None:
-    """Flush a W&B run TRL's callback opened (main process) before the stage's outputs are
-    recorded; TRL's other integrations close their runs at the end of training."""
-    if info["backend"] == "wandb" and group().is_main:
+    """After training, inside `tracking_env` (main process): flush the W&B run TRL's callback
+    opened before the stage's outputs are recorded (TRL's other integrations close their
+    runs at the end of training), and add MLflow's own run id (MLflow makes it up; ours is
+    its run name) to `info` for lineage."""
+    if not group().is_main:
+        return
+    if info["backend"] == "wandb":
         import wandb
 
         if wandb.run is not None:
             wandb.finish()
+    elif info["backend"] == "mlflow":
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()  # MLFLOW_TRACKING_URI of the stage's environment
+        experiment = client.get_experiment_by_name(info["project"])
+        runs = [] if experiment is None else client.search_runs([experiment.experiment_id])
+        named = [r for r in runs if r.info.run_name == info["run_name"]]
+        if named:
+            newest = max(named, key=lambda r: r.info.start_time or 0)
+            info["backend_run_id"] = newest.info.run_id
 
 
 def lineage_record(info: dict[str, Any]) -> dict[str, Any]:

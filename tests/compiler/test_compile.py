@@ -122,6 +122,7 @@ def test_plan_round_trips(tmp_path: Path) -> None:
     assert stages["reward_model"]["work"] == [
         "reward_model/checkpoints",
         "tracking/reward_model",
+        "tracking/trackio",
     ]
 
 

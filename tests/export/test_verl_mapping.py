@@ -34,7 +34,7 @@ def schema_leaves(schema: dict[str, Any], prefix: str) -> list[str]:
 
 
 def test_every_policy_and_compute_setting_has_a_rule() -> None:
-    """A setting added to the schema must get a row in compiler/targets/verl_rules.py (or the
+    """A setting added to the schema must get a row in compiler/targets/verl_rules/ (or the
     export refuses it); this test names the ones missing."""
     schema = load_schema(SPEC_SCHEMA)
     settings = []
@@ -46,7 +46,7 @@ def test_every_policy_and_compute_setting_has_a_rule() -> None:
         settings += schema_leaves(node, dotted)
     assert {"seed", "policy.kl.coef", "compute.num_processes"} <= set(settings)
     missing = [s for s in settings if rule_for(s) is None]
-    assert not missing, "add a rule in compiler/targets/verl_rules.py for: " + ", ".join(missing)
+    assert not missing, "add a rule in compiler/targets/verl_rules/ for: " + ", ".join(missing)
 
 
 def with_export(spec: Path, acks: dict[str, str], extra: str = "") -> Path:
