@@ -10,7 +10,10 @@ has its own ``text``. No torch here: the compiler's and the runtime's checks sha
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from rlhfspec.common.jsonl import read_objects, refusal
 
 ROLES = ("system", "user", "assistant")
 #: How a role is labelled in a transcript (and in the plain model format, runtime/train/formatting.py).
@@ -71,3 +74,14 @@ def row_messages(row: Mapping[str, Any]) -> list[dict[str, str]] | None:
     if not messages:
         return None
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def check_messages_file(path: Path, display: str) -> None:
+    """Refuse a JSONL file (SFT demonstrations, rows to score) whose ``messages`` fields are
+    not well-formed conversations, naming file, line and problem."""
+    problems: list[str] = []
+    for number, row in read_objects(path, display, problems):
+        if "messages" in row and (problem := messages_problem(row["messages"])):
+            problems.append(f"{display}: line {number}: field 'messages': {problem}")
+    if problems:
+        raise refusal(f"{display} refused", problems)

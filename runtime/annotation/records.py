@@ -405,6 +405,9 @@ def read_label_studio(
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             out.problems.append(RowProblem(display, task_where, "data", _no_data(task)))
             continue
+        if task_map is None and not OUR_DATA.intersection(task["data"]):
+            out.problems.append(RowProblem(display, task_where, "data", _not_ours(task["data"])))
+            continue
         if task_map is not None:
             mapped, problems = task_map.data(task["data"])
             out.problems.extend(RowProblem(display, task_where, f, m) for f, m in problems)
@@ -421,6 +424,20 @@ def read_label_studio(
             _ls_annotation(out, task, t_index, ann, where, criteria_version, resolve, aliases)
     assign_sessions(out.records)
     return out
+
+
+OUR_DATA = frozenset(("task_id", "item_id", "prompt_id", "response_a", "response_b"))
+"""Task data fields of which a task made by `rlhfspec tasks` (or by hand for us) has some."""
+
+
+def _not_ours(data: dict[str, Any]) -> str:
+    """A task with none of our ids: most likely a project made from a stock template."""
+    fields = ", ".join(sorted(map(str, data))[:8]) or "none"
+    return (
+        f"has none of task_id, item_id, prompt_id, response_a, response_b (its fields: {fields}); "
+        "an export of a project made from a stock Label Studio template is read with "
+        "`format: label_studio_pairwise` (and `fields` naming its prompt and answer fields)"
+    )
 
 
 def _no_data(task: Any) -> str:

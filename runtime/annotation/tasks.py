@@ -160,7 +160,7 @@ class TaskSummary:
             f" + {d['gold_tasks']} gold tasks = {d['tasks']} tasks",
             f"skipped: {s['holdout_prompts']} holdout prompt(s), {s['unknown_prompts']} unknown prompt id(s) "
             f"({s['unknown_prompt_responses']} responses), {s['single_system_prompts']} prompt(s) with fewer than "
-            f"2 systems, {s['gold_duplicate_pairs']} drawn pair(s) skipped as already gold, {s['over_limit']} over --limit",
+            f"2 systems, {s['gold_duplicate_pairs']} drawn pair(s) skipped as already gold or calibration, {s['over_limit']} over --limit",
         ]
         for name, a in d["per_annotator"].items():
             lines.append(
@@ -189,6 +189,9 @@ class _Plan:
     names: list[str]
     gold_share: tuple[float, float] | None
     dimensions: tuple[str, ...]
+    calibration_pairs: frozenset[frozenset[str]] = frozenset()
+    """Response pairs of the calibration set: never drawn as live items, since an annotator
+    who calibrated on a pair knows its answer."""
 
     def shown(self, response_id: str) -> str:
         if not self.blind:
@@ -263,7 +266,18 @@ def _plan(project: Project, annotators: Sequence[str], batch: str | None) -> _Pl
         names=sorted(names),
         gold_share=(float(gold["share"][0]), float(gold["share"][1])) if gold else None,
         dimensions=asked_dimensions(spec),
+        calibration_pairs=_calibration_pairs(project),
     )
+
+
+def _calibration_pairs(project: Project) -> frozenset[frozenset[str]]:
+    block = project.spec["annotation"].get("calibration")
+    if not block:
+        return frozenset()
+    rows = _read_jsonl(
+        project.path(block["path"]), block["path"], GOLD_FIELDS, "calibration items", "item_id"
+    )
+    return frozenset(frozenset((row["response_a"], row["response_b"])) for _, row in rows)
 
 
 @dataclass
@@ -352,6 +366,7 @@ def _draw_items(
 ) -> list[_Item]:
     """`pairs_per_prompt` seeded system pairs per prompt, never a pair that is already gold."""
     gold_pairs = {frozenset((g.first["id"], g.second["id"])) for g in gold_items}
+    gold_pairs |= plan.calibration_pairs
     items: list[_Item] = []
     counts["outside_focus_prompts"] = len(pool.outside_focus)
     for prompt in pool.focused:  # prompts.focus narrows annotation to a high-value subset
@@ -368,7 +383,7 @@ def _draw_items(
                 break
             first, second = rng.choice(systems[one]), rng.choice(systems[two])
             if frozenset((first["id"], second["id"])) in gold_pairs:
-                counts["gold_duplicate_pairs"] += 1  # the annotator would see the same pair twice
+                counts["gold_duplicate_pairs"] += 1  # seen as gold or in calibration already
                 continue
             taken += 1
             first, second = sorted((first, second), key=lambda r: plan.shown(r["id"]))

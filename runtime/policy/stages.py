@@ -256,23 +256,13 @@ def _train_ppo(
 def _train_dpo(ctx: StageContext, start: Path, metadata: dict[str, Any], chat: ChatFormat) -> Any:
     """DPO from `start` on the aggregated preference pairs (the start is also the reference)."""
     from rlhfspec.runtime.policy.dpo import train_dpo
-    from rlhfspec.runtime.train.common import read_pairs
     from rlhfspec.runtime.train.scale import finish_tracking, lineage_record, tracking_env
 
-    pairs = [
-        {
-            "prompt": p["prompt"],
-            "chosen": p["chosen"],
-            "rejected": p["rejected"],
-            **({"messages": p["messages"]} if p.get("messages") else {}),
-        }
-        for p in read_pairs(ctx)
-    ]
     with tracking_env(ctx) as tracking:
         summary: dict[str, Any] = train_dpo(
             start,
             start,
-            pairs,
+            _dpo_pairs(ctx),
             ctx.settings["policy"],
             chat=chat,
             seed=int(ctx.settings["seed"]),
@@ -286,6 +276,14 @@ def _train_dpo(ctx: StageContext, start: Path, metadata: dict[str, Any], chat: C
         finish_tracking(tracking)
     summary["tracking"] = lineage_record(tracking)
     return summary
+
+
+def _dpo_pairs(ctx: StageContext) -> list[dict[str, Any]]:
+    """The preference pairs' texts (and a multi-turn prompt's messages) for DPO."""
+    from rlhfspec.runtime.train.common import read_pairs
+
+    keep = ("prompt", "chosen", "rejected", "messages")
+    return [{k: p[k] for k in keep if p.get(k) is not None} for p in read_pairs(ctx)]
 
 
 def _ppo_compute_record(ctx: StageContext, result: Any) -> dict[str, Any]:

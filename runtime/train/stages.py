@@ -17,6 +17,7 @@ from typing import Any
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
 from rlhfspec.common.hashing import sha256_file
+from rlhfspec.common.prompt_messages import check_messages_file
 from rlhfspec.common.templating import markdown_inline as md
 from rlhfspec.runtime.annotation.aggregate import read_jsonl_rows
 from rlhfspec.runtime.prompts.pool import HOLDOUT_FILE, pool_with_holdout, read_holdout
@@ -129,6 +130,7 @@ def _demonstrations(ctx: StageContext, data: str) -> list[dict[str, Any]]:
     """The SFT rows to train on: outside the production holdout, inside `prompts.focus`."""
     holdout = read_holdout(ctx.upstream(HOLDOUT_FILE))
     held = {row["id"] for row in holdout}
+    check_messages_file(ctx.project.path(data), data)  # multi-turn prompts: well formed
     rows = [
         r
         for r in read_jsonl_rows(ctx.project.path(data), data, ("prompt", "response"))
@@ -216,13 +218,7 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
     fmt = stage_format(ctx, tokenizer)
     max_length = int(cfg["train"]["max_length"])
     kept, too_long = fit_pairs(fmt, tokenizer, train, max_length)
-    if too_long:
-        ctx.log(f"{too_long} training pair(s) longer than max_length {max_length} tokens left out")
-    if not kept:
-        raise RunError(
-            f"all {too_long} training pairs are longer than reward_model.train.max_length "
-            f"({max_length} tokens) as the chat template formats them; raise max_length"
-        )
+    _report_fit(ctx, len(kept), too_long, max_length)
     checkpoints = ctx.path("reward_model/checkpoints")
     fresh_checkpoints(ctx, checkpoints)
     steps = steps_for(len(kept), cfg["train"])
@@ -278,6 +274,17 @@ def reward_model_stage(ctx: StageContext) -> StageOutcome:
     if not group().is_main:
         return StageOutcome([], {})
     return apply_gates(ctx, _reward_outcome(ctx, metadata, metrics, holdout_scores, gates))
+
+
+def _report_fit(ctx: StageContext, kept: int, too_long: int, max_length: int) -> None:
+    """Say how many training pairs max_length left out; refuse when none is left."""
+    if too_long:
+        ctx.log(f"{too_long} training pair(s) longer than max_length {max_length} tokens left out")
+    if not kept:
+        raise RunError(
+            f"all {too_long} training pairs are longer than reward_model.train.max_length "
+            f"({max_length} tokens) as the chat template formats them; raise max_length"
+        )
 
 
 def _reward_start(

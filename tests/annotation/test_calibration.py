@@ -171,3 +171,26 @@ def test_example_calibration_set_is_right_and_apart_from_gold_and_live_items() -
         assert truth_choice(a, b)[0] == item["preferred"], item["item_id"]
         assert frozenset((item["response_a"], item["response_b"])) not in used
         assert item["rationale"].strip()
+
+
+def test_calibration_pairs_are_never_drawn_as_live_items(tmp_path: Path) -> None:
+    spec = project_copy(tmp_path, PLACEHOLDER, calibration=True)
+    out = tmp_path / "tasks"
+    generate_tasks(
+        load_project(spec), EXAMPLE / "data" / "responses.jsonl", out, annotators=ANNOTATORS
+    )
+    key = json.loads((out / "unblinding_key.json").read_text())
+    drawn = {frozenset((t["response_a"], t["response_b"])) for t in key["tasks"].values()}
+    items = [json.loads(line) for line in CALIBRATION.read_text().splitlines()]
+    calibration = {frozenset((i["response_a"], i["response_b"])) for i in items}
+    assert drawn and not drawn & calibration
+    # without the calibration block the same seed draws some of those pairs
+    plain = project_copy(tmp_path / "plain", PLACEHOLDER)
+    generate_tasks(
+        load_project(plain), EXAMPLE / "data" / "responses.jsonl", tmp_path / "t2",
+        annotators=ANNOTATORS,
+    )  # fmt: skip
+    key = json.loads((tmp_path / "t2" / "unblinding_key.json").read_text())
+    assert {
+        frozenset((t["response_a"], t["response_b"])) for t in key["tasks"].values()
+    } & calibration

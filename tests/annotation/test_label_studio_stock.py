@@ -219,3 +219,18 @@ def test_a_multi_turn_prompt_matches_by_messages_or_transcript(tmp_path: Path) -
     records = load_records(load_project(spec))
     assert [r["prompt_id"] for r in records[:2]] == [rows[0]["id"], rows[1]["id"]]
     assert votes(spec) == expected(RLHF, ("answer1", "answer2"))
+
+
+def test_a_stock_export_listed_as_our_format_says_which_format_to_use(tmp_path: Path) -> None:
+    spec = stock_spec(tmp_path, {"rlhf": (RLHF, "")})
+    text = spec.read_text(encoding="utf-8").replace(
+        "format: label_studio_pairwise", "format: label_studio"
+    )
+    spec.write_text(text, encoding="utf-8")
+    with pytest.raises(RunError) as caught:
+        load_records(load_project(spec))
+    message = str(caught.value)
+    assert "task 1 (id 1): field 'data': has none of task_id, item_id" in message
+    assert "(its fields: answer1, answer2, prompt)" in message
+    assert "`format: label_studio_pairwise`" in message
+    assert message.count("field 'data.") == 0  # one problem per task, not one per field

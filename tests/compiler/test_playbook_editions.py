@@ -228,3 +228,26 @@ def test_hostile_guidance_in_a_spec_stays_text_in_every_edition(tmp_path: Path) 
         text = result.files[name].decode()
         assert "<script" not in text and "<img" not in text, name
         assert "javascript:" not in text if name.endswith(".md") else 'href="javascript' not in text
+
+
+def test_playbook_explains_the_per_dimension_judgements(example: dict[str, str]) -> None:
+    for name in ("playbook.md", "playbook.html"):
+        text = example[name]
+        assert "compare the two responses on each of these dimensions on its own: " in text
+        assert "Accuracy, Helpfulness, Tone, Conciseness." in text, name
+        assert "leave one blank only if you cannot tell" in text, name  # mode: optional
+
+
+def test_per_dimension_paragraph_follows_the_mode(tmp_path: Path) -> None:
+    spec = _tiny_spec(tmp_path, V1)
+    text = spec.read_text(encoding="utf-8").replace(
+        "annotation:\n",
+        "annotation:\n  dimension_judgements: {mode: required, dimensions: [tone]}\n",
+    )
+    spec.write_text(text, encoding="utf-8")
+    required = compile_spec(spec, tmp_path / "a").files["playbook.md"].decode()
+    assert "on this dimension on its own: Tone. " in required
+    assert "answer every one of them on every task" in required
+    spec.write_text(text.replace("mode: required", 'mode: "off"'), encoding="utf-8")
+    off = compile_spec(spec, tmp_path / "b").files["playbook.md"].decode()
+    assert "on its own" not in off

@@ -162,3 +162,16 @@ def test_multi_turn_prompts_declared_out_of_scope_are_flagged(tmp_path: Path) ->
     )
     spec.write_text(text)
     assert "PR013" not in [f.code for f in check_prompts(load_project(spec)).findings]
+
+
+def test_bad_messages_in_demonstrations_are_a_located_error(tmp_path: Path) -> None:
+    from rlhfspec.common.prompt_messages import check_messages_file
+
+    path = tmp_path / "demonstrations.jsonl"
+    good = {"prompt": "p", "response": "r", "messages": CONVERSATION}
+    bad = {"prompt": "p", "response": "r", "messages": CONVERSATION[:3]}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(RunError, match="demos.jsonl: line 2: field 'messages': the last turn"):
+        check_messages_file(path, "demos.jsonl")
+    path.write_text(json.dumps(good) + "\n")
+    check_messages_file(path, "demos.jsonl")
