@@ -316,6 +316,10 @@ after = accelerator.unwrap_model(model).state_dict()
 delta = {k: (after[k] - before[k]).tolist() for k in before}
 with open(f"{sys.argv[1]}/rank{group.rank}.json", "w") as handle:
     json.dump(delta, handle)
+# leave together: a rank exiting with the gloo group alive can abort the other at exit
+# ("terminate called without an active exception"), as the launch entry avoids too
+group.barrier()
+torch.distributed.destroy_process_group()
 """
 
 #: One minibatch of the whole batch, clipping off: the step is the plain gradient step.
