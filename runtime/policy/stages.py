@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
@@ -34,6 +34,9 @@ from rlhfspec.runtime.prompts.pool import (
     read_holdout,
 )
 from rlhfspec.runtime.stage_api import Gate, StageContext, StageOutcome, apply_gates
+
+if TYPE_CHECKING:  # the stages import training modules only when they train
+    from rlhfspec.runtime.train.formatting import ChatFormat
 
 CHECKPOINT_INDEX = "models/policy/checkpoints.json"
 CHECKPOINT_INDEX_FORMAT = "rlhfspec.checkpoint_index/1"
@@ -202,43 +205,56 @@ def train_policy(
 
     spec = ctx.settings
     policy = spec["policy"]
-    out_dir = ctx.path("models/policy")
     chat = stage_format(ctx, load_tokenizer(start, trust_remote_code=policy["trust_remote_code"]))
     metadata["chat_template"] = chat.record()
     if policy["method"] == "ppo":
-        from rlhfspec.runtime.policy.ppo import PPOSettings, train_ppo
-        from rlhfspec.runtime.train.scale import MetricsTracker, group, tracking_env
+        return _train_ppo(ctx, prompts, start, metadata, chat)
+    return _train_dpo(ctx, start, metadata, chat)
 
-        compute = ctx.stage["compute"]
-        settings = PPOSettings.from_spec(
-            policy,
-            int(spec["seed"]),
-            cpu=True if compute["device"] == "cpu" else None,
-            mixed_precision=str(compute["mixed_precision"]),
-            gradient_checkpointing=bool(compute["gradient_checkpointing"]),
-            lora=_ppo_lora(compute),
-            strategy=str(compute["strategy"]),
-            cpu_offload=bool(compute["fsdp"]["cpu_offload"]),
-        )
-        with tracking_env(ctx) as tracking:
-            tracker = MetricsTracker(tracking, ctx.run_dir, group().is_main)
-            try:
-                result = train_ppo(
-                    start,
-                    start,
-                    ctx.upstream("models/reward_model"),
-                    prompts,
-                    settings,
-                    out_dir,
-                    chat=chat,
-                    resume=ctx.resume,
-                    log=ctx.log,
-                    metadata=metadata,
-                    on_update=lambda row: tracker.log(int(row["update"]), row),
-                )
-            finally:
-                tracker.close()
-        return result
+
+def _train_ppo(
+    ctx: StageContext, prompts: list[Any], start: Path, metadata: dict[str, Any], chat: ChatFormat
+) -> Any:
+    """PPO from `start` against the run's reward model, with the stage's compute settings."""
+    from rlhfspec.runtime.policy.ppo import PPOSettings, train_ppo
+    from rlhfspec.runtime.train.scale import MetricsTracker, group, tracking_env
+
+    spec = ctx.settings
+    policy = spec["policy"]
+    compute = ctx.stage["compute"]
+    settings = PPOSettings.from_spec(
+        policy,
+        int(spec["seed"]),
+        cpu=True if compute["device"] == "cpu" else None,
+        mixed_precision=str(compute["mixed_precision"]),
+        gradient_checkpointing=bool(compute["gradient_checkpointing"]),
+        lora=_ppo_lora(compute),
+        strategy=str(compute["strategy"]),
+        cpu_offload=bool(compute["fsdp"]["cpu_offload"]),
+    )
+    with tracking_env(ctx) as tracking:
+        tracker = MetricsTracker(tracking, ctx.run_dir, group().is_main)
+        try:
+            result = train_ppo(
+                start,
+                start,
+                ctx.upstream("models/reward_model"),
+                prompts,
+                settings,
+                ctx.path("models/policy"),
+                chat=chat,
+                resume=ctx.resume,
+                log=ctx.log,
+                metadata=metadata,
+                on_update=lambda row: tracker.log(int(row["update"]), row),
+            )
+        finally:
+            tracker.close()
+    return result
+
+
+def _train_dpo(ctx: StageContext, start: Path, metadata: dict[str, Any], chat: ChatFormat) -> Any:
+    """DPO from `start` on the aggregated preference pairs (the start is also the reference)."""
     from rlhfspec.runtime.policy.dpo import train_dpo
     from rlhfspec.runtime.train.scale import finish_tracking, lineage_record, tracking_env
 
@@ -247,10 +263,10 @@ def train_policy(
             start,
             start,
             _dpo_pairs(ctx),
-            policy,
+            ctx.settings["policy"],
             chat=chat,
-            seed=int(spec["seed"]),
-            out_dir=out_dir,
+            seed=int(ctx.settings["seed"]),
+            out_dir=ctx.path("models/policy"),
             resume=ctx.resume,
             log=ctx.log,
             metadata=metadata,
