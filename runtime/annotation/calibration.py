@@ -27,20 +27,21 @@ from rlhfspec.common.errors import RunError
 from rlhfspec.common.jsonl import refusal
 from rlhfspec.runtime.annotation.blinding import Unblinder
 from rlhfspec.runtime.annotation.records import SKIP_HINT, Resolve, read_batches
-from rlhfspec.runtime.annotation.tasks import (
+from rlhfspec.runtime.annotation.task_inputs import (
     GOLD_CHOICES,
     GOLD_FIELDS,
+    Item,
+    gold_item,
+    read_rows,
+)
+from rlhfspec.runtime.annotation.task_plan import make_plan, require_locked_criteria
+from rlhfspec.runtime.annotation.tasks import (
     TaskSummary,
     _annotator_tasks,
     _flips,
-    _gold_item,
-    _Item,
-    _plan,
-    _read_jsonl,
     _rng,
     _session_sizes,
     _write,
-    require_locked_criteria,
 )
 from rlhfspec.runtime.project import Project
 
@@ -54,7 +55,7 @@ def batch_id(version: str) -> str:
 def _rows(project: Project) -> list[dict[str, Any]]:
     """The calibration items; a bad row refuses the file whole (with its line)."""
     display = project.spec["annotation"]["calibration"]["path"]
-    rows = _read_jsonl(project.path(display), display, GOLD_FIELDS, "calibration items", "item_id")
+    rows = read_rows(project.path(display), display, GOLD_FIELDS, "calibration items", "item_id")
     problems = [
         f"{display}: line {n}: field 'preferred': must be A, B or tie, got {row['preferred']!r}"
         for n, row in rows
@@ -85,9 +86,9 @@ def write_calibration(
     cfg = project.spec["annotation"].get("calibration")
     if not cfg:
         return None
-    plan = _plan(project, annotators, None)
+    plan = make_plan(project, annotators, None)
     plan = replace(plan, batch=batch_id(plan.version), gold_share=None)
-    items: list[_Item] = [_gold_item(row, {}, "calibration") for row in _rows(project)]
+    items: list[Item] = [gold_item(row, {}, "calibration") for row in _rows(project)]
     tasks: list[dict[str, Any]] = []
     per: dict[str, Any] = {}
     for name in plan.names:

@@ -47,27 +47,20 @@ from typing import Any
 
 from rlhfspec.common.errors import RunError
 from rlhfspec.common.fileio import atomic_write_text
-from rlhfspec.common.jsonl import missing_strings, read_objects, refusal
-from rlhfspec.compiler.lockfile import criteria_hash, lock_path_for, read_lock
+from rlhfspec.common.jsonl import read_objects, refusal
 from rlhfspec.runtime.annotation.blinding import KEY_FORMAT, opaque_id
 from rlhfspec.runtime.annotation.label_studio import write_label_studio
-from rlhfspec.runtime.annotation.qc_model import asked_dimensions
+from rlhfspec.runtime.annotation.task_inputs import (
+    Item,
+    Responses,
+    read_gold,
+    read_responses,
+)
+from rlhfspec.runtime.annotation.task_plan import TaskPlan, make_plan, require_locked_criteria
 from rlhfspec.runtime.project import Project
 from rlhfspec.runtime.prompts.pool import load_prompt_pool
 
 MAX_LISTED = 20
-RESPONSE_FIELDS = ("id", "prompt_id", "system", "text")
-GOLD_FIELDS = (
-    "item_id",
-    "prompt_id",
-    "prompt",
-    "response_a",
-    "response_b",
-    "text_a",
-    "text_b",
-    "preferred",
-)
-GOLD_CHOICES = ("A", "B", "tie")
 
 
 def _rng(seed: int, *parts: str) -> random.Random:
@@ -91,42 +84,6 @@ def gold_count(regular: int, share: tuple[float, float], available: int) -> int:
         if best is None or key < best:
             best = key
     return best[2] if best else 0
-
-
-def _read_jsonl(
-    path: Path, display: str, required: tuple[str, ...], what: str, unique: str
-) -> list[tuple[int, dict[str, Any]]]:
-    """Rows with every required field a non-empty string; one RunError lists the bad ones."""
-    problems: list[str] = []
-    rows: list[tuple[int, dict[str, Any]]] = []
-    seen: dict[str, int] = {}
-    for number, row in read_objects(path, display, problems):
-        bad = missing_strings(row, required)
-        problems.extend(f"{display}: line {number}: field '{f}': {m}" for f, m in bad)
-        if bad:
-            continue
-        if row[unique] in seen:
-            problems.append(
-                f"{display}: line {number}: field '{unique}': '{row[unique]}' already used "
-                f"at line {seen[row[unique]]}"
-            )
-            continue
-        seen[row[unique]] = number
-        rows.append((number, row))
-    if problems:
-        raise refusal(f"{what} refused", problems)
-    return rows
-
-
-@dataclass
-class _Item:
-    item_id: str
-    prompt_id: str
-    prompt: str
-    first: dict[str, Any]  # canonical order: the gold file's, or sorted by shown id
-    second: dict[str, Any]
-    gold: bool
-    kind: str
 
 
 @dataclass
@@ -173,201 +130,18 @@ class TaskSummary:
         return "\n".join(lines) + "\n"
 
 
-@dataclass
-class _Plan:
-    """The spec's annotation settings as `generate_tasks` uses them."""
-
-    seed: int
-    version: str
-    batch: str
-    per_item: int
-    blind: bool
-    randomize: bool
-    minutes: float
-    session_max: float
-    per_session: int
-    names: list[str]
-    gold_share: tuple[float, float] | None
-    dimensions: tuple[str, ...]
-    calibration_pairs: frozenset[frozenset[str]] = frozenset()
-    """Response pairs of the calibration set: never drawn as live items, since an annotator
-    who calibrated on a pair knows its answer."""
-
-    def shown(self, response_id: str) -> str:
-        if not self.blind:
-            return response_id
-        return opaque_id(self.seed, "response", response_id, prefix="resp")
-
-    def shown_item(self, item: _Item) -> str:
-        """Ordinary item ids are opaque already; a gold item's id (`gold-043`) would say so."""
-        return (
-            opaque_id(self.seed, "item", "gold", item.item_id, prefix="item")
-            if item.gold
-            else item.item_id
-        )
-
-
-def require_locked_criteria(project: Project) -> None:
-    """Tasks only from criteria the lock file records, content and version both.
-
-    Annotators label against a version; if that version is not locked, nothing proves later
-    which criteria the labels followed.
-    """
-    criteria = project.spec["criteria"]
-    lock = lock_path_for(project.spec_path)
-    hint = f"run `rlhfspec lock {project.display}` and commit the lock file"
-    if not lock.exists():
-        raise RunError(f"{project.display}: the criteria are not locked (no {lock.name}); {hint}")
-    entries = {e.version: e for e in read_lock(lock)}
-    entry = entries.get(str(criteria["version"]))
-    if entry is None or entry.sha256 != criteria_hash(criteria):
-        raise RunError(
-            f"{project.display}: criteria version {criteria['version']} is "
-            + ("not in the lock file" if entry is None else "changed since it was locked")
-            + f"; {hint}"
-        )
-
-
-def _plan(project: Project, annotators: Sequence[str], batch: str | None) -> _Plan:
-    spec = project.spec
-    ann = spec["annotation"]
-    names = list(annotators)
-    if any(not isinstance(a, str) or not a.strip() for a in names):
-        raise RunError("annotator ids must be non-empty strings")
-    dupes = sorted(a for a, c in Counter(names).items() if c > 1)
-    if dupes:
-        raise RunError(f"annotator(s) listed twice: {', '.join(dupes)}")
-    per_item = int(ann["annotators_per_item"])
-    if len(names) < per_item:
-        raise RunError(
-            f"annotation.annotators_per_item is {per_item} but only {len(names)} annotator(s) "
-            f"were given; every item needs {per_item} distinct annotators"
-        )
-    minutes = float(ann["minutes_per_task"])
-    session_max = float(ann["session_max_minutes"])
-    per_session = math.floor(session_max / minutes + 1e-9)
-    if per_session < 1:
-        raise RunError(
-            f"one task takes {minutes:g} minutes, longer than a session "
-            f"(annotation.session_max_minutes = {session_max:g})"
-        )
-    gold = ann.get("gold")
-    version = str(spec["criteria"]["version"])
-    return _Plan(
-        seed=project.seed,
-        version=version,
-        batch=batch or f"tasks-{version}",
-        per_item=per_item,
-        blind=bool(ann["blind"]),
-        randomize=bool(ann["randomize_order"]),
-        minutes=minutes,
-        session_max=session_max,
-        per_session=per_session,
-        names=sorted(names),
-        gold_share=(float(gold["share"][0]), float(gold["share"][1])) if gold else None,
-        dimensions=asked_dimensions(spec),
-        calibration_pairs=_calibration_pairs(project),
-    )
-
-
-def _calibration_pairs(project: Project) -> frozenset[frozenset[str]]:
-    block = project.spec["annotation"].get("calibration")
-    if not block:
-        return frozenset()
-    rows = _read_jsonl(
-        project.path(block["path"]), block["path"], GOLD_FIELDS, "calibration items", "item_id"
-    )
-    return frozenset(frozenset((row["response_a"], row["response_b"])) for _, row in rows)
-
-
-@dataclass
-class _Responses:
-    rows: list[tuple[int, dict[str, Any]]]
-    by_prompt: dict[str, dict[str, list[dict[str, Any]]]]
-    system_of: dict[str, str]
-    unknown: Counter[str]
-    holdout_prompts: set[str]
-
-
-def _read_responses(path: Path, display: str, pool: Any) -> _Responses:
-    """Responses grouped by prompt and system; unknown and holdout prompts counted apart."""
-    out = _Responses(
-        _read_jsonl(path, display, RESPONSE_FIELDS, "responses", "id"), {}, {}, Counter(), set()
-    )
-    for _, row in out.rows:
-        out.system_of[row["id"]] = row["system"]
-        if row["prompt_id"] not in pool.by_id:
-            out.unknown[row["prompt_id"]] += 1
-        elif row["prompt_id"] in pool.holdout_ids:
-            out.holdout_prompts.add(row["prompt_id"])
-        else:
-            out.by_prompt.setdefault(row["prompt_id"], {}).setdefault(row["system"], []).append(row)
-    return out
-
-
-def _gold_item(row: dict[str, Any], system_of: dict[str, str], kind: str) -> _Item:
-    def side(key: str, text: str) -> dict[str, Any]:
-        return {
-            "id": row[key],
-            "text": row[text],
-            "system": system_of.get(row[key]),
-            "prompt_id": row["prompt_id"],
-        }
-
-    return _Item(
-        row["item_id"],
-        row["prompt_id"],
-        row["prompt"],
-        side("response_a", "text_a"),
-        side("response_b", "text_b"),
-        True,
-        kind,
-    )
-
-
-def _read_gold(project: Project, pool: Any, system_of: dict[str, str]) -> list[_Item]:
-    """The gold file's items (answers stay in the file); bad rows refuse it whole."""
-    gold_cfg = project.spec["annotation"].get("gold")
-    if not gold_cfg:
-        return []
-    display = gold_cfg["path"]
-    problems: list[str] = []
-    items: list[_Item] = []
-    for number, row in _read_jsonl(
-        project.path(display), display, GOLD_FIELDS, "gold items", "item_id"
-    ):
-        where = f"{display}: line {number}:"
-        if row["preferred"] not in GOLD_CHOICES:
-            problems.append(
-                f"{where} field 'preferred': must be A, B or tie, got {row['preferred']!r}"
-            )
-        elif row["response_a"] == row["response_b"]:
-            problems.append(f"{where} field 'response_b': is the same response as response_a")
-        elif row["prompt_id"] in pool.holdout_ids:
-            problems.append(
-                f"{where} field 'prompt_id': '{row['prompt_id']}' is a production-holdout "
-                "prompt, which is never annotated"
-            )
-        else:
-            prompt = pool.by_id.get(row["prompt_id"])
-            items.append(_gold_item(row, system_of, prompt.kind if prompt else "unknown"))
-    if problems:
-        raise refusal("gold items refused", problems)
-    return items
-
-
 def _draw_items(
-    plan: _Plan,
+    plan: TaskPlan,
     pool: Any,
-    responses: _Responses,
-    gold_items: list[_Item],
+    responses: Responses,
+    gold_items: list[Item],
     pairs_per_prompt: int,
     counts: Counter[str],
-) -> list[_Item]:
+) -> list[Item]:
     """`pairs_per_prompt` seeded system pairs per prompt, never a pair that is already gold."""
     gold_pairs = {frozenset((g.first["id"], g.second["id"])) for g in gold_items}
     gold_pairs |= plan.calibration_pairs
-    items: list[_Item] = []
+    items: list[Item] = []
     counts["outside_focus_prompts"] = len(pool.outside_focus)
     for prompt in pool.focused:  # prompts.focus narrows annotation to a high-value subset
         systems = responses.by_prompt.get(prompt.id)
@@ -390,16 +164,16 @@ def _draw_items(
             item_id = opaque_id(
                 plan.seed, "item", prompt.id, *sorted((first["id"], second["id"])), prefix="item"
             )
-            items.append(_Item(item_id, prompt.id, prompt.text, first, second, False, prompt.kind))
+            items.append(Item(item_id, prompt.id, prompt.text, first, second, False, prompt.kind))
     return items
 
 
 def _requeued_items(
-    path: Path, responses: _Responses, pool: Any
-) -> tuple[list[_Item], dict[str, set[str]]]:
+    path: Path, responses: Responses, pool: Any
+) -> tuple[list[Item], dict[str, set[str]]]:
     """Items from aggregate's requeue.jsonl, with the annotators who already voted on each."""
     by_id = {row["id"]: row for _, row in responses.rows}
-    items: list[_Item] = []
+    items: list[Item] = []
     voted: dict[str, set[str]] = {}
     problems: list[str] = []
     for number, row in read_objects(path, str(path), problems):
@@ -410,14 +184,14 @@ def _requeued_items(
                 f"{path}: line {number}: responses or prompt not in --responses / the prompt pool"
             )
             continue
-        items.append(_Item(str(row["item_id"]), prompt.id, prompt.text, lo, hi, False, prompt.kind))
+        items.append(Item(str(row["item_id"]), prompt.id, prompt.text, lo, hi, False, prompt.kind))
         voted[str(row["item_id"])] = set(row.get("annotators") or [])
     if problems:
         raise refusal("requeue file refused", problems)
     return items, voted
 
 
-def _assign(plan: _Plan, items: list[_Item], voted: dict[str, set[str]]) -> dict[str, list[_Item]]:
+def _assign(plan: TaskPlan, items: list[Item], voted: dict[str, set[str]]) -> dict[str, list[Item]]:
     """Least-loaded first, then least overlap with those already chosen; never someone who
     already voted on the item (requeue)."""
     assign_rng = _rng(plan.seed, "assign")
@@ -425,7 +199,7 @@ def _assign(plan: _Plan, items: list[_Item], voted: dict[str, set[str]]) -> dict
     assign_rng.shuffle(order)
     load = dict.fromkeys(plan.names, 0)
     together: Counter[tuple[str, str]] = Counter()
-    queues: dict[str, list[_Item]] = {a: [] for a in plan.names}
+    queues: dict[str, list[Item]] = {a: [] for a in plan.names}
     for index in order:
         tiebreak = {a: assign_rng.random() for a in plan.names}
         done = voted.get(items[index].item_id, set())
@@ -446,8 +220,8 @@ def _assign(plan: _Plan, items: list[_Item], voted: dict[str, set[str]]) -> dict
 
 
 def _queue(
-    plan: _Plan, name: str, regular: list[_Item], gold_items: list[_Item], warnings: list[str]
-) -> tuple[list[_Item], int]:
+    plan: TaskPlan, name: str, regular: list[Item], gold_items: list[Item], warnings: list[str]
+) -> tuple[list[Item], int]:
     """An annotator's shuffled queue with gold items mixed in at seeded positions."""
     regular = sorted(regular, key=lambda i: i.item_id)
     _rng(plan.seed, "queue", name).shuffle(regular)
@@ -471,7 +245,7 @@ def _queue(
     return queue, n_gold
 
 
-def _flips(plan: _Plan, name: str, total: int) -> list[bool]:
+def _flips(plan: TaskPlan, name: str, total: int) -> list[bool]:
     """Seeded A/B swaps, balanced per annotator (half of the tasks, the odd one by coin)."""
     if not plan.randomize:
         return [False] * total
@@ -482,16 +256,16 @@ def _flips(plan: _Plan, name: str, total: int) -> list[bool]:
     return flips
 
 
-def _session_sizes(plan: _Plan, total: int) -> list[int]:
+def _session_sizes(plan: TaskPlan, total: int) -> list[int]:
     """As few sessions as keep each within the limit, sized evenly."""
     n = math.ceil(total / plan.per_session) if total else 0
     return [total // n + (1 if s < total % n else 0) for s in range(n)]
 
 
 def _annotator_tasks(
-    plan: _Plan,
+    plan: TaskPlan,
     name: str,
-    queue: list[_Item],
+    queue: list[Item],
     flips: list[bool],
     sizes: list[int],
     first_number: int,
@@ -529,7 +303,7 @@ def _annotator_tasks(
 
 
 def _key(
-    plan: _Plan, project: Project, items: list[_Item], tasks: list[dict[str, Any]]
+    plan: TaskPlan, project: Project, items: list[Item], tasks: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """unblinding_key.json: shown response, item and task ids back to the real ones."""
     responses: dict[str, dict[str, Any]] = {}
@@ -634,11 +408,11 @@ def generate_tasks(
         raise RunError(f"pairs per prompt must be at least 1, got {pairs_per_prompt}")
     if limit is not None and limit < 1:
         raise RunError(f"--limit must be at least 1, got {limit}")
-    plan = _plan(project, annotators, batch)
+    plan = make_plan(project, annotators, batch)
     display = responses_display or str(responses)
     pool = load_prompt_pool(project)
-    read = _read_responses(responses, display, pool)
-    gold_items = _read_gold(project, pool, read.system_of)
+    read = read_responses(responses, display, pool)
+    gold_items = read_gold(project, pool, read.system_of)
     counts: Counter[str] = Counter()
     voted: dict[str, set[str]] = {}
     if requeue is not None:
@@ -661,13 +435,25 @@ def generate_tasks(
         )
     queues = _assign(plan, items, voted)
     warnings: list[str] = []
+    tasks, per_annotator_stats = _all_tasks(plan, queues, gold_items, warnings)
+    data = _summary(
+        plan, project, items, gold_items, tasks, read, counts, per_annotator_stats, warnings
+    )
+    return _write(plan, project, out_dir, items + gold_items, tasks, data, per_annotator)
+
+
+def _all_tasks(
+    plan: TaskPlan, queues: dict[str, list[Item]], gold_items: list[Item], warnings: list[str]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every annotator's tasks in plan order (gold mixed in, A/B flips, sessions), and the
+    per-annotator figures summary.json reports."""
     tasks: list[dict[str, Any]] = []
-    per_annotator_stats: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
     for name in plan.names:
         queue, n_gold = _queue(plan, name, queues[name], gold_items, warnings)
         flips, sizes = _flips(plan, name, len(queue)), _session_sizes(plan, len(queue))
         tasks += _annotator_tasks(plan, name, queue, flips, sizes, len(tasks) + 1)
-        per_annotator_stats[name] = {
+        stats[name] = {
             "tasks": len(queue),
             "regular": len(queue) - n_gold,
             "gold": n_gold,
@@ -678,19 +464,16 @@ def generate_tasks(
             "estimated_minutes": round(len(queue) * plan.minutes, 2),
             "longest_session_minutes": round(max(sizes, default=0) * plan.minutes, 2),
         }
-    data = _summary(
-        plan, project, items, gold_items, tasks, read, counts, per_annotator_stats, warnings
-    )
-    return _write(plan, project, out_dir, items + gold_items, tasks, data, per_annotator)
+    return tasks, stats
 
 
 def _summary(
-    plan: _Plan,
+    plan: TaskPlan,
     project: Project,
-    items: list[_Item],
-    gold_items: list[_Item],
+    items: list[Item],
+    gold_items: list[Item],
     tasks: list[dict[str, Any]],
-    read: _Responses,
+    read: Responses,
     counts: Counter[str],
     per_annotator: dict[str, Any],
     warnings: list[str],
@@ -730,10 +513,10 @@ def _summary(
 
 
 def _write(
-    plan: _Plan,
+    plan: TaskPlan,
     project: Project,
     out_dir: Path,
-    items: list[_Item],
+    items: list[Item],
     tasks: list[dict[str, Any]],
     data: dict[str, Any],
     per_annotator: bool,
