@@ -127,49 +127,27 @@ def write_lock(path: Path, spec_name: str, entries: list[LockEntry]) -> None:
 
 
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Say, in words, which dimensions, disqualifiers or rules changed."""
-    changes: list[str] = []
-    for kind in ("dimensions", "disqualifiers"):
-        old_items = {d["id"]: d for d in old.get(kind, [])}
-        new_items = {d["id"]: d for d in new.get(kind, [])}
-        singular = kind[:-1]
-        for ident in sorted(new_items.keys() - old_items.keys()):
-            changes.append(f"{singular} '{ident}' was added")
-        for ident in sorted(old_items.keys() - new_items.keys()):
-            changes.append(f"{singular} '{ident}' was removed")
-        for ident in sorted(new_items.keys() & old_items.keys()):
-            fields = sorted(
-                k
-                for k in set(old_items[ident]) | set(new_items[ident])
-                if old_items[ident].get(k) != new_items[ident].get(k)
-            )
-            if fields:
-                changes.append(f"{singular} '{ident}' changed ({', '.join(fields)})")
-        common_old = [i for i in old_items if i in new_items]
-        common_new = [i for i in new_items if i in old_items]
-        if kind == "dimensions" and common_old != common_new:
-            changes.append(
-                "dimension ranking changed: "
-                + " > ".join(common_old)
-                + " became "
-                + " > ".join(common_new)
-            )
-    for key in ("tie_breaking", "scope", "examples", "summary"):
-        if old.get(key) != new.get(key):
-            changes.append(f"{key.replace('_', '-')} changed")
-    old_guidance = hashed_content(old).get(GUIDANCE, {})
-    new_guidance = hashed_content(new).get(GUIDANCE, {})
-    for section in sorted(set(old_guidance) | set(new_guidance)):
-        if old_guidance.get(section) != new_guidance.get(section):
-            state = (
-                "added"
-                if section not in old_guidance
-                else "removed"
-                if section not in new_guidance
-                else "changed"
-            )
-            changes.append(f"guidance '{section}' was {state}")
-    return sorted(set(changes), key=changes.index)
+    """Say, in words, which dimensions, disqualifiers or rules changed.
+
+    The lock's messages (and validate's C-codes) phrase the same diff the documents' "changes
+    since" section renders (`criteria_changes`), with ids rather than names: one diff, two
+    audiences.
+    """
+    return [_phrase(change) for change in criteria_changes(old, new)]
+
+
+def _phrase(change: dict[str, Any]) -> str:
+    kind, state = change["kind"], change["change"]
+    if kind in ("dimension", "disqualifier"):
+        if state == "changed":
+            return f"{kind} '{change['id']}' changed ({', '.join(change['fields'])})"
+        return f"{kind} '{change['id']}' was {state}"
+    if kind == "ranking":
+        was, now = change["order"]
+        return f"dimension ranking changed: {' > '.join(was)} became {' > '.join(now)}"
+    if kind == "guidance":
+        return f"guidance '{change['id']}' was {state}"
+    return f"{kind.replace('_', '-')} changed"
 
 
 def _label(item: dict[str, Any]) -> str:
@@ -194,7 +172,9 @@ def _item_changes(kind: str, old: list[Any], new: list[Any]) -> list[dict[str, A
         kept_new = [_label(news[i]) for i in news if i in olds]
         if kept_old != kept_new:
             detail = "was " + ", ".join(kept_old) + "; now " + ", ".join(kept_new)
-            out.append(_change("ranking", None, None, "changed", detail=detail))
+            ranking = _change("ranking", None, None, "changed", detail=detail)
+            ranking["order"] = ([i for i in olds if i in news], [i for i in news if i in olds])
+            out.append(ranking)
     return out
 
 
