@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from tests.policy.test_multiprocess import (  # noqa: E402, F401
     reports,
     tiny_models,
     torchrun,
+    torchrun_command,
 )
 
 #: 3 updates of 8 episodes, a checkpoint after each: the kill lands after the first.
@@ -287,18 +287,7 @@ def test_fsdp_run_resumes_after_kill_9(
     compared: Path,
     tmp_path: Path,  # noqa: F811
 ) -> None:
-    args = launch(tiny_models, tmp_path, "kill")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(PROCESSES),
-        "--master_port",
-        str(free_port()),
-        *args,
-    ]
-    env = {**os.environ, "RLHFSPEC_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    command, env = torchrun_command(launch(tiny_models, tmp_path, "kill"))
     proc = subprocess.Popen(
         command,
         cwd=tmp_path,

@@ -72,8 +72,8 @@ def free_port() -> int:
         return port
 
 
-def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``torchrun --nproc_per_node 2`` on `args` (a script and its arguments, or ``-m ...``).
+def torchrun_command(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of ``torchrun --nproc_per_node 2`` on `args`.
 
     One thread per process: two processes already fill the two cores CI has.
     """
@@ -87,7 +87,12 @@ def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         str(free_port()),
         *args,
     ]
-    env = {**os.environ, "RLHFSPEC_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return command, {**os.environ, "RLHFSPEC_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node 2`` on `args` (a script and its arguments, or ``-m ...``)."""
+    command, env = torchrun_command(args)
     done = subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT
     )
