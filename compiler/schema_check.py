@@ -191,54 +191,39 @@ def _unknown_keys(
 ) -> list[Diagnostic]:
     """S001 for each key the schema does not allow, with the closest allowed key."""
     allowed = list(schema.get("properties", {}))
-    where = json_path(path)
-    diags = []
-    for key in instance:
-        if key in allowed:
-            continue
-        key_path = path + (key,)
-        line, col = locator.key(key_path)
-        guess = suggest(str(key), allowed)
-        message = f"unknown key '{key}' in {where}"
-        message += f"; did you mean '{guess}'?" if guess else ""
-        hint = None if guess else "allowed keys: " + ", ".join(allowed)
-        diags.append(
-            make(
-                "S001",
-                message,
-                file=file,
-                line=line,
-                col=col,
-                path=json_path(key_path),
-                hint=hint,
-            )
-        )
-    return diags
+    return [
+        _unknown_key(key, path, allowed, locator, file, hint_with_guess=False)
+        for key in instance
+        if key not in allowed
+    ]
+
+
+def _unknown_key(
+    key: Any,
+    path: JsonPath,
+    allowed: list[str],
+    locator: Locator,
+    file: str,
+    *,
+    hint_with_guess: bool,
+) -> Diagnostic:
+    """One S001 at the key itself, with the closest allowed key; the allowed keys as the hint
+    always (`hint_with_guess`) or only when nothing is close."""
+    key_path = path + (key,)
+    line, col = locator.key(key_path)
+    guess = suggest(str(key), allowed)
+    message = f"unknown key '{key}' in {json_path(path)}"
+    message += f"; did you mean '{guess}'?" if guess else ""
+    hint = "allowed keys: " + ", ".join(allowed) if hint_with_guess or not guess else None
+    return make("S001", message, file=file, line=line, col=col, path=json_path(key_path), hint=hint)
 
 
 def _unknown_property_name(
     error: ValidationError, path: JsonPath, locator: Locator, file: str
 ) -> list[Diagnostic]:
     """S001 for a key outside a propertyNames enum (maps keyed by dimension ids and such)."""
-    key = str(error.instance)
-    key_path = path + (key,)
-    line, col = locator.key(key_path)
     allowed = [str(v) for v in error.validator_value.get("enum", [])]
-    guess = suggest(key, allowed)
-    message = f"unknown key '{key}' in {json_path(path)}" + (
-        f"; did you mean '{guess}'?" if guess else ""
-    )
-    return [
-        make(
-            "S001",
-            message,
-            file=file,
-            line=line,
-            col=col,
-            path=json_path(key_path),
-            hint="allowed keys: " + ", ".join(allowed),
-        )
-    ]
+    return [_unknown_key(str(error.instance), path, allowed, locator, file, hint_with_guess=True)]
 
 
 def _missing_keys(
