@@ -25,14 +25,9 @@ def _check_votes(
 ) -> tuple[list[Finding], dict[str, Any]]:
     """Split votes, coverage, unkeyed gold records and required justifications."""
     findings: list[Finding] = []
-    main = frame.main
-    counts = np.bincount(
-        frame.item[main] * _LABELS + frame.canon[main], minlength=frame.n_items * _LABELS
-    ).reshape(frame.n_items, _LABELS)
+    counts = _label_counts(frame, frame.main)
     votes = counts.sum(axis=1)
-    voted = votes >= 2
-    split = voted & (2 * counts.max(axis=1) <= votes)
-    n_voted, n_split = int(voted.sum()), int(split.sum())
+    n_voted, n_split = _split_of(counts)
     share = _rate(n_split, n_voted)
     if n_voted and share > settings.max_split_vote_share:
         findings.append(
@@ -339,15 +334,24 @@ def check_dimensions(
     return findings, out
 
 
-def _split_items(frame: _Frame, rows: npt.NDArray[np.bool_]) -> tuple[int, int]:
-    """(items with at least two votes, items among them without a strict majority) in rows."""
-    counts = np.bincount(
+def _label_counts(frame: _Frame, rows: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    """Votes per item and canonical label over `rows` (items x labels)."""
+    return np.bincount(
         frame.item[rows] * _LABELS + frame.canon[rows], minlength=frame.n_items * _LABELS
     ).reshape(frame.n_items, _LABELS)
+
+
+def _split_of(counts: npt.NDArray[np.int64]) -> tuple[int, int]:
+    """(items with at least two votes, items among them without a strict majority)."""
     votes = counts.sum(axis=1)
     voted = votes >= 2
     split = voted & (2 * counts.max(axis=1) <= votes)
     return int(voted.sum()), int(split.sum())
+
+
+def _split_items(frame: _Frame, rows: npt.NDArray[np.bool_]) -> tuple[int, int]:
+    """`_split_of` the votes in `rows` (one batch, one week)."""
+    return _split_of(_label_counts(frame, rows))
 
 
 def check_split_periods(
